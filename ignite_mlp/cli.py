@@ -1,0 +1,58 @@
+"""``ignite-mlp`` command line: a thin layer over :func:`ignite_mlp.run.train`.
+
+Every train flag is generated from :class:`ignite_mlp.config.TrainConfig`; a ``--config run.toml``
+file may set any of them and the command line wins over the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from ignite_mlp.config import add_config_arguments, config_from_sources
+from ignite_mlp.errors import UserError
+
+PROG = "ignite-mlp"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (no usage block) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Train the tutorial's CIFAR-10 MLP with PyTorch-Ignite.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    train = commands.add_parser("train", help="train an MLP (defaults: the tutorial's recipe)")
+    train.add_argument("--config", dest="config_file", metavar="RUN.TOML", help="TOML file of train options")
+    add_config_arguments(train)
+    return parser
+
+
+def _train(ns: argparse.Namespace) -> int:
+    from ignite_mlp.run import train  # imported here so --help stays fast
+
+    values = {k: v for k, v in vars(ns).items() if k not in ("command", "config_file")}
+    config = config_from_sources(values, ns.config_file)
+    result = train(config)
+    print(result.report())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
+    ns = build_parser().parse_args(argv)
+    try:
+        if ns.command == "train":
+            return _train(ns)
+    except UserError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    return 2

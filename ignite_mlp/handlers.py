@@ -1,0 +1,198 @@
+"""The event handlers this package attaches to the trainer and evaluator.
+
+Each ``attach_*`` function (and :class:`History`) works on its own with any Ignite trainer
+whose ``state.output`` is ``{"loss", "y_pred", "y"}`` and whose metrics are ``accuracy`` and
+``loss`` (what :func:`ignite_mlp.engine.create_trainer` builds). Order matters in Ignite:
+handlers on one event run in the order they were attached, so validation is attached
+first and everything that reads validation metrics after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import (
+    Checkpoint,
+    DiskSaver,
+    ProgressBar,
+    TerminateOnNan,
+    global_step_from_engine,
+)
+from ignite.handlers.tensorboard_logger import (
+    OptimizerParamsHandler,
+    OutputHandler,
+    TensorboardLogger,
+)
+
+from ignite_mlp.files import write_json_atomic
+from ignite_mlp.plots import plot_curves
+
+# The tutorial's logging dictionary: accuracies in percent, losses as sample means.
+HISTORY_KEYS = ("train_acc_epoch", "val_acc_epoch", "loss_epoch", "val_loss")
+
+
+def attach_validation(trainer: Engine, evaluator: Engine, val_loader: Any) -> None:
+    """Run ``evaluator`` over ``val_loader`` at the end of every training epoch."""
+
+    def validate(_: Engine) -> None:
+        evaluator.run(val_loader)
+
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, validate)
+
+
+class History:
+    """The logging dictionary, one value per epoch, saved as JSON after every epoch.
+
+    It has ``state_dict``/``load_state_dict`` so a checkpoint can carry it across a resume.
+
+    >>> h = History()
+    >>> h.record({"accuracy": 0.5, "loss": 1.0}, {"accuracy": 0.25, "loss": 2.0})
+    >>> h.values
+    {'train_acc_epoch': [50.0], 'val_acc_epoch': [25.0], 'loss_epoch': [1.0], 'val_loss': [2.0]}
+    >>> h.best_epoch(), h.best_val_acc()
+    (1, 25.0)
+    """
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path) if path is not None else None
+        self.values: dict[str, list[float]] = {k: [] for k in HISTORY_KEYS}
+
+    def record(self, train_metrics: Mapping[str, float], val_metrics: Mapping[str, float]) -> None:
+        self.values["train_acc_epoch"].append(100.0 * float(train_metrics["accuracy"]))
+        self.values["val_acc_epoch"].append(100.0 * float(val_metrics["accuracy"]))
+        self.values["loss_epoch"].append(float(train_metrics["loss"]))
+        self.values["val_loss"].append(float(val_metrics["loss"]))
+        if self.path is not None:
+            write_json_atomic(self.path, self.values)
+
+    def attach(self, trainer: Engine, evaluator: Engine) -> None:
+        """Record at each epoch's end; attach after :func:`attach_validation`."""
+
+        def on_epoch(engine: Engine) -> None:
+            self.record(engine.state.metrics, evaluator.state.metrics)
+
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, on_epoch)
+
+    def latest(self) -> dict[str, float]:
+        return {k: v[-1] for k, v in self.values.items() if v}
+
+    def best_epoch(self) -> int | None:
+        acc = self.values["val_acc_epoch"]
+        return max(range(len(acc)), key=acc.__getitem__) + 1 if acc else None
+
+    def best_val_acc(self) -> float | None:
+        return max(self.values["val_acc_epoch"], default=None)
+
+    def state_dict(self) -> dict[str, list[float]]:
+        return {k: list(v) for k, v in self.values.items()}
+
+    def load_state_dict(self, state: Mapping[str, list[float]]) -> None:
+        self.values = {k: [float(x) for x in state[k]] for k in HISTORY_KEYS}
+
+
+def val_accuracy(engine: Engine) -> float:
+    """Score for the best checkpoint: validation accuracy in percent."""
+    return round(100.0 * float(engine.state.metrics["accuracy"]), 4)
+
+
+def attach_checkpoints(
+    trainer: Engine,
+    evaluator: Engine,
+    model: torch.nn.Module,
+    to_save: Mapping[str, Any],
+    dirname: str | Path,
+) -> tuple[Checkpoint, Checkpoint]:
+    """Keep the best model by validation accuracy and the last full training state.
+
+    Best: ``best_model_<epoch>_val_acc=<percent>.pt`` (model weights only).
+    Last: ``last_checkpoint_<epoch>.pt`` with everything in ``to_save`` (model, optimizer,
+    trainer, history, ...), written at each epoch's end. Both through Ignite's ``Checkpoint``
+    with an atomic ``DiskSaver``, so a crash mid-write never leaves a half file.
+    """
+    saver = DiskSaver(str(dirname), require_empty=False, atomic=True)
+    best = Checkpoint(
+        {"model": model},
+        saver,
+        filename_prefix="best",
+        score_function=val_accuracy,
+        score_name="val_acc",
+        n_saved=1,
+        global_step_transform=global_step_from_engine(trainer),
+    )
+    evaluator.add_event_handler(Events.COMPLETED, best)
+    last = Checkpoint(dict(to_save), saver, filename_prefix="last", n_saved=1)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, last)
+    return best, last
+
+
+def attach_progress_bar(trainer: Engine) -> ProgressBar:
+    """Ignite's tqdm bar over each epoch's iterations, showing the running batch loss."""
+    bar = ProgressBar(persist=False)
+    bar.attach(trainer, output_transform=lambda out: {"loss": out["loss"]})
+    return bar
+
+
+def attach_epoch_summary(
+    trainer: Engine,
+    history: History,
+    write: Callable[[str], None] = print,
+) -> None:
+    """One line per epoch, like the tutorial's printout; attach after ``history``."""
+
+    def summary(engine: Engine) -> None:
+        last = history.latest()
+        seconds = engine.state.times.get(Events.EPOCH_COMPLETED.name) or 0.0
+        write(
+            f"Epoch {engine.state.epoch:>3}/{engine.state.max_epochs}: "
+            f"train loss {last['loss_epoch']:.4f} acc {last['train_acc_epoch']:.2f}% | "
+            f"val loss {last['val_loss']:.4f} acc {last['val_acc_epoch']:.2f}% | {seconds:.1f}s"
+        )
+
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, summary)
+
+
+def attach_terminate_on_nan(trainer: Engine) -> None:
+    """Stop at the first NaN or infinite training loss (Ignite's ``TerminateOnNan``)."""
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, TerminateOnNan(output_transform=lambda out: out["loss"]))
+
+
+def attach_tensorboard(
+    trainer: Engine,
+    optimizer: torch.optim.Optimizer,
+    history: History,
+    log_dir: str | Path,
+) -> TensorboardLogger:
+    """TensorBoard through Ignite's ``TensorboardLogger`` (tensorboardX writer).
+
+    Tags: ``train/loss`` per iteration at the global iteration; ``lr`` per iteration;
+    ``epoch/<key>`` for the four history values at the epoch number (attach after ``history``).
+    """
+    tb = TensorboardLogger(log_dir=str(log_dir))
+    tb.attach(
+        trainer,
+        OutputHandler(tag="train", output_transform=lambda out: {"loss": out["loss"]}),
+        Events.ITERATION_COMPLETED,
+    )
+    tb.attach(trainer, OptimizerParamsHandler(optimizer, param_name="lr", tag="train"), Events.ITERATION_STARTED)
+
+    def log_history(engine: Engine) -> None:
+        for key, value in history.latest().items():
+            tb.writer.add_scalar(f"epoch/{key}", value, engine.state.epoch)
+
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, log_history)
+    trainer.add_event_handler(Events.COMPLETED, lambda _: tb.writer.flush())
+    return tb
+
+
+def attach_curves(trainer: Engine, history: History, path: str | Path) -> None:
+    """Plot ``curves.png`` once training ends (normally or by a terminate)."""
+
+    def plot(_: Engine) -> None:
+        if history.values["loss_epoch"]:
+            plot_curves(history.values, path)
+
+    trainer.add_event_handler(Events.COMPLETED, plot)

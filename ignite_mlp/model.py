@@ -1,0 +1,45 @@
+"""The multi-layer perceptron: flatten, then Linear + ReLU per hidden layer, then the output layer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ignite_mlp.errors import UserError
+
+
+class MLP(nn.Module):
+    """A plain MLP over flattened images.
+
+    The tutorial's network is ``MLP(3072, 10, [128])``: 3072 -> 128 -> 10 with ReLU.
+
+    >>> model = MLP(3072, 10, [128])
+    >>> sum(p.numel() for p in model.parameters())  # 3072*128 + 128 + 128*10 + 10
+    394634
+    >>> model(torch.zeros(2, 3, 32, 32)).shape
+    torch.Size([2, 10])
+    """
+
+    def __init__(self, in_features: int, num_classes: int, hidden_sizes: Sequence[int] = (128,)) -> None:
+        super().__init__()
+        if not hidden_sizes:
+            raise UserError("an MLP needs at least one hidden layer; pass e.g. --hidden-sizes 128")
+        if in_features < 1 or num_classes < 2 or any(int(h) < 1 for h in hidden_sizes):
+            raise UserError(
+                f"MLP sizes must be positive with >= 2 classes (in={in_features}, classes={num_classes}, "
+                f"hidden={list(hidden_sizes)}); check --hidden-sizes and the data"
+            )
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = in_features
+        for h in hidden_sizes:
+            layers += [nn.Linear(width, int(h)), nn.ReLU()]
+            width = int(h)
+        layers.append(nn.Linear(width, num_classes))
+        self.layers = nn.Sequential(*layers)
+        self.in_features = in_features
+        self.num_classes = num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)

@@ -1,0 +1,209 @@
+"""``train(config)``: the one place that wires data, model, engines and handlers into a run.
+
+The CLI is a thin layer over this function, so a Python user gets exactly the same run:
+
+    >>> from ignite_mlp import TrainConfig, train           # doctest: +SKIP
+    >>> result = train(TrainConfig(epochs=5, data="../shared/data/cifar10-jpg.tar.gz"))  # doctest: +SKIP
+    >>> result.best_val_acc, result.best_checkpoint          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import TensorboardLogger
+from ignite.utils import manual_seed
+from torch import nn
+
+from ignite_mlp.config import TrainConfig, resolve_device
+from ignite_mlp.data import Dataset, TensorLoader, load_dataset, summarize
+from ignite_mlp.engine import create_evaluator, create_trainer
+from ignite_mlp.errors import UserError
+from ignite_mlp.files import write_json_atomic
+from ignite_mlp.handlers import (
+    History,
+    attach_checkpoints,
+    attach_curves,
+    attach_epoch_summary,
+    attach_progress_bar,
+    attach_tensorboard,
+    attach_terminate_on_nan,
+    attach_validation,
+)
+from ignite_mlp.model import MLP
+
+
+@dataclass
+class RunContext:
+    """What a user handler gets besides the two engines."""
+
+    config: TrainConfig
+    run_dir: Path
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    dataset: Dataset
+    tb_logger: TensorboardLogger | None
+
+
+# A user handler: receives (trainer, evaluator, context) and attaches what it likes.
+HandlerFn = Callable[[Engine, Engine, RunContext], Any]
+
+
+@dataclass
+class RunResult:
+    """What a finished run produced: its history and the paths it wrote."""
+
+    run_dir: Path
+    history: dict[str, list[float]]
+    best_val_acc: float | None
+    best_epoch: int | None
+    best_checkpoint: Path | None
+    last_checkpoint: Path | None
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def report(self) -> str:
+        """The closing lines printed after training."""
+        if self.best_epoch is None:
+            return f"no epoch finished; run directory {self.run_dir}"
+        return (
+            f"best validation accuracy {self.best_val_acc:.2f}% at epoch {self.best_epoch}\n"
+            f"best checkpoint: {self.best_checkpoint}\n"
+            f"run directory:   {self.run_dir} (tensorboard --logdir {self.run_dir.parent})"
+        )
+
+
+def default_run_dir() -> Path:
+    return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+
+
+def prepare_run_dir(run_dir: str | Path | None, overwrite: bool) -> Path:
+    """Create the run directory; refuse one that already holds a run unless told to overwrite."""
+    path = Path(run_dir) if run_dir else default_run_dir()
+    if (path / "config.json").exists() and not overwrite:
+        raise UserError(f"--run-dir {path} already holds a run; choose another --run-dir or pass --overwrite")
+    try:
+        (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"--run-dir {path}: cannot write there ({e.strerror}); choose a writable folder") from None
+    if overwrite:
+        for old in (path / "checkpoints").glob("*.pt"):
+            old.unlink()
+    return path
+
+
+def build_loaders(dataset: Dataset, config: TrainConfig, device: torch.device) -> tuple[TensorLoader, TensorLoader]:
+    """Shuffled training batches and ordered validation batches, both from device memory."""
+    train_loader = TensorLoader(
+        dataset.train_images,
+        dataset.train_labels,
+        config.batch_size,
+        config.mean,
+        config.std,
+        shuffle=True,
+        seed=config.seed,
+        device=device,
+    )
+    val_loader = TensorLoader(
+        dataset.test_images,
+        dataset.test_labels,
+        config.eval_batch_size,
+        config.mean,
+        config.std,
+        shuffle=False,
+        device=device,
+    )
+    return train_loader, val_loader
+
+
+def train(
+    config: TrainConfig,
+    extra_handlers: Sequence[HandlerFn] = (),
+    dataset: Dataset | None = None,
+    write: Callable[[str], None] = print,
+) -> RunResult:
+    """Train an MLP as ``config`` says and return what the run produced.
+
+    ``extra_handlers`` are called as ``fn(trainer, evaluator, context)`` after the built-in
+    handlers are attached, so theirs run after ours on the same event. ``dataset`` skips
+    loading (useful for tests and notebooks that already hold one).
+    """
+    config.validate()
+    device = resolve_device(config.device)
+    run_dir = prepare_run_dir(config.run_dir, config.overwrite)
+    manual_seed(config.seed)
+
+    if dataset is None:
+        dataset = load_dataset(config.data, config.cache_dir, config.download, progress=config.progress)
+    write(summarize(dataset, config.batch_size))
+    train_loader, val_loader = build_loaders(dataset, config, device)
+
+    model = MLP(dataset.in_features, dataset.num_classes, config.hidden_sizes).to(device)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    loss_fn = nn.CrossEntropyLoss()
+    trainer = create_trainer(model, optimizer, loss_fn, device, config.precision)
+    evaluator = create_evaluator(model, loss_fn, device, config.precision)
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: train_loader.set_epoch(e.state.epoch))
+
+    files = {
+        "config": run_dir / "config.json",
+        "history": run_dir / "history.json",
+        "checkpoints": run_dir / "checkpoints",
+        "curves": run_dir / "curves.png",
+    }
+    history = History(files["history"])
+    attach_terminate_on_nan(trainer)
+    attach_validation(trainer, evaluator, val_loader)
+    history.attach(trainer, evaluator)
+    best, last = attach_checkpoints(
+        trainer,
+        evaluator,
+        model,
+        {"model": model, "optimizer": optimizer, "trainer": trainer, "history": history},
+        files["checkpoints"],
+    )
+    bar = attach_progress_bar(trainer) if config.progress else None
+    attach_epoch_summary(trainer, history, bar.log_message if bar else write)
+    tb = attach_tensorboard(trainer, optimizer, history, run_dir) if config.tensorboard else None
+    attach_curves(trainer, history, files["curves"])
+
+    context = RunContext(config, run_dir, model, optimizer, dataset, tb)
+    for handler in extra_handlers:
+        handler(trainer, evaluator, context)
+
+    write_json_atomic(files["config"], {**config.to_dict(), "resolved_device": str(device)})
+    try:
+        trainer.run(train_loader, max_epochs=config.epochs)
+    finally:
+        if tb is not None:
+            tb.close()
+
+    return RunResult(
+        run_dir=run_dir,
+        history=history.state_dict(),
+        best_val_acc=history.best_val_acc(),
+        best_epoch=history.best_epoch(),
+        best_checkpoint=_checkpoint_path(best, files["checkpoints"]),
+        last_checkpoint=_checkpoint_path(last, files["checkpoints"]),
+        files=files,
+    )
+
+
+def _checkpoint_path(checkpoint: Any, dirname: Path) -> Path | None:
+    return dirname / checkpoint.last_checkpoint if checkpoint.last_checkpoint else None
+
+
+def read_history(run_dir: str | Path) -> dict[str, list[float]]:
+    """The ``history.json`` of a run directory."""
+    return json.loads((Path(run_dir) / "history.json").read_text())
