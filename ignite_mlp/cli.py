@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from ignite_mlp.config import add_config_arguments, config_from_sources
+from ignite_mlp.config import TrainConfig, add_config_arguments, config_from_sources
 from ignite_mlp.errors import UserError
 
 PROG = "ignite-mlp"
@@ -33,12 +33,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def config_from_namespace(ns: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig for parsed ``train`` arguments: defaults < --config file < flags."""
+    values = {k: v for k, v in vars(ns).items() if k not in ("command", "config_file")}
+    return config_from_sources(values, ns.config_file)
+
+
 def _train(ns: argparse.Namespace) -> int:
     from ignite_mlp.run import train  # imported here so --help stays fast
 
-    values = {k: v for k, v in vars(ns).items() if k not in ("command", "config_file")}
-    config = config_from_sources(values, ns.config_file)
-    result = train(config)
+    result = train(config_from_namespace(ns))
     print(result.report())
     return 0
 

@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torchvision.io import ImageReadMode, decode_image
 from tqdm.auto import tqdm
 
 from ignite_mlp.errors import UserError
@@ -108,10 +107,10 @@ def load_dataset(
 def check_labels(labels: torch.Tensor, num_classes: int, split: str) -> None:
     """Refuse labels outside ``[0, num_classes)`` here, not as a device-side assert mid-training.
 
-    >>> check_labels(torch.tensor([0, 3]), 3, "train")
+    >>> check_labels(torch.tensor([0, 3]), 3, "train")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ignite_mlp.errors.UserError: train labels must lie in [0, 2] for 3 classes, found 3; the number of classes must match the data
+    ignite_mlp.errors.UserError: train labels must lie in [0, 2] for 3 classes, found 3; ...
     """
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
         bad = int(labels.max()) if int(labels.max()) >= num_classes else int(labels.min())
@@ -126,7 +125,7 @@ def summarize(dataset: Dataset, batch_size: int) -> str:
     c, h, w = dataset.image_shape
     counts = torch.bincount(dataset.train_labels, minlength=dataset.num_classes).tolist()
     test_counts = torch.bincount(dataset.test_labels, minlength=dataset.num_classes).tolist()
-    per_class = ", ".join(f"{n} {tr}/{te}" for n, tr, te in zip(dataset.classes, counts, test_counts))
+    per_class = ", ".join(f"{n} {tr}/{te}" for n, tr, te in zip(dataset.classes, counts, test_counts, strict=True))
     batches = -(-len(dataset.train_labels) // batch_size)
     return (
         f"data: {dataset.source}\n"
@@ -308,11 +307,10 @@ def _iter_tarball(path: Path) -> Iterator[tuple[str, str, str, bytes | None]]:
 
 
 def decode(data: bytes, name: str) -> torch.Tensor:
-    """Decode one image file to uint8 ``(C, H, W)``; a corrupt file is a UserError naming it."""
-    try:
-        return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.UNCHANGED)
-    except RuntimeError:
-        pass  # formats torchvision cannot decode (bmp, tiff, ...) go to PIL; so do corrupt files
+    """Decode one image file to uint8 ``(C, H, W)``; a corrupt file is a UserError naming it.
+
+    Grayscale stays 1 channel, RGBA 4; palette and other modes become RGB.
+    """
     try:
         with Image.open(io.BytesIO(data)) as img:
             if img.mode not in ("L", "RGB", "RGBA"):
@@ -355,7 +353,8 @@ def _assemble(
     for split in ("train", "test"):
         if not class_dirs[split]:
             raise UserError(
-                f"--data {path}: no {split}/<class>/ folders found; the layout is train/<class>/*.jpg and test/<class>/*.jpg"
+                f"--data {path}: no {split}/<class>/ folders found; "
+                "the layout is train/<class>/*.jpg and test/<class>/*.jpg"
             )
     if class_dirs["train"] != class_dirs["test"]:
         only_train = sorted(class_dirs["train"] - class_dirs["test"])
@@ -372,7 +371,7 @@ def _assemble(
         empty = [c for c in classes if counts[c] == 0]
         if empty:
             raise UserError(
-                f"--data {path}: class folder(s) {split}/{empty[0]} hold no images; add images or remove the folder"
+                f"--data {path}: class folder {split}/{empty[0]} holds no images; add images or remove the folder"
             )
         # Sort by (class, file name): tarball member order is arbitrary, the result must not be.
         ordered = sorted(images[split], key=lambda e: (e[0], e[1]))

@@ -1,0 +1,82 @@
+"""Tiny generated data sets shared by the tests, and the real pack when CI provides it."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CLASSES = ("ant", "bee", "cat")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test gets its own decode cache, so no test sees another's cached tensors."""
+    monkeypatch.setenv("IGNITE_MLP_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+def make_tree(root: Path, n_train: int = 12, n_test: int = 4, size: int = 8, seed: int = 0) -> Path:
+    """A class-folder tree of PNG images (lossless, so pixels can be compared exactly).
+
+    Each class has its own mean brightness, so a model can learn something quickly.
+    """
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("test", n_test)):
+        for k, cls in enumerate(CLASSES):
+            folder = root / split / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                base = 40 + 80 * k
+                pixels = np.clip(rng.normal(base, 30, (size, size, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i:04d}.png")
+    return root
+
+
+def make_tarball(tree: Path, out: Path) -> Path:
+    with tarfile.open(out, "w:gz") as tar:
+        for split in ("train", "test"):
+            tar.add(tree / split, arcname=split)
+    return out
+
+
+def make_cifar_pickles(root: Path, per_batch: int = 6, seed: int = 0) -> Path:
+    """A tiny copy of the official ``cifar-10-batches-py`` layout (5 train batches + test batch)."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        entry = {
+            b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+            b"labels": rng.integers(0, 10, per_batch).tolist(),
+        }
+        with open(folder / name, "wb") as f:
+            pickle.dump(entry, f)
+    labels = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": labels}, f)
+    return folder
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    return make_tree(tmp_path / "tree")
+
+
+@pytest.fixture
+def tarball(tree: Path, tmp_path: Path) -> Path:
+    return make_tarball(tree, tmp_path / "tiny.tar.gz")
+
+
+@pytest.fixture
+def pack() -> Path:
+    """The real CIFAR-10 JPEG pack, found through IGNITE_MLP_PACK (set by .ci/run)."""
+    path = os.environ.get("IGNITE_MLP_PACK")
+    if not path or not Path(path).is_file():
+        pytest.skip("real-data test: set IGNITE_MLP_PACK to ../shared/data/cifar10-jpg.tar.gz")
+    return Path(path)

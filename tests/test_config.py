@@ -1,0 +1,88 @@
+"""ignite_mlp.config: defaults, validation, TOML file and CLI overrides."""
+
+import argparse
+from pathlib import Path
+
+import pytest
+import torch
+
+from ignite_mlp.config import TrainConfig, add_config_arguments, config_from_sources, resolve_device
+from ignite_mlp.errors import UserError
+
+
+def test_defaults_are_the_tutorials_recipe() -> None:
+    c = TrainConfig()
+    assert (c.hidden_sizes, c.epochs, c.lr, c.momentum, c.weight_decay, c.batch_size) == (
+        [128],
+        50,
+        1e-3,
+        0.9,
+        1e-4,
+        256,
+    )
+    assert (c.mean, c.std, c.data, c.device, c.precision) == ([0.5], [0.5], "./data", "auto", "fp32")
+    assert TrainConfig().hidden_sizes is not c.hidden_sizes  # no shared mutable default
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "flag"),
+    [
+        ({"epochs": 0}, "--epochs"),
+        ({"batch_size": 0}, "--batch-size"),
+        ({"lr": 0.0}, "--lr"),
+        ({"lr": -1.0}, "--lr"),
+        ({"hidden_sizes": []}, "--hidden-sizes"),
+        ({"hidden_sizes": [0]}, "--hidden-sizes"),
+        ({"hidden_sizes": [64, -3]}, "--hidden-sizes"),
+        ({"hidden_sizes": ["wide"]}, "--hidden-sizes"),
+        ({"momentum": 1.0}, "--momentum"),
+        ({"std": [0.0]}, "--std"),
+        ({"device": "tpu"}, "--device"),
+        ({"precision": "fp8"}, "--precision"),
+        ({"epochs": "ten"}, "--epochs"),
+    ],
+)
+def test_invalid_values_name_the_flag(kwargs: dict, flag: str) -> None:
+    with pytest.raises(UserError, match=flag):
+        TrainConfig(**kwargs)
+
+
+def test_types_are_coerced_where_unambiguous() -> None:
+    c = TrainConfig(lr=1, hidden_sizes=(64, 32), epochs=3.0)
+    assert c.lr == 1.0 and isinstance(c.lr, float)
+    assert c.hidden_sizes == [64, 32] and c.epochs == 3
+
+
+def _parse(argv: list[str]) -> dict:
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    return vars(parser.parse_args(argv))
+
+
+def test_cli_flags_come_from_the_dataclass_and_override_toml(tmp_path: Path) -> None:
+    toml = tmp_path / "run.toml"
+    toml.write_text('epochs = 7\nlr = 0.01\nhidden-sizes = [256, 128]\ndata = "from-file"\n')
+    cli = _parse(["--epochs", "3", "--hidden-sizes", "64", "32", "--no-tensorboard"])
+    assert cli == {"epochs": 3, "hidden_sizes": [64, 32], "tensorboard": False}  # unset flags absent
+    c = config_from_sources(cli, str(toml))
+    assert (c.epochs, c.lr, c.hidden_sizes, c.data, c.tensorboard) == (3, 0.01, [64, 32], "from-file", False)
+
+
+def test_bad_toml_files(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no such file"):
+        config_from_sources({}, str(tmp_path / "nope.toml"))
+    bad = tmp_path / "bad.toml"
+    bad.write_text("epochs = = 3")
+    with pytest.raises(UserError, match="not valid TOML"):
+        config_from_sources({}, str(bad))
+    bad.write_text("epoks = 3")
+    with pytest.raises(UserError, match=r"unknown key.*epoks"):
+        config_from_sources({}, str(bad))
+
+
+def test_resolve_device() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="CUDA is not available"):
+            resolve_device("cuda:0")

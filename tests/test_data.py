@@ -1,0 +1,230 @@
+"""ignite_mlp.data: sources, cache, label checks and the in-memory loader."""
+
+from __future__ import annotations
+
+import hashlib
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import CLASSES, make_cifar_pickles, make_tarball, make_tree
+from PIL import Image
+from torchvision import transforms
+
+from ignite_mlp import data
+from ignite_mlp.data import Dataset, TensorLoader, check_labels, load_dataset, normalization, summarize
+from ignite_mlp.errors import UserError
+
+
+def _pil_tensor(path: Path) -> torch.Tensor:
+    return torch.from_numpy(np.array(Image.open(path))).permute(2, 0, 1)
+
+
+def test_tree_decodes_to_the_pixels_on_disk(tree: Path) -> None:
+    ds = load_dataset(tree)
+    assert ds.classes == list(CLASSES)
+    assert ds.train_images.shape == (36, 3, 8, 8) and ds.train_images.dtype == torch.uint8
+    assert ds.test_images.shape == (12, 3, 8, 8)
+    # Sorted by class then file name: image 13 is bee/0001.png, label 1.
+    assert torch.equal(ds.train_images[13], _pil_tensor(tree / "train" / "bee" / "0001.png"))
+    assert ds.train_labels.tolist() == [0] * 12 + [1] * 12 + [2] * 12
+    assert ds.in_features == 192 and ds.num_classes == 3
+
+
+def test_tarball_equals_tree(tree: Path, tarball: Path) -> None:
+    a, b = load_dataset(tree), load_dataset(tarball)
+    assert torch.equal(a.train_images, b.train_images) and torch.equal(a.test_labels, b.test_labels)
+    assert a.classes == b.classes
+
+
+def test_second_load_uses_cache_and_changed_source_invalidates(
+    tarball: Path, tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = load_dataset(tarball)
+    calls = []
+    real_decode = data.decode
+    monkeypatch.setattr(data, "decode", lambda b, n: calls.append(n) or real_decode(b, n))
+    second = load_dataset(tarball)
+    assert calls == [], "second load must not decode again"
+    assert torch.equal(first.train_images, second.train_images)
+    # Change the source: one more test image, the tarball rewritten.
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(tree / "test" / "ant" / "9999.png")
+    make_tarball(tree, tarball)
+    third = load_dataset(tarball)
+    assert len(calls) == 48 + 1 and len(third.test_labels) == 13
+
+
+def test_cifar_pickles_folder(tmp_path: Path) -> None:
+    folder = make_cifar_pickles(tmp_path / "data")
+    ds = load_dataset(tmp_path / "data")
+    assert ds.train_images.shape == (30, 3, 32, 32) and ds.test_images.shape == (6, 3, 32, 32)
+    assert ds.classes[0] == "airplane" and ds.num_classes == 10
+    import pickle
+
+    with open(folder / "data_batch_2", "rb") as f:
+        entry = pickle.load(f, encoding="bytes")
+    # Row 0 of batch 2 is sample 6: the flat 3072 values are channel-major (R plane, G, B).
+    assert torch.equal(ds.train_images[6].flatten(), torch.from_numpy(entry[b"data"][0]))
+    assert ds.train_labels[6].item() == entry[b"labels"][0]
+
+
+def _official_archive(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    make_cifar_pickles(src)
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    return archive
+
+
+@pytest.fixture
+def serve(tmp_path: Path):
+    """Serve ``tmp_path`` over HTTP on 127.0.0.1 and yield its base URL."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a: None  # type: ignore[method-assign]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_download_fetches_checks_and_unpacks(tmp_path: Path, serve: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    archive = _official_archive(tmp_path)
+    # torchvision verifies the official MD5; our fake archive has its own, so point both at it.
+    monkeypatch.setattr(data, "CIFAR10_URL", f"{serve}/{archive.name}")
+    monkeypatch.setattr(data, "CIFAR10_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
+    ds = load_dataset(tmp_path / "fresh")
+    assert (tmp_path / "fresh" / "cifar-10-batches-py" / "data_batch_1").is_file()
+    assert len(ds.train_labels) == 30
+
+
+def test_download_with_wrong_checksum_is_refused(tmp_path: Path, serve: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    archive = _official_archive(tmp_path)
+    monkeypatch.setattr(data, "CIFAR10_URL", f"{serve}/{archive.name}")
+    with pytest.raises(UserError, match="could not download"):
+        load_dataset(tmp_path / "fresh")  # the real MD5 does not match the fake archive
+
+
+def test_offline_download_says_how_to_use_a_local_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(data, "CIFAR10_URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")  # nothing listens
+    with pytest.raises(UserError, match="point --data at a local copy"):
+        load_dataset(tmp_path / "empty")
+
+
+def test_official_archive_in_folder_is_unpacked(tmp_path: Path) -> None:
+    archive = _official_archive(tmp_path)
+    assert len(load_dataset(archive).test_labels) == 6
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("truncate", "truncated image"),
+        ("empty_class", "holds no images"),
+        ("mismatch", "different classes"),
+        ("other_shape", "differs from"),
+    ],
+)
+def test_bad_trees_name_the_problem(tmp_path: Path, damage: str, message: str) -> None:
+    tree = make_tree(tmp_path / "t")
+    victim = tree / "train" / "bee" / "0003.png"
+    if damage == "truncate":
+        victim.write_bytes(victim.read_bytes()[:40])
+    elif damage == "empty_class":
+        for f in (tree / "test" / "cat").iterdir():
+            f.unlink()
+    elif damage == "mismatch":
+        (tree / "test" / "cat").rename(tree / "test" / "dog")
+    else:
+        Image.new("RGB", (9, 9)).save(victim)
+    with pytest.raises(UserError, match=message) as info:
+        load_dataset(tree)
+    if damage in ("truncate", "other_shape"):
+        assert "0003.png" in str(info.value)
+
+
+def test_not_a_tarball_and_missing_paths(tmp_path: Path) -> None:
+    bogus = tmp_path / "x.tar.gz"
+    bogus.write_text("hello")
+    with pytest.raises(UserError, match="not a gzip tarball"):
+        load_dataset(bogus)
+    with pytest.raises(UserError, match="no such file"):
+        load_dataset(tmp_path / "missing.tar.gz")
+    with pytest.raises(UserError, match="downloading is off"):
+        load_dataset(tmp_path / "nothing", download=False)
+
+
+def test_labels_are_checked_against_class_count() -> None:
+    check_labels(torch.tensor([0, 1, 2]), 3, "train")
+    with pytest.raises(UserError, match=r"\[0, 2\].*found 3"):
+        check_labels(torch.tensor([0, 3]), 3, "train")
+    with pytest.raises(UserError, match="found -1"):
+        check_labels(torch.tensor([-1, 0]), 3, "test")
+
+
+def test_batches_equal_the_tutorials_transforms(tree: Path) -> None:
+    ds = load_dataset(tree)
+    loader = TensorLoader(ds.test_images, ds.test_labels, batch_size=5, mean=[0.5], std=[0.5])
+    tutorial = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
+    files = [tree / "test" / c / f"{i:04d}.png" for c in CLASSES for i in range(4)]
+    expected = torch.stack([tutorial(Image.open(f)) for f in files])
+    got = torch.cat([x for x, _ in loader])
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    assert got.min() >= -1 - 1e-6 and got.max() <= 1 + 1e-6  # [-1, 1], up to float rounding
+
+
+def test_per_channel_normalisation_matches_formula() -> None:
+    images = torch.randint(0, 256, (4, 3, 2, 2), dtype=torch.uint8)
+    mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
+    x, _ = next(iter(TensorLoader(images, torch.zeros(4, dtype=torch.long), 4, mean, std)))
+    expected = (images.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    torch.testing.assert_close(x, expected, atol=1e-6, rtol=0)
+    with pytest.raises(UserError, match="3 channels"):
+        normalization([0.5, 0.5], [0.5], 3)
+
+
+def test_shuffle_is_fresh_each_epoch_seeded_and_complete() -> None:
+    images = torch.arange(100, dtype=torch.uint8).reshape(100, 1, 1, 1)
+    labels = torch.arange(100)
+    loader = TensorLoader(images, labels, batch_size=32, mean=[0.0], std=[1 / 255], shuffle=True, seed=7)
+
+    def order(epoch: int) -> list[int]:
+        loader.set_epoch(epoch)
+        return torch.cat([y for _, y in loader]).tolist()
+
+    e1, e2 = order(1), order(2)
+    assert sorted(e1) == list(range(100)) and sorted(e2) == list(range(100))
+    assert e1 != e2 and e1 != list(range(100))
+    assert order(1) == e1, "the same (seed, epoch) gives the same order"
+    # Images travel with their labels (image value == label here).
+    for x, y in loader:
+        assert torch.equal(x.flatten().round().long(), y)
+    other = TensorLoader(images, labels, batch_size=32, mean=[0.0], std=[1 / 255], shuffle=True, seed=8)
+    assert torch.cat([y for _, y in other]).tolist() != order(1)
+    assert len(loader) == 4
+
+
+def test_summary_lists_classes_counts_shape_and_batches(tree: Path) -> None:
+    text = summarize(load_dataset(tree), batch_size=10)
+    assert "3 classes" in text and "ant 12/4" in text and "3x8x8" in text
+    assert "4 batches of 10" in text  # ceil(36 / 10)
+
+
+def test_dataset_properties_grayscale() -> None:
+    ds = Dataset(
+        torch.zeros(2, 1, 5, 7, dtype=torch.uint8),
+        torch.tensor([0, 1]),
+        torch.zeros(1, 1, 5, 7, dtype=torch.uint8),
+        torch.tensor([1]),
+        ["a", "b"],
+        "mem",
+    )
+    assert ds.in_features == 35 and ds.image_shape == (1, 5, 7)

@@ -1,0 +1,83 @@
+"""ignite_mlp.engine: the Ignite trainer matches a plain PyTorch loop step for step."""
+
+import copy
+
+import torch
+from torch import nn
+
+from ignite_mlp.engine import create_evaluator, create_trainer, forward_fn
+from ignite_mlp.model import MLP
+
+
+def _batches(n: int = 5, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(16, 3, 4, 4, generator=g), torch.randint(0, 4, (16,), generator=g)) for _ in range(n)]
+
+
+def test_ignite_trainer_equals_plain_pytorch_loop() -> None:
+    torch.manual_seed(0)
+    model = MLP(48, 4, [32])
+    reference = copy.deepcopy(model)
+    batches = _batches()
+
+    def sgd(m: nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+
+    trainer = create_trainer(model, sgd(model), nn.CrossEntropyLoss(), torch.device("cpu"))
+    trainer.run(batches, max_epochs=2)
+
+    opt = sgd(reference)
+    losses = []
+    for _ in range(2):
+        for x, y in batches:
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(reference(x), y)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    for a, b in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+    assert trainer.state.output["loss"].item() == losses[-1]
+
+
+def test_trainer_metrics_come_from_the_epochs_own_outputs() -> None:
+    torch.manual_seed(1)
+    model = MLP(48, 4, [8])
+    batches = _batches(3)
+    seen = []
+    trainer = create_trainer(
+        model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(), torch.device("cpu")
+    )
+    from ignite.engine import Events
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(e.state.output))
+    trainer.run(batches, max_epochs=1)
+    correct = sum((o["y_pred"].argmax(1) == o["y"]).sum().item() for o in seen)
+    total_loss = sum(nn.functional.cross_entropy(o["y_pred"], o["y"], reduction="sum").item() for o in seen)
+    assert trainer.state.metrics["accuracy"] == correct / 48
+    assert abs(trainer.state.metrics["loss"] - total_loss / 48) < 1e-6
+
+
+def test_evaluator_matches_plain_computation() -> None:
+    torch.manual_seed(2)
+    model = MLP(48, 4, [8])
+    batches = _batches(3, seed=5)
+    metrics = create_evaluator(model, nn.CrossEntropyLoss(), torch.device("cpu")).run(batches).metrics
+    with torch.no_grad():
+        x = torch.cat([b[0] for b in batches])
+        y = torch.cat([b[1] for b in batches])
+        logits = model(x)
+    assert metrics["accuracy"] == (logits.argmax(1) == y).sum().item() / len(y)
+    assert abs(metrics["loss"] - nn.functional.cross_entropy(logits, y).item()) < 1e-6
+
+
+def test_bf16_forward_runs_under_autocast_and_stays_close() -> None:
+    torch.manual_seed(3)
+    model = MLP(48, 4, [32])
+    x = torch.randn(8, 3, 4, 4)
+    out = forward_fn("bf16", torch.device("cpu"))(model, x)
+    assert out.dtype == torch.float32
+    # bf16 has ~3 significant digits: close to fp32 but not equal.
+    ref = model(x)
+    assert not torch.equal(out, ref)
+    torch.testing.assert_close(out, ref, atol=5e-2, rtol=5e-2)

@@ -1,0 +1,89 @@
+"""ignite_mlp.handlers: each handler on its own, on a tiny Ignite run."""
+
+import json
+from pathlib import Path
+
+import torch
+from ignite.engine import Events
+from torch import nn
+
+from ignite_mlp.engine import create_evaluator, create_trainer
+from ignite_mlp.handlers import (
+    HISTORY_KEYS,
+    History,
+    attach_checkpoints,
+    attach_epoch_summary,
+    attach_terminate_on_nan,
+    attach_validation,
+)
+from ignite_mlp.model import MLP
+
+
+def _setup(seed: int = 0):
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    train = [(torch.randn(8, 12, generator=g), torch.randint(0, 3, (8,), generator=g)) for _ in range(4)]
+    val = [(torch.randn(10, 12, generator=g), torch.randint(0, 3, (10,), generator=g))]
+    model = MLP(12, 3, [16])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = create_trainer(model, opt, nn.CrossEntropyLoss(), torch.device("cpu"))
+    evaluator = create_evaluator(model, nn.CrossEntropyLoss(), torch.device("cpu"))
+    return model, opt, trainer, evaluator, train, val
+
+
+def test_history_records_each_epoch_and_writes_json(tmp_path: Path) -> None:
+    model, opt, trainer, evaluator, train, val = _setup()
+    attach_validation(trainer, evaluator, val)
+    history = History(tmp_path / "history.json")
+    history.attach(trainer, evaluator)
+    val_acc = []
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: val_acc.append(evaluator.state.metrics["accuracy"]))
+    trainer.run(train, max_epochs=3)
+    on_disk = json.loads((tmp_path / "history.json").read_text())
+    assert list(on_disk) == list(HISTORY_KEYS) and all(len(v) == 3 for v in on_disk.values())
+    assert on_disk["val_acc_epoch"] == [100 * a for a in val_acc]  # percent, like the tutorial
+    assert on_disk == history.values
+
+
+def test_checkpoints_best_and_last_reload(tmp_path: Path) -> None:
+    model, opt, trainer, evaluator, train, val = _setup()
+    attach_validation(trainer, evaluator, val)
+    history = History()
+    history.attach(trainer, evaluator)
+    best, last = attach_checkpoints(
+        trainer, evaluator, model, {"model": model, "optimizer": opt, "trainer": trainer, "history": history}, tmp_path
+    )
+    trainer.run(train, max_epochs=4)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert len(files) == 2, files
+    best_epoch = history.best_epoch()
+    expected = f"best_model_{best_epoch}_val_acc={history.best_val_acc():.4f}.pt"
+    assert expected in files and "last_checkpoint_16.pt" in files
+    # The last checkpoint reloads (safely) into fresh objects and carries the trainer state.
+    state = torch.load(tmp_path / "last_checkpoint_16.pt", weights_only=True)
+    fresh = MLP(12, 3, [16])
+    fresh.load_state_dict(state["model"])
+    for a, b in zip(fresh.parameters(), model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert state["trainer"]["iteration"] == 16 and state["history"]["loss_epoch"] == history.values["loss_epoch"]
+
+
+def test_epoch_summary_line(tmp_path: Path) -> None:
+    model, opt, trainer, evaluator, train, val = _setup()
+    attach_validation(trainer, evaluator, val)
+    history = History()
+    history.attach(trainer, evaluator)
+    lines: list[str] = []
+    attach_epoch_summary(trainer, history, lines.append)
+    trainer.run(train, max_epochs=2)
+    assert len(lines) == 2 and lines[1].startswith("Epoch   2/2: train loss")
+    assert f"acc {history.values['val_acc_epoch'][1]:.2f}%" in lines[1]
+
+
+def test_terminate_on_nan_stops_at_first_bad_loss() -> None:
+    model, opt, trainer, evaluator, train, val = _setup()
+    attach_terminate_on_nan(trainer)
+    with torch.no_grad():
+        model.layers[1].weight.fill_(float("nan"))
+    trainer.run(train, max_epochs=3)
+    assert trainer.state.iteration == 1

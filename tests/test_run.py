@@ -1,0 +1,83 @@
+"""ignite_mlp.run: a whole run on tiny data writes everything it promises."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from ignite.engine import Events
+
+from ignite_mlp import TrainConfig, train
+from ignite_mlp.data import load_dataset
+from ignite_mlp.errors import UserError
+from ignite_mlp.handlers import HISTORY_KEYS
+from ignite_mlp.model import MLP
+
+
+def _config(data: Path, run_dir: Path, **kw) -> TrainConfig:
+    base = dict(data=str(data), run_dir=str(run_dir), epochs=3, batch_size=8, lr=0.05, progress=False)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_run_writes_config_history_checkpoints_tensorboard_curves(tarball: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = train(_config(tarball, run_dir), write=lambda s: None)
+    history = json.loads((run_dir / "history.json").read_text())
+    assert list(history) == list(HISTORY_KEYS) and all(len(v) == 3 for v in history.values())
+    assert history == result.history
+    assert json.loads((run_dir / "config.json").read_text())["epochs"] == 3
+    assert list(run_dir.glob("events.out.tfevents.*"))
+    assert (run_dir / "curves.png").stat().st_size > 0
+    assert result.best_val_acc == max(history["val_acc_epoch"])
+    assert result.best_epoch == history["val_acc_epoch"].index(result.best_val_acc) + 1
+    assert result.best_checkpoint and result.best_checkpoint.is_file()
+    assert result.last_checkpoint and result.last_checkpoint.name == "last_checkpoint_15.pt"  # 3 epochs x 5 batches
+    # The best checkpoint reproduces the recorded best validation accuracy.
+    ds = load_dataset(tarball)
+    model = MLP(ds.in_features, ds.num_classes, [128])
+    model.load_state_dict(torch.load(result.best_checkpoint, weights_only=True))
+    with torch.no_grad():
+        x = (ds.test_images.float() / 255 - 0.5) / 0.5
+        acc = 100 * (model(x).argmax(1) == ds.test_labels).float().mean().item()
+    assert acc == pytest.approx(result.best_val_acc, abs=1e-4)
+    assert "best validation accuracy" in result.report()
+
+
+def test_same_seed_same_history_different_seed_differs(tree: Path, tmp_path: Path) -> None:
+    a = train(_config(tree, tmp_path / "a", epochs=2), write=lambda s: None).history
+    b = train(_config(tree, tmp_path / "b", epochs=2), write=lambda s: None).history
+    c = train(_config(tree, tmp_path / "c", epochs=2, seed=1), write=lambda s: None).history
+    assert a == b and a != c
+
+
+def test_learns_the_tiny_task(tree: Path, tmp_path: Path) -> None:
+    # Classes differ in brightness: a few epochs must beat chance (33%) clearly.
+    result = train(_config(tree, tmp_path / "r", epochs=8, lr=0.02), write=lambda s: None)
+    assert result.best_val_acc > 80
+
+
+def test_extra_handlers_receive_engines_and_context(tree: Path, tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    def attach(trainer, evaluator, context) -> None:
+        assert context.run_dir == tmp_path / "r" and context.config.epochs == 2
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: calls.append(e.state.epoch))
+
+    train(_config(tree, tmp_path / "r", epochs=2), extra_handlers=[attach], write=lambda s: None)
+    assert calls == [1, 2]
+
+
+def test_existing_run_is_refused_then_overwritten(tree: Path, tmp_path: Path) -> None:
+    train(_config(tree, tmp_path / "r", epochs=1), write=lambda s: None)
+    before = (tmp_path / "r" / "history.json").read_bytes()
+    with pytest.raises(UserError, match="already holds a run"):
+        train(_config(tree, tmp_path / "r", epochs=1), write=lambda s: None)
+    assert (tmp_path / "r" / "history.json").read_bytes() == before
+    train(_config(tree, tmp_path / "r", epochs=2, overwrite=True), write=lambda s: None)
+    assert len(json.loads((tmp_path / "r" / "history.json").read_text())["val_loss"]) == 2
+    assert len(list((tmp_path / "r" / "checkpoints").glob("best_*.pt"))) == 1
+
+
+def test_bf16_run_trains(tree: Path, tmp_path: Path) -> None:
+    result = train(_config(tree, tmp_path / "r", epochs=4, precision="bf16"), write=lambda s: None)
+    assert result.best_val_acc > 50
