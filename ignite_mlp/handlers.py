@@ -129,10 +129,18 @@ def attach_checkpoints(
     return best, last
 
 
-def attach_progress_bar(trainer: Engine) -> ProgressBar:
-    """Ignite's tqdm bar over each epoch's iterations, showing the running batch loss."""
+def attach_progress_bar(trainer: Engine, every: int = 10) -> ProgressBar:
+    """Ignite's tqdm bar over each epoch's iterations, showing the batch loss.
+
+    It is redrawn every ``every`` iterations: redrawing on each one costs about half a
+    millisecond, a real share of a 3 ms training step.
+    """
     bar = ProgressBar(persist=False)
-    bar.attach(trainer, output_transform=lambda out: {"loss": out["loss"]})
+    bar.attach(
+        trainer,
+        output_transform=lambda out: {"loss": out["loss"]},
+        event_name=Events.ITERATION_COMPLETED(every=every),
+    )
     return bar
 
 
@@ -165,10 +173,12 @@ def attach_tensorboard(
     optimizer: torch.optim.Optimizer,
     history: History,
     log_dir: str | Path,
+    lr_per_iteration: bool = False,
 ) -> TensorboardLogger:
     """TensorBoard through Ignite's ``TensorboardLogger`` (tensorboardX writer).
 
-    Tags: ``train/loss`` per iteration at the global iteration; ``lr`` per iteration;
+    Tags: ``train/loss`` per iteration at the global iteration; ``train/lr`` at each epoch's
+    start, or each iteration's when ``lr_per_iteration`` (a schedule that moves within epochs);
     ``epoch/<key>`` for the four history values at the epoch number (attach after ``history``).
     """
     tb = TensorboardLogger(log_dir=str(log_dir))
@@ -177,7 +187,8 @@ def attach_tensorboard(
         OutputHandler(tag="train", output_transform=lambda out: {"loss": out["loss"]}),
         Events.ITERATION_COMPLETED,
     )
-    tb.attach(trainer, OptimizerParamsHandler(optimizer, param_name="lr", tag="train"), Events.ITERATION_STARTED)
+    lr_event = Events.ITERATION_STARTED if lr_per_iteration else Events.EPOCH_STARTED
+    tb.attach(trainer, OptimizerParamsHandler(optimizer, param_name="lr", tag="train"), lr_event)
 
     def log_history(engine: Engine) -> None:
         for key, value in history.latest().items():

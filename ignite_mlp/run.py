@@ -112,6 +112,7 @@ def build_loaders(dataset: Dataset, config: TrainConfig, device: torch.device) -
         shuffle=True,
         seed=config.seed,
         device=device,
+        buffers=3,  # Ignite consumes each batch before drawing the next: recycling is safe
     )
     val_loader = TensorLoader(
         dataset.test_images,
@@ -121,6 +122,8 @@ def build_loaders(dataset: Dataset, config: TrainConfig, device: torch.device) -
         config.std,
         shuffle=False,
         device=device,
+        # Normalise validation data once, unless the float copy would be large (> 1 GiB).
+        keep_normalized=dataset.test_images.numel() * 4 <= 2**30,
     )
     return train_loader, val_loader
 

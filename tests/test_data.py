@@ -175,7 +175,7 @@ def test_batches_equal_the_tutorials_transforms(tree: Path) -> None:
     tutorial = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
     files = [tree / "test" / c / f"{i:04d}.png" for c in CLASSES for i in range(4)]
     expected = torch.stack([tutorial(Image.open(f)) for f in files])
-    got = torch.cat([x for x, _ in loader])
+    got = torch.cat([x for x, _ in loader])  # fresh tensors (no buffers): safe to keep
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
     assert got.min() >= -1 - 1e-6 and got.max() <= 1 + 1e-6  # [-1, 1], up to float rounding
@@ -189,6 +189,32 @@ def test_per_channel_normalisation_matches_formula() -> None:
     torch.testing.assert_close(x, expected, atol=1e-6, rtol=0)
     with pytest.raises(UserError, match="3 channels"):
         normalization([0.5, 0.5], [0.5], 3)
+
+
+def test_recycled_buffers_give_the_same_batches() -> None:
+    images = torch.randint(0, 256, (50, 3, 4, 4), dtype=torch.uint8)
+    labels = torch.arange(50)
+    plain = TensorLoader(images, labels, 8, [0.5], [0.5], shuffle=True, seed=3)
+    ring = TensorLoader(images, labels, 8, [0.5], [0.5], shuffle=True, seed=3, buffers=3)
+    kept = []
+    for (a, ya), (b, yb) in zip(plain, ring, strict=True):
+        assert torch.equal(a, b) and torch.equal(ya, yb)
+        kept.append(b)
+    # Only the last 3 batches survive in the ring: the 4th from last was overwritten.
+    assert kept[-1].data_ptr() == kept[-4].data_ptr()
+
+
+def test_kept_normalized_batches_are_served_again() -> None:
+    images = torch.randint(0, 256, (20, 1, 2, 2), dtype=torch.uint8)
+    loader = TensorLoader(images, torch.arange(20), 8, [0.5], [0.5], keep_normalized=True)
+    first = list(loader)
+    second = list(loader)
+    assert [x.data_ptr() for x, _ in first] == [x.data_ptr() for x, _ in second]  # not recomputed
+    fresh = TensorLoader(images, torch.arange(20), 8, [0.5], [0.5])
+    for (a, _), (b, _) in zip(second, fresh, strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="shuffle"):
+        TensorLoader(images, torch.arange(20), 8, [0.5], [0.5], shuffle=True, keep_normalized=True)
 
 
 def test_shuffle_is_fresh_each_epoch_seeded_and_complete() -> None:

@@ -1,0 +1,329 @@
+"""Side-by-side benchmark: the tutorial's loop against ignite_mlp, on the same data, in one process.
+
+    python scripts/benchmark.py --data ../shared/data/cifar10-jpg.tar.gz
+
+Per epoch (training plus validation) it times, interleaved over several rounds:
+
+  (a) tutorial: a torchvision-CIFAR10-style in-memory dataset, per-sample ToTensor + Normalize,
+      DataLoader(batch 256, default workers), plain for-loop;
+  (b) plain:    a plain PyTorch loop over the same in-memory uint8 tensors;
+  (c) ignite:   ignite_mlp's trainer and evaluator with every default handler on;
+  (d) floor:    forward, backward and SGD step on ready-made normalised batches, plus the
+                validation forward passes: no data work at all.
+
+It prints medians and the ratios a/c, c/b, c/d; then bf16 against fp32 (speed and accuracy),
+the time to the first iteration of a fresh and a second (cached) start, and peak memory of a
+default run. Without --data it generates random data of CIFAR-10's size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision import transforms
+
+from ignite_mlp import TrainConfig, train
+from ignite_mlp.data import Dataset, TensorLoader, load_dataset
+from ignite_mlp.model import MLP
+from ignite_mlp.run import RunContext
+
+EpochFn = Callable[[], None]
+
+
+# ------------------------------------------------------------------------ (a) the tutorial
+
+
+class TutorialCIFAR(torch.utils.data.Dataset):
+    """What torchvision.datasets.CIFAR10 does: HWC uint8 arrays in memory, PIL + transform per sample."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Callable) -> None:
+        self.data = images.permute(0, 2, 3, 1).numpy()  # (N, H, W, C) like torchvision's .data
+        self.targets = labels.tolist()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(Image.fromarray(self.data[i])), self.targets[i]
+
+
+def tutorial_epoch_fn(ds: Dataset, model: nn.Module, opt: torch.optim.Optimizer) -> EpochFn:
+    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,) * 3, (0.5,) * 3)])
+    train_loader = DataLoader(TutorialCIFAR(ds.train_images, ds.train_labels, tf), batch_size=256, shuffle=True)
+    val_loader = DataLoader(TutorialCIFAR(ds.test_images, ds.test_labels, tf), batch_size=256, shuffle=False)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def epoch() -> None:
+        model.train()
+        running_loss, correct, total = 0.0, 0, 0
+        for x, y in train_loader:
+            opt.zero_grad()
+            out = model(x)
+            loss = loss_fn(out, y)
+            loss.backward()
+            opt.step()
+            running_loss += loss.item()
+            correct += (out.argmax(1) == y).sum().item()
+            total += len(y)
+        model.eval()
+        with torch.no_grad():
+            for x, y in val_loader:
+                out = model(x)
+                loss_fn(out, y).item()
+                (out.argmax(1) == y).sum().item()
+
+    return epoch
+
+
+# ------------------------------------------------------------------------ (b) plain loop, (d) floor
+
+
+def plain_epoch_fn(ds: Dataset, model: nn.Module, opt: torch.optim.Optimizer, eval_batch: int) -> EpochFn:
+    """The same in-memory tensors as ignite_mlp, in a hand-written loop with the same metrics."""
+    train_loader = TensorLoader(ds.train_images, ds.train_labels, 256, [0.5], [0.5], shuffle=True)
+    val_loader = TensorLoader(ds.test_images, ds.test_labels, eval_batch, [0.5], [0.5])
+    loss_fn = nn.CrossEntropyLoss()
+    counter = iter(range(1, 10**9))
+
+    def epoch() -> None:
+        train_loader.set_epoch(next(counter))
+        model.train()
+        loss_sum, correct = torch.zeros(()), torch.zeros((), dtype=torch.long)
+        for x, y in train_loader:
+            opt.zero_grad()
+            out = model(x)
+            loss = loss_fn(out, y)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.detach() * len(y)
+            correct += (out.argmax(1) == y).sum()
+        model.eval()
+        with torch.no_grad():
+            for x, y in val_loader:
+                out = model(x)
+                loss_sum += loss_fn(out, y) * len(y)
+                correct += (out.argmax(1) == y).sum()
+        loss_sum.item(), correct.item()
+
+    return epoch
+
+
+def floor_epoch_fn(ds: Dataset, model: nn.Module, opt: torch.optim.Optimizer, eval_batch: int) -> EpochFn:
+    """Only the arithmetic: batches already normalised, nothing measured."""
+    g = torch.Generator().manual_seed(0)
+    n = len(ds.train_labels)
+    perm = torch.randperm(n, generator=g)
+    scale, shift = 1 / 127.5, -1.0
+    train_batches = [
+        (ds.train_images[perm[i : i + 256]].float() * scale + shift, ds.train_labels[perm[i : i + 256]])
+        for i in range(0, n, 256)
+    ]
+    val_batches = [
+        ds.test_images[i : i + eval_batch].float() * scale + shift for i in range(0, len(ds.test_labels), eval_batch)
+    ]
+    loss_fn = nn.CrossEntropyLoss()
+
+    def epoch() -> None:
+        model.train()
+        for x, y in train_batches:
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            for x in val_batches:
+                model(x)
+
+    return epoch
+
+
+# ------------------------------------------------------------------------ (c) ignite_mlp
+
+
+class EpochClock:
+    """A user handler (attached last) that notes when each epoch's handlers have all finished."""
+
+    def __init__(self) -> None:
+        self.marks: list[float] = []
+
+    def __call__(self, trainer: Engine, evaluator: Engine, context: RunContext) -> None:
+        trainer.add_event_handler(Events.STARTED, lambda _: self.marks.append(time.perf_counter()))
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: self.marks.append(time.perf_counter()))
+
+    def epoch_times(self) -> list[float]:
+        return [b - a for a, b in zip(self.marks, self.marks[1:], strict=False)]
+
+
+def ignite_epochs(ds: Dataset, epochs: int, out: Path, precision: str = "fp32") -> tuple[list[float], float]:
+    """Per-epoch seconds of a default ignite_mlp run, and its best validation accuracy."""
+    clock = EpochClock()
+    config = TrainConfig(run_dir=str(out), epochs=epochs, precision=precision, device="cpu", overwrite=True)
+    # The progress bar and epoch lines stay on (they are default handlers) but out of the report.
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull), contextlib.redirect_stdout(devnull):
+        result = train(config, extra_handlers=[clock], dataset=ds, write=lambda s: None)
+    return clock.epoch_times(), result.best_val_acc or 0.0
+
+
+# ------------------------------------------------------------------------ start-up and memory
+
+
+def startup_child(data: str, cache: str, t0: float, run_dir: str) -> None:
+    """Run inside a fresh interpreter: report seconds from launch to the first training iteration."""
+
+    def first_iteration(trainer: Engine, evaluator: Engine, context: RunContext) -> None:
+        def report(engine: Engine) -> None:
+            print(f"FIRST_ITERATION {time.time() - t0:.3f}", flush=True)
+            engine.terminate()
+
+        trainer.add_event_handler(Events.ITERATION_STARTED(once=1), report)
+
+    config = TrainConfig(data=data, cache_dir=cache, run_dir=run_dir, epochs=1, progress=False, overwrite=True)
+    train(config, extra_handlers=[first_iteration], write=lambda s: None)
+
+
+def time_to_first_iteration(data: str, cache: str, run_dir: str) -> float:
+    t0 = time.time()
+    cmd = [sys.executable, __file__, "--startup-child", data, cache, str(t0), run_dir]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return float(next(line.split()[1] for line in out.splitlines() if line.startswith("FIRST_ITERATION")))
+
+
+def peak_rss_of_default_run(data: str, cache: str, run_dir: str, epochs: int) -> float:
+    """Peak resident memory (GB) of `ignite-mlp train` with default options, in its own process."""
+    args = ["train", "--data", data, "--cache-dir", cache, "--run-dir", run_dir, "--epochs", str(epochs)]
+    args += ["--no-progress", "--overwrite"]
+    # The child reports its own high-water mark (VmHWM) at exit. Not ru_maxrss: Linux carries
+    # that across fork+exec, so a child would inherit this big benchmark process's peak.
+    code = (
+        "import atexit, re, sys\n"
+        "hwm = lambda: re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
+        "atexit.register(lambda: print('PEAK_KB', hwm()))\n"
+        "from ignite_mlp.cli import main\n"
+        f"sys.exit(main({args!r}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return int(next(line.split()[1] for line in out.splitlines() if line.startswith("PEAK_KB"))) / 1024**2
+
+
+# ------------------------------------------------------------------------ report
+
+
+def hardware() -> str:
+    cpu = platform.processor() or "cpu"
+    if Path("/proc/cpuinfo").exists():
+        names = [
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ]
+        cpu = names[0] if names else cpu
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), {gpu}"
+
+
+def generated_dataset() -> Dataset:
+    g = torch.Generator().manual_seed(0)
+    return Dataset(
+        torch.randint(0, 256, (50000, 3, 32, 32), dtype=torch.uint8, generator=g),
+        torch.randint(0, 10, (50000,), generator=g),
+        torch.randint(0, 256, (10000, 3, 32, 32), dtype=torch.uint8, generator=g),
+        torch.randint(0, 10, (10000,), generator=g),
+        [str(i) for i in range(10)],
+        "generated",
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", help="data source (default: generated data of CIFAR-10's size)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per method per round")
+    parser.add_argument("--accuracy-epochs", type=int, default=50, help="epochs for the fp32-vs-bf16 accuracy run")
+    parser.add_argument("--startup-child", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.startup_child:
+        data, cache, t0, run_dir = args.startup_child
+        startup_child(data, cache, float(t0), run_dir)
+        return 0
+
+    print(f"hardware: {hardware()}")
+    ds = load_dataset(args.data) if args.data else generated_dataset()
+    print(f"data: {args.data or 'generated random data'}: {len(ds.train_labels)} train, {len(ds.test_labels)} val")
+    eval_batch = TrainConfig().eval_batch_size
+    tmp = Path(tempfile.mkdtemp(prefix="ignite-mlp-bench-"))
+
+    def fresh() -> tuple[nn.Module, torch.optim.Optimizer]:
+        torch.manual_seed(0)
+        model = MLP(ds.in_features, ds.num_classes, [128])
+        return model, torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+
+    times: dict[str, list[float]] = {"a": [], "b": [], "c": [], "d": []}
+    for r in range(args.rounds):
+        for key, make in (
+            ("a", lambda: tutorial_epoch_fn(ds, *fresh())),
+            ("b", lambda: plain_epoch_fn(ds, *fresh(), eval_batch)),
+            ("d", lambda: floor_epoch_fn(ds, *fresh(), eval_batch)),
+        ):
+            epoch = make()
+            for _ in range(args.epochs):
+                t = time.perf_counter()
+                epoch()
+                times[key].append(time.perf_counter() - t)
+        times["c"] += ignite_epochs(ds, args.epochs, tmp / f"c{r}")[0]
+        print(f"  round {r + 1}/{args.rounds} done", flush=True)
+
+    med = {k: statistics.median(v) for k, v in times.items()}
+    names = {
+        "a": "tutorial DataLoader loop",
+        "b": "plain loop, in-memory",
+        "c": "ignite_mlp, all handlers",
+        "d": "compute floor",
+    }
+    print(f"\nseconds per epoch (train + validation), median of {args.rounds * args.epochs}:")
+    print("| method | s/epoch |\n| --- | --- |")
+    for k in "abcd":
+        print(f"| ({k}) {names[k]} | {med[k]:.3f} |")
+    print(f"\na/c = {med['a'] / med['c']:.2f}x   c/b = {med['c'] / med['b']:.3f}   c/d = {med['c'] / med['d']:.3f}")
+
+    n = args.accuracy_epochs
+    fp32_times, fp32_acc = ignite_epochs(ds, n, tmp / "fp32")
+    bf16_times, bf16_acc = ignite_epochs(ds, n, tmp / "bf16", precision="bf16")
+    f, b = statistics.median(fp32_times), statistics.median(bf16_times)
+    print(
+        f"\nprecision over {n} epochs: fp32 {f:.3f} s/epoch, best val acc {fp32_acc:.2f}% | "
+        f"bf16 {b:.3f} s/epoch, best val acc {bf16_acc:.2f}% | fp32/bf16 speed = {f / b:.2f}x"
+    )
+
+    if args.data:
+        cache = str(tmp / "startup-cache")
+        first = time_to_first_iteration(args.data, cache, str(tmp / "s1"))
+        second = time_to_first_iteration(args.data, cache, str(tmp / "s2"))
+        print(f"start to first iteration: first (decoding) {first:.2f} s, second (cached) {second:.2f} s")
+        peak = peak_rss_of_default_run(args.data, cache, str(tmp / "mem"), epochs=2)
+        print(f"peak resident memory of a default run (2 epochs): {peak:.2f} GB")
+    peak_here = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    print(f"peak resident memory of this benchmark process: {peak_here:.2f} GB")
+    return 0
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    sys.exit(main())
