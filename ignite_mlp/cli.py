@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from ignite_mlp.config import TrainConfig, add_config_arguments, config_from_sources
-from ignite_mlp.errors import UserError
+from ignite_mlp.errors import CudaError, TrainingInterrupted, UserError
 
 PROG = "ignite-mlp"
 
@@ -34,8 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_namespace(ns: argparse.Namespace) -> TrainConfig:
-    """The TrainConfig for parsed ``train`` arguments: defaults < --config file < flags."""
+    """The TrainConfig for parsed ``train`` arguments: defaults < --config file < flags.
+
+    With ``--resume RUN_DIR|auto`` the run's saved config replaces the defaults.
+    """
     values = {k: v for k, v in vars(ns).items() if k not in ("command", "config_file")}
+    if values.get("resume"):
+        from ignite_mlp.checkpoints import find_run
+
+        values["resume"] = str(find_run(values["resume"]))
     return config_from_sources(values, ns.config_file)
 
 
@@ -44,7 +51,7 @@ def _train(ns: argparse.Namespace) -> int:
 
     result = train(config_from_namespace(ns))
     print(result.report())
-    return 0
+    return 1 if result.stopped else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -56,7 +63,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+    except TrainingInterrupted as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
         return 130
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted before a checkpoint could be written", file=sys.stderr)
+        return 130
+    except CudaError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
     return 2

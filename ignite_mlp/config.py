@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import re
 import tomllib
 import typing
@@ -49,6 +50,8 @@ class TrainConfig:
     # Where decoded uint8 tensors are cached, so a second run does not decode again.
     # A run directory that already holds a run is refused unless this is set.
     overwrite: bool = _opt(False, "replace the run already in --run-dir")
+    # Continue a run from its newest checkpoint ("auto": the newest run under runs/).
+    resume: str | None = _opt(None, "RUN_DIR or auto: continue that run from its last checkpoint")
     cache_dir: str | None = _opt(None, "decoded-data cache (default: ~/.cache/ignite_mlp)")
     download: bool = _opt(True, "download CIFAR-10 into --data when nothing is there")
 
@@ -110,6 +113,21 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, **overrides: Any) -> TrainConfig:
+        """The config a run directory was trained with, set up to resume it; ``overrides``
+        change fields (e.g. ``epochs=80`` to train further)."""
+        path = Path(run_dir) / "config.json"
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise UserError(f"--resume {run_dir}: cannot read {path} ({e}); give a run directory") from None
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in saved.items() if k in known}
+        values.update(overrides)
+        values.update(run_dir=str(run_dir), resume=str(run_dir), overwrite=False)
+        return cls(**values)
 
 
 def _check(ok: bool, flag: str, value: Any, rule: str, fix: str) -> None:
@@ -225,7 +243,12 @@ def _cli_type(kind: type, name: str) -> Any:
 
 
 def config_from_sources(cli_values: dict[str, Any], toml_path: str | None = None) -> TrainConfig:
-    """Defaults, then the TOML file, then the command line: the later one wins."""
+    """Defaults (or, with ``resume``, the saved config of that run directory), then the TOML
+    file, then the command line: the later one wins."""
     values: dict[str, Any] = load_toml(toml_path) if toml_path else {}
     values.update(cli_values)
+    if values.get("resume"):
+        run_dir = values.pop("resume")
+        values.pop("run_dir", None)
+        return TrainConfig.from_run(run_dir, **values)
     return TrainConfig(**values)

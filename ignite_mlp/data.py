@@ -456,11 +456,16 @@ class TensorLoader:
         self.keep_normalized = keep_normalized
         self._kept: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self.epoch = 1
+        self.start = 0
         self.scale, self.shift = (t.to(self.device) for t in normalization(mean, std, images.shape[1]))
 
-    def set_epoch(self, epoch: int) -> None:
-        """Choose which epoch's shuffle the next iteration uses (the trainer calls this)."""
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Choose which epoch's shuffle the next pass uses, and the batch it starts at
+        (non-zero only when a run resumes mid-epoch). The trainer calls this each epoch."""
+        if not 0 <= start < max(len(self), 1):
+            raise ValueError(f"start batch {start} outside this epoch's {len(self)} batches")
         self.epoch = epoch
+        self.start = start
 
     def __len__(self) -> int:
         n = len(self.labels)
@@ -482,7 +487,7 @@ class TensorLoader:
         order = self.permutation(self.epoch) if self.shuffle else None
         shape = (self.batch_size, *self.images.shape[1:])
         ring = [torch.empty(shape, device=self.device) for _ in range(self.buffers)]
-        for i in range(len(self)):
+        for i in range(self.start, len(self)):
             lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, len(self.labels))
             if order is None:
                 x, y = self.images[lo:hi], self.labels[lo:hi]
@@ -494,7 +499,7 @@ class TensorLoader:
             if self.keep_normalized:
                 kept.append(batch)
             yield batch
-        if self.keep_normalized:
+        if self.keep_normalized and self.start == 0:
             self._kept = kept  # only a complete pass is kept
 
     def normalize(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:

@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine, create_supervised_evaluator, create_supervised_trainer
-from ignite.metrics import Accuracy, Loss
+from ignite.metrics import Accuracy, Loss, Metric
+from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
 from torch import nn
 
 
@@ -43,6 +44,34 @@ def _logits_and_labels(output: dict[str, Any]) -> tuple[torch.Tensor, torch.Tens
     return output["y_pred"], output["y"]
 
 
+class MeanLoss(Metric):
+    """Per-sample mean of the loss the training step already computed (no recomputation).
+
+    Ignite's ``Loss`` metric would call the loss function again on every batch; the step's
+    own batch-mean loss, weighted by batch size, gives the same epoch mean for free.
+    Reduced across processes like every Ignite metric.
+    """
+
+    _state_dict_all_req_keys = ("_sum", "_num_examples")
+
+    @reinit__is_reduced
+    def reset(self) -> None:
+        self._sum = torch.zeros((), dtype=torch.float64, device=self._device)
+        self._num_examples = 0
+
+    @reinit__is_reduced
+    def update(self, output: tuple[torch.Tensor, int]) -> None:
+        loss, n = output
+        self._sum += loss.detach().to(self._sum) * n
+        self._num_examples += n
+
+    @sync_all_reduce("_sum", "_num_examples")
+    def compute(self) -> float:
+        if self._num_examples == 0:
+            raise RuntimeError("MeanLoss needs at least one batch before compute()")
+        return self._sum.item() / self._num_examples
+
+
 def create_trainer(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -50,9 +79,8 @@ def create_trainer(
     device: torch.device,
     precision: str = "fp32",
 ) -> Engine:
-    """Ignite's supervised trainer; ``state.output`` is ``{"loss", "y_pred", "y"}`` and
-    ``state.metrics`` holds this epoch's ``accuracy`` (fraction) and mean ``loss``."""
-    trainer = create_supervised_trainer(
+    """Ignite's supervised trainer; ``state.output`` is ``{"loss", "y_pred", "y"}``."""
+    return create_supervised_trainer(
         model,
         optimizer,
         loss_fn,
@@ -60,9 +88,18 @@ def create_trainer(
         output_transform=_step_output,
         model_fn=forward_fn(precision, device),
     )
-    Accuracy(output_transform=_logits_and_labels, device=device).attach(trainer, "accuracy")
-    Loss(loss_fn, output_transform=_logits_and_labels, device=device).attach(trainer, "loss")
-    return trainer
+
+
+def attach_train_metrics(trainer: Engine, device: torch.device) -> dict[str, Metric]:
+    """This epoch's training ``accuracy`` (fraction) and mean ``loss`` in ``trainer.state.metrics``,
+    from each step's own outputs. Returns the metric objects (a checkpoint saves their state)."""
+    metrics: dict[str, Metric] = {
+        "accuracy": Accuracy(output_transform=_logits_and_labels, device=device),
+        "loss": MeanLoss(output_transform=lambda out: (out["loss"], len(out["y"])), device=device),
+    }
+    for name, metric in metrics.items():
+        metric.attach(trainer, name)
+    return metrics
 
 
 def create_evaluator(model: nn.Module, loss_fn: nn.Module, device: torch.device, precision: str = "fp32") -> Engine:

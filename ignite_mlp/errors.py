@@ -10,3 +10,18 @@ class UserError(ValueError):
     >>> str(UserError("--lr must be > 0 (got -1.0); pass a positive learning rate such as 1e-3"))
     '--lr must be > 0 (got -1.0); pass a positive learning rate such as 1e-3'
     """
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C stopped a run; a checkpoint of where it stopped was written (CLI exit status 130)."""
+
+    def __init__(self, run_dir: str, checkpoint: str) -> None:
+        super().__init__(
+            f"interrupted: checkpoint saved to {checkpoint}; resume with: ignite-mlp train --resume {run_dir}"
+        )
+        self.run_dir = run_dir
+        self.checkpoint = checkpoint
+
+
+class CudaError(RuntimeError):
+    """A CUDA failure, with the tutorial's advice for getting an accurate error."""

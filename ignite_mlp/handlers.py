@@ -109,9 +109,10 @@ def attach_checkpoints(
     """Keep the best model by validation accuracy and the last full training state.
 
     Best: ``best_model_<epoch>_val_acc=<percent>.pt`` (model weights only).
-    Last: ``last_checkpoint_<epoch>.pt`` with everything in ``to_save`` (model, optimizer,
-    trainer, history, ...), written at each epoch's end. Both through Ignite's ``Checkpoint``
-    with an atomic ``DiskSaver``, so a crash mid-write never leaves a half file.
+    Last: ``last_checkpoint_<iteration>.pt`` with everything in ``to_save`` (model, optimizer,
+    trainer, history, ...) plus the best-checkpoint tracker, written at each epoch's end.
+    Both through Ignite's ``Checkpoint`` with an atomic ``DiskSaver``, so a crash mid-write
+    never leaves a half file.
     """
     saver = DiskSaver(str(dirname), require_empty=False, atomic=True)
     best = Checkpoint(
@@ -124,9 +125,35 @@ def attach_checkpoints(
         global_step_transform=global_step_from_engine(trainer),
     )
     evaluator.add_event_handler(Events.COMPLETED, best)
-    last = Checkpoint(dict(to_save), saver, filename_prefix="last", n_saved=1)
+    last = Checkpoint({**to_save, "best_checkpoint": best}, saver, filename_prefix="last", n_saved=1)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, last)
     return best, last
+
+
+def attach_interrupt_checkpoint(
+    trainer: Engine, last: Checkpoint, should_stop: Callable[[], bool], dirname: str | Path
+) -> Checkpoint:
+    """When ``should_stop()`` turns true, save ``interrupted_checkpoint_<iteration>.pt`` (what
+    ``last`` saves, mid-epoch) after the current iteration and terminate the trainer.
+
+    Such a checkpoint is deleted once a later epoch-end checkpoint supersedes it.
+    """
+    interrupted = Checkpoint(
+        last.to_save, DiskSaver(str(dirname), require_empty=False, atomic=True), filename_prefix="interrupted"
+    )
+
+    def maybe_stop(engine: Engine) -> None:
+        if should_stop():
+            interrupted(engine)
+            engine.terminate()
+
+    def drop_superseded(engine: Engine) -> None:
+        for path in Path(dirname).glob("interrupted_checkpoint_*.pt"):
+            path.unlink()
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, maybe_stop)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, drop_superseded)
+    return interrupted
 
 
 def attach_progress_bar(trainer: Engine, every: int = 10) -> ProgressBar:
@@ -174,14 +201,26 @@ def attach_tensorboard(
     history: History,
     log_dir: str | Path,
     lr_per_iteration: bool = False,
+    purge_step: int | None = None,
 ) -> TensorboardLogger:
     """TensorBoard through Ignite's ``TensorboardLogger`` (tensorboardX writer).
 
-    Tags: ``train/loss`` per iteration at the global iteration; ``train/lr`` at each epoch's
-    start, or each iteration's when ``lr_per_iteration`` (a schedule that moves within epochs);
-    ``epoch/<key>`` for the four history values at the epoch number (attach after ``history``).
+    Every tag's step is the global iteration: ``train/loss`` each iteration; ``train/lr`` at
+    each epoch's start (each iteration's with ``lr_per_iteration``, for schedules that move
+    within epochs); ``epoch/<key>`` for the four history values at the iteration that ends
+    the epoch, so epoch curves line up with iteration curves. Attach after ``history`` and
+    before the last checkpoint: the epoch's events are flushed to disk before the checkpoint
+    that covers them, and ``purge_step`` (the checkpoint's iteration + 1, on resume) hides
+    anything a killed run logged after its checkpoint, so no step is ever duplicated.
     """
-    tb = TensorboardLogger(log_dir=str(log_dir))
+    # tensorboardX hands each event to its writer thread through a queue of 10 by default, so
+    # a per-iteration scalar often waits for the writer; a deep queue lets training run on.
+    #
+    # Event files are named by the second they were opened; a resumed run's file gets a suffix
+    # that sorts after the original's, so even a resume within the same second appends a new
+    # file (tensorboardX opens with "wb") and TensorBoard reads the purge in the right order.
+    suffix = f".{purge_step or 0:012d}"
+    tb = TensorboardLogger(log_dir=str(log_dir), max_queue=1000, purge_step=purge_step, filename_suffix=suffix)
     tb.attach(
         trainer,
         OutputHandler(tag="train", output_transform=lambda out: {"loss": out["loss"]}),
@@ -192,7 +231,8 @@ def attach_tensorboard(
 
     def log_history(engine: Engine) -> None:
         for key, value in history.latest().items():
-            tb.writer.add_scalar(f"epoch/{key}", value, engine.state.epoch)
+            tb.writer.add_scalar(f"epoch/{key}", value, engine.state.iteration)
+        tb.writer.flush()
 
     trainer.add_event_handler(Events.EPOCH_COMPLETED, log_history)
     trainer.add_event_handler(Events.COMPLETED, lambda _: tb.writer.flush())

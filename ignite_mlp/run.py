@@ -10,6 +10,8 @@ The CLI is a thin layer over this function, so a Python user gets exactly the sa
 from __future__ import annotations
 
 import json
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,16 +24,26 @@ from ignite.handlers import TensorboardLogger
 from ignite.utils import manual_seed
 from torch import nn
 
+from ignite_mlp.checkpoints import (
+    EpochMetricsState,
+    RandomState,
+    check_model_shapes,
+    latest_checkpoint,
+    remove_orphans,
+    restore,
+    safe_load,
+)
 from ignite_mlp.config import TrainConfig, resolve_device
 from ignite_mlp.data import Dataset, TensorLoader, load_dataset, summarize
-from ignite_mlp.engine import create_evaluator, create_trainer
-from ignite_mlp.errors import UserError
+from ignite_mlp.engine import attach_train_metrics, create_evaluator, create_trainer
+from ignite_mlp.errors import CudaError, TrainingInterrupted, UserError
 from ignite_mlp.files import write_json_atomic
 from ignite_mlp.handlers import (
     History,
     attach_checkpoints,
     attach_curves,
     attach_epoch_summary,
+    attach_interrupt_checkpoint,
     attach_progress_bar,
     attach_tensorboard,
     attach_terminate_on_nan,
@@ -67,12 +79,14 @@ class RunResult:
     best_checkpoint: Path | None
     last_checkpoint: Path | None
     files: dict[str, Path] = field(default_factory=dict)
+    # Set when the run stopped early on its own (NaN loss): why, and what to try.
+    stopped: str | None = None
 
     def report(self) -> str:
         """The closing lines printed after training."""
         if self.best_epoch is None:
             return f"no epoch finished; run directory {self.run_dir}"
-        return (
+        return (f"{self.stopped}\n" if self.stopped else "") + (
             f"best validation accuracy {self.best_val_acc:.2f}% at epoch {self.best_epoch}\n"
             f"best checkpoint: {self.best_checkpoint}\n"
             f"run directory:   {self.run_dir} (tensorboard --logdir {self.run_dir.parent})"
@@ -128,6 +142,19 @@ def build_loaders(dataset: Dataset, config: TrainConfig, device: torch.device) -
     return train_loader, val_loader
 
 
+class _StopRequest:
+    """SIGINT handler: the first Ctrl-C asks the trainer to stop after the current iteration
+    (so the checkpoint is taken between steps, never mid-update); a second one stops at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+
 def train(
     config: TrainConfig,
     extra_handlers: Sequence[HandlerFn] = (),
@@ -138,11 +165,20 @@ def train(
 
     ``extra_handlers`` are called as ``fn(trainer, evaluator, context)`` after the built-in
     handlers are attached, so theirs run after ours on the same event. ``dataset`` skips
-    loading (useful for tests and notebooks that already hold one).
+    loading (useful for tests and notebooks that already hold one). With ``config.resume``
+    the run continues from its newest checkpoint (see :meth:`TrainConfig.from_run`).
     """
     config.validate()
     device = resolve_device(config.device)
-    run_dir = prepare_run_dir(config.run_dir, config.overwrite)
+    # Read the checkpoint before the (slower) data loading, so a bad one fails fast.
+    if config.resume:
+        run_dir = Path(config.resume)
+        checkpoint_path = latest_checkpoint(run_dir)
+        saved: dict[str, Any] | None = safe_load(checkpoint_path)
+        resume_iteration = int(saved.get("trainer", {}).get("iteration", 0))
+    else:
+        run_dir = prepare_run_dir(config.run_dir, config.overwrite)
+        checkpoint_path, saved, resume_iteration = None, None, 0
     manual_seed(config.seed)
 
     if dataset is None:
@@ -151,13 +187,22 @@ def train(
     train_loader, val_loader = build_loaders(dataset, config, device)
 
     model = MLP(dataset.in_features, dataset.num_classes, config.hidden_sizes).to(device)
+    if saved is not None:
+        check_model_shapes(model, saved.get("model", {}), checkpoint_path)  # type: ignore[arg-type]
     optimizer = torch.optim.SGD(
         model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
     loss_fn = nn.CrossEntropyLoss()
     trainer = create_trainer(model, optimizer, loss_fn, device, config.precision)
+    train_metrics = attach_train_metrics(trainer, device)
     evaluator = create_evaluator(model, loss_fn, device, config.precision)
-    trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: train_loader.set_epoch(e.state.epoch))
+
+    def start_epoch(engine: Engine) -> None:
+        # On a resume mid-epoch, the first epoch continues at the batch where it stopped.
+        done_in_epoch = engine.state.iteration - (engine.state.epoch - 1) * len(train_loader)
+        train_loader.set_epoch(engine.state.epoch, start=done_in_epoch)
+
+    trainer.add_event_handler(Events.EPOCH_STARTED, start_epoch)
 
     files = {
         "config": run_dir / "config.json",
@@ -169,28 +214,60 @@ def train(
     attach_terminate_on_nan(trainer)
     attach_validation(trainer, evaluator, val_loader)
     history.attach(trainer, evaluator)
-    best, last = attach_checkpoints(
-        trainer,
-        evaluator,
-        model,
-        {"model": model, "optimizer": optimizer, "trainer": trainer, "history": history},
-        files["checkpoints"],
-    )
+    tb = None
+    if config.tensorboard:
+        # On resume, TensorBoard hides whatever the dead run logged after its checkpoint.
+        purge_step = resume_iteration + 1 if saved is not None else None
+        tb = attach_tensorboard(trainer, optimizer, history, run_dir, purge_step=purge_step)
+    # Everything a resume needs. "trainer" precedes "train_metrics": the latter reads the
+    # restored iteration to tell a mid-epoch checkpoint from an epoch-end one.
+    to_save: dict[str, Any] = {
+        "model": model,
+        "optimizer": optimizer,
+        "trainer": trainer,
+        "train_metrics": EpochMetricsState(trainer, train_metrics),
+        "history": history,
+        "random": RandomState(),
+    }
+    best, last = attach_checkpoints(trainer, evaluator, model, to_save, files["checkpoints"])
     bar = attach_progress_bar(trainer) if config.progress else None
     attach_epoch_summary(trainer, history, bar.log_message if bar else write)
-    tb = attach_tensorboard(trainer, optimizer, history, run_dir) if config.tensorboard else None
     attach_curves(trainer, history, files["curves"])
+    stop = _StopRequest()
+    interrupted = attach_interrupt_checkpoint(trainer, last, lambda: stop.requested, files["checkpoints"])
+
+    if saved is not None:
+        restore({**to_save, "best_checkpoint": best}, saved, checkpoint_path)  # type: ignore[arg-type]
+        remove_orphans(best, files["checkpoints"])
+        if trainer.state.epoch >= config.epochs and trainer.state.iteration % len(train_loader) == 0:
+            raise UserError(
+                f"--resume {run_dir}: the run already finished {trainer.state.epoch} epochs; "
+                f"pass --epochs N with N > {trainer.state.epoch} to train further"
+            )
+        write(f"resuming {run_dir} from {checkpoint_path.name} (epoch {trainer.state.epoch} done)")  # type: ignore[union-attr]
 
     context = RunContext(config, run_dir, model, optimizer, dataset, tb)
     for handler in extra_handlers:
         handler(trainer, evaluator, context)
 
     write_json_atomic(files["config"], {**config.to_dict(), "resolved_device": str(device)})
+    previous_sigint = _install_sigint(stop)
     try:
         trainer.run(train_loader, max_epochs=config.epochs)
+    except RuntimeError as e:
+        if "CUDA" in str(e) or "cuda" in str(e):
+            raise CudaError(
+                f"{e}\nCUDA reports errors late and often at the wrong line: rerun with --device cpu "
+                "(or with CUDA_LAUNCH_BLOCKING=1) for an accurate error"
+            ) from e
+        raise
     finally:
+        if previous_sigint is not None:
+            signal.signal(signal.SIGINT, previous_sigint)
         if tb is not None:
             tb.close()
+    if stop.requested:
+        raise TrainingInterrupted(str(run_dir), str(files["checkpoints"] / interrupted.last_checkpoint))
 
     return RunResult(
         run_dir=run_dir,
@@ -200,6 +277,26 @@ def train(
         best_checkpoint=_checkpoint_path(best, files["checkpoints"]),
         last_checkpoint=_checkpoint_path(last, files["checkpoints"]),
         files=files,
+        stopped=_nan_message(trainer, config),
+    )
+
+
+def _install_sigint(stop: _StopRequest) -> Any:
+    """Route Ctrl-C to ``stop``; signals can only be caught on the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGINT, stop)
+
+
+def _nan_message(trainer: Engine, config: TrainConfig) -> str | None:
+    """Why TerminateOnNan stopped the run, and what to try, or None if it did not."""
+    output = trainer.state.output
+    if not output or bool(torch.isfinite(output["loss"]).all()):
+        return None
+    return (
+        f"training stopped: the loss became {float(output['loss'])} at epoch {trainer.state.epoch}, "
+        f"iteration {trainer.state.iteration}; the learning rate is probably too high: "
+        f"try --lr {config.lr / 10:g}. The best checkpoint so far is kept."
     )
 
 

@@ -40,9 +40,9 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 
 from ignite_mlp import TrainConfig, train
-from ignite_mlp.data import Dataset, TensorLoader, load_dataset
+from ignite_mlp.data import Dataset, load_dataset
 from ignite_mlp.model import MLP
-from ignite_mlp.run import RunContext
+from ignite_mlp.run import RunContext, build_loaders
 
 EpochFn = Callable[[], None]
 
@@ -96,10 +96,9 @@ def tutorial_epoch_fn(ds: Dataset, model: nn.Module, opt: torch.optim.Optimizer)
 # ------------------------------------------------------------------------ (b) plain loop, (d) floor
 
 
-def plain_epoch_fn(ds: Dataset, model: nn.Module, opt: torch.optim.Optimizer, eval_batch: int) -> EpochFn:
-    """The same in-memory tensors as ignite_mlp, in a hand-written loop with the same metrics."""
-    train_loader = TensorLoader(ds.train_images, ds.train_labels, 256, [0.5], [0.5], shuffle=True)
-    val_loader = TensorLoader(ds.test_images, ds.test_labels, eval_batch, [0.5], [0.5])
+def plain_epoch_fn(ds: Dataset, model: nn.Module, opt: torch.optim.Optimizer) -> EpochFn:
+    """ignite_mlp's own loaders (same tensors, same buffers) in a hand-written loop, same metrics."""
+    train_loader, val_loader = build_loaders(ds, TrainConfig(), torch.device("cpu"))
     loss_fn = nn.CrossEntropyLoss()
     counter = iter(range(1, 10**9))
 
@@ -275,20 +274,36 @@ def main() -> int:
         model = MLP(ds.in_features, ds.num_classes, [128])
         return model, torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
 
-    times: dict[str, list[float]] = {"a": [], "b": [], "c": [], "d": []}
+    makers: dict[str, Callable[[], EpochFn]] = {
+        "a": lambda: tutorial_epoch_fn(ds, *fresh()),
+        "b": lambda: plain_epoch_fn(ds, *fresh()),
+        "d": lambda: floor_epoch_fn(ds, *fresh(), eval_batch),
+    }
+
+    def measure(key: str, r: int) -> float:
+        """Median seconds per epoch of ``key`` over ``args.epochs`` epochs after a warm-up epoch."""
+        if key == "c":
+            return statistics.median(ignite_epochs(ds, args.epochs + 1, tmp / f"c{r}")[0][1:])
+        epoch, seconds = makers[key](), []
+        for _ in range(args.epochs + 1):
+            t = time.perf_counter()
+            epoch()
+            seconds.append(time.perf_counter() - t)
+        return statistics.median(seconds[1:])
+
+    # The machine's speed drifts; ratios are taken within each round (all four methods run
+    # back to back, in a rotating order) and the median of those ratios is reported.
+    times: dict[str, list[float]] = {k: [] for k in "abcd"}
+    ratios: dict[str, list[float]] = {"a/c": [], "c/b": [], "c/d": []}
     for r in range(args.rounds):
-        for key, make in (
-            ("a", lambda: tutorial_epoch_fn(ds, *fresh())),
-            ("b", lambda: plain_epoch_fn(ds, *fresh(), eval_batch)),
-            ("d", lambda: floor_epoch_fn(ds, *fresh(), eval_batch)),
-        ):
-            epoch = make()
-            for _ in range(args.epochs):
-                t = time.perf_counter()
-                epoch()
-                times[key].append(time.perf_counter() - t)
-        times["c"] += ignite_epochs(ds, args.epochs, tmp / f"c{r}")[0]
-        print(f"  round {r + 1}/{args.rounds} done", flush=True)
+        order = "abcd"[r % 4 :] + "abcd"[: r % 4]
+        round_times = {k: measure(k, r) for k in order}
+        for k, v in round_times.items():
+            times[k].append(v)
+        for name in ratios:
+            top, bottom = name.split("/")
+            ratios[name].append(round_times[top] / round_times[bottom])
+        print(f"  round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v:.3f}s" for k, v in sorted(round_times.items())))
 
     med = {k: statistics.median(v) for k, v in times.items()}
     names = {
@@ -297,11 +312,17 @@ def main() -> int:
         "c": "ignite_mlp, all handlers",
         "d": "compute floor",
     }
-    print(f"\nseconds per epoch (train + validation), median of {args.rounds * args.epochs}:")
+    print(f"\nseconds per epoch (train + validation), median over {args.rounds} rounds of {args.epochs} epochs")
+    print("(each after one warm-up epoch):")
     print("| method | s/epoch |\n| --- | --- |")
     for k in "abcd":
         print(f"| ({k}) {names[k]} | {med[k]:.3f} |")
-    print(f"\na/c = {med['a'] / med['c']:.2f}x   c/b = {med['c'] / med['b']:.3f}   c/d = {med['c'] / med['d']:.3f}")
+    print(
+        "\nratios (median of per-round ratios): "
+        + "   ".join(
+            f"{name} = {statistics.median(v):.3f} (min {min(v):.3f}, max {max(v):.3f})" for name, v in ratios.items()
+        )
+    )
 
     n = args.accuracy_epochs
     fp32_times, fp32_acc = ignite_epochs(ds, n, tmp / "fp32")

@@ -5,7 +5,7 @@ import copy
 import torch
 from torch import nn
 
-from ignite_mlp.engine import create_evaluator, create_trainer, forward_fn
+from ignite_mlp.engine import attach_train_metrics, create_evaluator, create_trainer, forward_fn
 from ignite_mlp.model import MLP
 
 
@@ -48,6 +48,7 @@ def test_trainer_metrics_come_from_the_epochs_own_outputs() -> None:
     trainer = create_trainer(
         model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(), torch.device("cpu")
     )
+    attach_train_metrics(trainer, torch.device("cpu"))
     from ignite.engine import Events
 
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(e.state.output))

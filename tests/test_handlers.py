@@ -7,7 +7,7 @@ import torch
 from ignite.engine import Events
 from torch import nn
 
-from ignite_mlp.engine import create_evaluator, create_trainer
+from ignite_mlp.engine import attach_train_metrics, create_evaluator, create_trainer
 from ignite_mlp.handlers import (
     HISTORY_KEYS,
     History,
@@ -27,6 +27,7 @@ def _setup(seed: int = 0):
     model = MLP(12, 3, [16])
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     trainer = create_trainer(model, opt, nn.CrossEntropyLoss(), torch.device("cpu"))
+    attach_train_metrics(trainer, torch.device("cpu"))
     evaluator = create_evaluator(model, nn.CrossEntropyLoss(), torch.device("cpu"))
     return model, opt, trainer, evaluator, train, val
 

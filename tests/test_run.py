@@ -81,3 +81,55 @@ def test_existing_run_is_refused_then_overwritten(tree: Path, tmp_path: Path) ->
 def test_bf16_run_trains(tree: Path, tmp_path: Path) -> None:
     result = train(_config(tree, tmp_path / "r", epochs=4, precision="bf16"), write=lambda s: None)
     assert result.best_val_acc > 50
+
+
+def _tb_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Scalars as TensorBoard itself reads them (purges applied)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_resume_with_more_epochs_equals_one_long_run(tree: Path, tmp_path: Path) -> None:
+    straight = train(_config(tree, tmp_path / "straight", epochs=4), write=lambda s: None)
+    train(_config(tree, tmp_path / "split", epochs=2), write=lambda s: None)
+    resumed = train(TrainConfig.from_run(tmp_path / "split", epochs=4), write=lambda s: None)
+    for key, values in straight.history.items():
+        assert resumed.history[key] == pytest.approx(values, abs=1e-6), key
+    assert resumed.best_checkpoint.name == straight.best_checkpoint.name
+    assert len(list((tmp_path / "split" / "checkpoints").glob("best_*.pt"))) == 1
+    # TensorBoard: one value per step, epochs and iterations complete, nothing duplicated.
+    a, b = _tb_scalars(tmp_path / "straight"), _tb_scalars(tmp_path / "split")
+    assert [s for s, _ in b["train/loss"]] == list(range(1, 21))  # 4 epochs x 5 batches
+    assert [v for _, v in b["epoch/val_acc_epoch"]] == pytest.approx(straight.history["val_acc_epoch"])
+    assert [s for s, _ in a["epoch/loss_epoch"]] == [s for s, _ in b["epoch/loss_epoch"]] == [5, 10, 15, 20]
+
+
+def test_resume_refuses_a_finished_run_and_a_changed_architecture(tree: Path, tmp_path: Path) -> None:
+    train(_config(tree, tmp_path / "r", epochs=2), write=lambda s: None)
+    with pytest.raises(UserError, match="already finished 2 epochs"):
+        train(TrainConfig.from_run(tmp_path / "r"), write=lambda s: None)
+    before = (tmp_path / "r" / "history.json").read_bytes()
+    with pytest.raises(UserError, match=r"layers.1.weight: checkpoint \(128, 192\) vs model \(64, 192\)"):
+        train(TrainConfig.from_run(tmp_path / "r", epochs=3, hidden_sizes=[64]), write=lambda s: None)
+    assert (tmp_path / "r" / "history.json").read_bytes() == before
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_best(tree: Path, tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    def poison(trainer, evaluator, context) -> None:
+        # From epoch 3 on, the weights turn to NaN: the loss follows at once.
+        @trainer.on(Events.EPOCH_STARTED(once=3))
+        def _(engine) -> None:
+            with torch.no_grad():
+                next(context.model.parameters()).fill_(float("nan"))
+            calls.append(engine.state.iteration)
+
+    result = train(_config(tree, tmp_path / "r", epochs=6), extra_handlers=[poison], write=lambda s: None)
+    assert calls == [10]
+    assert result.stopped and "epoch 3, iteration 11" in result.stopped and "--lr 0.005" in result.stopped
+    assert len(result.history["val_loss"]) == 2
+    assert result.best_checkpoint.is_file()

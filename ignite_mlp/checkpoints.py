@@ -1,0 +1,150 @@
+"""Finding, safely loading and restoring checkpoints, so a run that dies loses almost nothing.
+
+Every checkpoint is read with ``torch.load(..., weights_only=True)``: a file that would need
+arbitrary unpickling (and could run code while loading) is refused, never executed.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint
+from ignite.metrics import Metric
+from torch import nn
+
+from ignite_mlp.errors import UserError
+
+# Written at each epoch's end (last_*) and when Ctrl-C stops a run mid-epoch (interrupted_*).
+_RESUMABLE = re.compile(r"^(last_checkpoint|interrupted_checkpoint)_(\d+)\.pt$")
+
+
+def safe_load(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``, turning every failure into a clear UserError."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if found is None:  # not a forbidden object: the bytes are simply not a valid checkpoint
+            raise UserError(f"{path}: corrupt or truncated checkpoint; delete it or resume from another run") from None
+        raise UserError(
+            f"{path}: refused to load: it needs arbitrary unpickling ({found.group(1)}), which can run code; "
+            "only load checkpoints written by ignite_mlp or another source you trust"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise UserError(
+            f"{path}: corrupt or truncated checkpoint ({e}); delete it or resume from another run"
+        ) from None
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: not an ignite_mlp checkpoint (holds a {type(state).__name__})")
+    return state
+
+
+def find_run(spec: str, runs_root: str | Path = "runs") -> Path:
+    """``auto`` means the newest run under ``runs_root``; anything else is a run directory."""
+    if spec == "auto":
+        root = Path(runs_root)
+        runs = [p for p in root.glob("*/config.json") if latest_checkpoint(p.parent, required=False)]
+        if not runs:
+            raise UserError(f"--resume auto: no resumable run under {root}/; give the run directory instead")
+        return max(runs, key=lambda p: p.stat().st_mtime).parent
+    run_dir = Path(spec)
+    if not (run_dir / "config.json").is_file():
+        raise UserError(f"--resume {spec}: no run there (config.json missing); give a run directory or auto")
+    return run_dir
+
+
+def latest_checkpoint(run_dir: str | Path, required: bool = True) -> Path | None:
+    """The resumable checkpoint with the highest iteration in ``run_dir/checkpoints``."""
+    found = []
+    for path in (Path(run_dir) / "checkpoints").glob("*.pt"):
+        match = _RESUMABLE.match(path.name)
+        if match:
+            found.append((int(match.group(2)), match.group(1) == "interrupted_checkpoint", path))
+    if not found:
+        if required:
+            raise UserError(f"--resume {run_dir}: no checkpoint in {run_dir}/checkpoints; start a new run instead")
+        return None
+    return max(found)[2]
+
+
+def check_model_shapes(model: nn.Module, saved: Mapping[str, torch.Tensor], source: Path) -> None:
+    """Name every parameter whose shape differs between ``model`` and a saved state dict."""
+    own = model.state_dict()
+    problems = [
+        f"{k}: checkpoint {tuple(saved[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in saved and tuple(saved[k].shape) != tuple(v.shape)
+    ]
+    problems += [f"{k}: missing from checkpoint" for k in own if k not in saved]
+    problems += [f"{k}: not in model" for k in saved if k not in own]
+    if problems:
+        raise UserError(
+            f"{source}: the checkpoint's architecture differs from this run's ({'; '.join(problems)}); "
+            "resume with the run's own --hidden-sizes (drop the flag) or start a new run"
+        )
+
+
+class RandomState:
+    """Torch's random generators as a checkpointable object (dropout continues identically)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        torch.set_rng_state(state["cpu"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class EpochMetricsState:
+    """The trainer's running epoch metrics, so a run stopped mid-epoch resumes them exactly.
+
+    Ignite resets metrics when an epoch starts; restoring must therefore happen just after
+    that reset, once, which :meth:`load_state_dict` arranges.
+    """
+
+    def __init__(self, trainer: Engine, metrics: Mapping[str, Metric]) -> None:
+        self.trainer = trainer
+        self.metrics = dict(metrics)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: metric.state_dict() for name, metric in self.metrics.items()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        trainer_state = self.trainer.state  # loaded first: see the order in run.py
+        if trainer_state.iteration % trainer_state.epoch_length == 0:
+            return  # saved at an epoch's end: the next epoch starts its metrics afresh
+
+        def restore(_: Engine) -> None:
+            for name, metric in self.metrics.items():
+                metric.load_state_dict(state[name])
+
+        # Attached after the metrics' own EPOCH_STARTED reset, so this runs after it.
+        self.trainer.add_event_handler(Events.EPOCH_STARTED(once=self.trainer.state.epoch + 1), restore)
+
+
+def restore(objects: Mapping[str, Any], state: Mapping[str, Any], source: Path) -> None:
+    """Load every object of a checkpoint (Ignite's ``Checkpoint.load_objects``), strictly."""
+    missing = [k for k in objects if k not in state]
+    if missing:
+        raise UserError(f"{source}: checkpoint lacks {missing}; it was not written by this version of ignite_mlp")
+    Checkpoint.load_objects(to_load=dict(objects), checkpoint=dict(state))
+
+
+def remove_orphans(best: Checkpoint, dirname: Path, prefix: str = "best_") -> None:
+    """Delete best-model files the restored tracker does not know (written after the checkpoint)."""
+    known = {item.filename for item in best._saved}
+    for path in dirname.glob(f"{prefix}*.pt"):
+        if path.name not in known:
+            path.unlink()
