@@ -97,11 +97,18 @@ def default_run_dir() -> Path:
     return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
 
 
-def prepare_run_dir(run_dir: str | Path | None, overwrite: bool) -> Path:
-    """Create the run directory; refuse one that already holds a run unless told to overwrite."""
-    path = Path(run_dir) if run_dir else default_run_dir()
+def refuse_existing_run(path: Path, overwrite: bool) -> None:
+    """A run directory that already holds a run is only reused when asked to."""
     if (path / "config.json").exists() and not overwrite:
-        raise UserError(f"--run-dir {path} already holds a run; choose another --run-dir or pass --overwrite")
+        raise UserError(
+            f"--run-dir {path} already holds a run; choose another --run-dir, pass --overwrite, "
+            f"or continue it with --resume {path}"
+        )
+
+
+def prepare_run_dir(path: Path, overwrite: bool) -> Path:
+    """Create the run directory (refusing one that holds a run unless told to overwrite)."""
+    refuse_existing_run(path, overwrite)
     try:
         (path / "checkpoints").mkdir(parents=True, exist_ok=True)
         probe = path / ".write-test"
@@ -109,9 +116,10 @@ def prepare_run_dir(run_dir: str | Path | None, overwrite: bool) -> Path:
         probe.unlink()
     except OSError as e:
         raise UserError(f"--run-dir {path}: cannot write there ({e.strerror}); choose a writable folder") from None
-    if overwrite:
-        for old in (path / "checkpoints").glob("*.pt"):
-            old.unlink()
+    if overwrite:  # the old run's files would otherwise mix with the new run's
+        for pattern in ("checkpoints/*.pt", "events.out.tfevents.*", "history.json", "curves.png"):
+            for old in path.glob(pattern):
+                old.unlink()
     return path
 
 
@@ -177,7 +185,8 @@ def train(
         saved: dict[str, Any] | None = safe_load(checkpoint_path)
         resume_iteration = int(saved.get("trainer", {}).get("iteration", 0))
     else:
-        run_dir = prepare_run_dir(config.run_dir, config.overwrite)
+        run_dir = Path(config.run_dir) if config.run_dir else default_run_dir()
+        refuse_existing_run(run_dir, config.overwrite)  # early: before seconds of data loading
         checkpoint_path, saved, resume_iteration = None, None, 0
     manual_seed(config.seed)
 
@@ -193,6 +202,9 @@ def train(
         model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
     loss_fn = nn.CrossEntropyLoss()
+    if saved is None:
+        # Created only now, so bad data or options leave no half-made run directory behind.
+        prepare_run_dir(run_dir, config.overwrite)
     trainer = create_trainer(model, optimizer, loss_fn, device, config.precision)
     train_metrics = attach_train_metrics(trainer, device)
     evaluator = create_evaluator(model, loss_fn, device, config.precision)

@@ -64,3 +64,149 @@ def test_python_dash_m_and_console_script_agree(tmp_path: Path) -> None:
     assert bad.returncode == 2 and bad.stderr.strip() == (
         "ignite-mlp: error: --lr must be > 0 (got -1.0); pass a positive learning rate such as 1e-3"
     )
+
+
+def _start_training(data: Path, run_dir: Path, epochs: int, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "ignite_mlp", "train", "--data", str(data), "--run-dir", str(run_dir)]
+    cmd += ["--epochs", str(epochs), "--batch-size", "8", "--lr", "0.02", "--no-progress", *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_epochs(run_dir: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if len(json.loads((run_dir / "history.json").read_text())["val_loss"]) >= n:
+                return
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"training did not reach {n} epochs (exit {proc.poll()}): {proc.stderr.read()}")
+
+
+@pytest.fixture
+def bigger_tree(tmp_path: Path) -> Path:
+    from conftest import make_tree
+
+    # ~57 iterations per epoch: long enough for a signal to land mid-epoch.
+    return make_tree(tmp_path / "bigger", n_train=150, n_test=20, size=16)
+
+
+def _history(run_dir: Path) -> dict:
+    return json.loads((run_dir / "history.json").read_text())
+
+
+def _assert_same_history(a: dict, b: dict) -> None:
+    assert list(a) == list(b)
+    for key in a:
+        assert len(a[key]) == len(b[key]), key
+        assert a[key] == pytest.approx(b[key], abs=1e-6), key
+
+
+def test_kill_9_then_resume_equals_an_uninterrupted_run(bigger_tree: Path, tmp_path: Path) -> None:
+    import signal
+
+    epochs = 12
+    reference = tmp_path / "reference"
+    assert (
+        _run(
+            [
+                "train",
+                "--data",
+                str(bigger_tree),
+                "--run-dir",
+                str(reference),
+                "--epochs",
+                str(epochs),
+                "--batch-size",
+                "8",
+                "--lr",
+                "0.02",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    killed = tmp_path / "killed"
+    proc = _start_training(bigger_tree, killed, epochs)
+    _wait_for_epochs(killed, 3, proc)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert len(_history(killed)["val_loss"]) < epochs, "the run must really have been cut short"
+    assert _run(["train", "--resume", str(killed), "--no-progress"]) == 0
+    _assert_same_history(_history(killed), _history(reference))
+    assert len(list((killed / "checkpoints").glob("best_*.pt"))) == 1
+
+
+def test_ctrl_c_saves_where_it_stopped_and_resume_completes_the_run(bigger_tree: Path, tmp_path: Path) -> None:
+    import signal
+
+    epochs = 8
+    reference = tmp_path / "reference"
+    assert (
+        _run(
+            [
+                "train",
+                "--data",
+                str(bigger_tree),
+                "--run-dir",
+                str(reference),
+                "--epochs",
+                str(epochs),
+                "--batch-size",
+                "8",
+                "--lr",
+                "0.02",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    stopped = tmp_path / "stopped"
+    proc = _start_training(bigger_tree, stopped, epochs)
+    _wait_for_epochs(stopped, 2, proc)
+    proc.send_signal(signal.SIGINT)
+    stderr = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130, stderr
+    assert f"resume with: ignite-mlp train --resume {stopped}" in stderr and "Traceback" not in stderr
+    assert list((stopped / "checkpoints").glob("interrupted_checkpoint_*.pt"))
+    assert _run(["train", "--resume", str(stopped), "--no-progress"]) == 0
+    _assert_same_history(_history(stopped), _history(reference))
+    assert not list((stopped / "checkpoints").glob("interrupted_checkpoint_*.pt"))
+
+
+def test_bad_files_and_folders_are_one_line_exit_2(tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    not_gzip = tmp_path / "data.tar.gz"
+    not_gzip.write_text("plain text")
+    corrupt_tree = tmp_path / "corrupt"
+    import shutil
+
+    shutil.copytree(tree, corrupt_tree)
+    (corrupt_tree / "train" / "bee" / "0002.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    existing = tmp_path / "existing"
+    assert _run(["train", "--data", str(tree), "--run-dir", str(existing), "--epochs", "1", "--no-progress"]) == 0
+    capsys.readouterr()
+    before = {p: p.read_bytes() for p in existing.rglob("*") if p.is_file()}
+    cases = [
+        (["--data", str(not_gzip)], "not a gzip tarball"),
+        (["--data", str(corrupt_tree)], "0002.png: corrupt or truncated image"),
+        (["--data", str(tree), "--run-dir", str(a_file / "run")], "cannot write there"),
+        (["--data", str(tree), "--run-dir", str(existing)], "already holds a run"),
+        (["--resume", str(tmp_path / "no-run")], "no run there"),
+    ]
+    for args, message in cases:
+        status = _run(["train", "--run-dir", str(tmp_path / "fresh"), *args, "--no-progress"])
+        err = capsys.readouterr().err
+        assert status == 2 and message in err and err.count("\n") == 1, (args, err)
+    # A corrupt last checkpoint, then a crafted one: refused, and the run is left as it was.
+    last = next((existing / "checkpoints").glob("last_checkpoint_*.pt"))
+    good = last.read_bytes()
+    last.write_bytes(good[:100])
+    assert _run(["train", "--resume", str(existing), "--epochs", "2", "--no-progress"]) == 2
+    assert "corrupt or truncated checkpoint" in capsys.readouterr().err
+    last.write_bytes(good)
+    assert {p: p.read_bytes() for p in existing.rglob("*") if p.is_file()} == before
