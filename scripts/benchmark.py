@@ -157,6 +157,30 @@ def floor_epoch_fn(ds: Dataset, model: nn.Module, opt: torch.optim.Optimizer, ev
 # ------------------------------------------------------------------------ (c) ignite_mlp
 
 
+class Interleave:
+    """A user handler (attached last): times each ignite_mlp epoch, then runs one epoch of
+    each other method, outside ignite_mlp's timing, so all methods share the same minute."""
+
+    def __init__(self, others: dict[str, EpochFn]) -> None:
+        self.others = others
+        self.times: dict[str, list[float]] = {k: [] for k in ("c", *others)}
+        self.t0 = 0.0
+
+    def __call__(self, trainer: Engine, evaluator: Engine, context: RunContext) -> None:
+        trainer.add_event_handler(Events.EPOCH_STARTED, self.start)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, self.complete)
+
+    def start(self, _: Engine) -> None:
+        self.t0 = time.perf_counter()
+
+    def complete(self, _: Engine) -> None:
+        self.times["c"].append(time.perf_counter() - self.t0)
+        for key, epoch in self.others.items():
+            t = time.perf_counter()
+            epoch()
+            self.times[key].append(time.perf_counter() - t)
+
+
 class EpochClock:
     """A user handler (attached last) that notes when each epoch's handlers have all finished."""
 
@@ -171,13 +195,15 @@ class EpochClock:
         return [b - a for a, b in zip(self.marks, self.marks[1:], strict=False)]
 
 
-def ignite_epochs(ds: Dataset, epochs: int, out: Path, precision: str = "fp32") -> tuple[list[float], float]:
+def ignite_epochs(
+    ds: Dataset, epochs: int, out: Path, precision: str = "fp32", extra: Interleave | None = None
+) -> tuple[list[float], float]:
     """Per-epoch seconds of a default ignite_mlp run, and its best validation accuracy."""
     clock = EpochClock()
     config = TrainConfig(run_dir=str(out), epochs=epochs, precision=precision, device="cpu", overwrite=True)
     # The progress bar and epoch lines stay on (they are default handlers) but out of the report.
     with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull), contextlib.redirect_stdout(devnull):
-        result = train(config, extra_handlers=[clock], dataset=ds, write=lambda s: None)
+        result = train(config, extra_handlers=[clock, *([extra] if extra else [])], dataset=ds, write=lambda s: None)
     return clock.epoch_times(), result.best_val_acc or 0.0
 
 
@@ -253,8 +279,7 @@ def generated_dataset() -> Dataset:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="data source (default: generated data of CIFAR-10's size)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
-    parser.add_argument("--epochs", type=int, default=2, help="epochs per method per round")
+    parser.add_argument("--rounds", type=int, default=8, help="interleaved rounds, one epoch of each method")
     parser.add_argument("--accuracy-epochs", type=int, default=50, help="epochs for the fp32-vs-bf16 accuracy run")
     parser.add_argument("--startup-child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -270,40 +295,28 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="ignite-mlp-bench-"))
 
     def fresh() -> tuple[nn.Module, torch.optim.Optimizer]:
+        """The same initial model and optimiser for every method."""
         torch.manual_seed(0)
         model = MLP(ds.in_features, ds.num_classes, [128])
         return model, torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
 
-    makers: dict[str, Callable[[], EpochFn]] = {
-        "a": lambda: tutorial_epoch_fn(ds, *fresh()),
-        "b": lambda: plain_epoch_fn(ds, *fresh()),
-        "d": lambda: floor_epoch_fn(ds, *fresh(), eval_batch),
+    # The machine's speed drifts by tens of percent within minutes, so the methods take turns
+    # epoch by epoch: ignite_mlp runs its epochs, and after each one (inside a user handler,
+    # outside its timing) one epoch each of (a), (b) and (d) runs. Ratios are taken within
+    # each round and their median reported; round 1 is a warm-up for everyone.
+    others = {
+        "a": tutorial_epoch_fn(ds, *fresh()),
+        "b": plain_epoch_fn(ds, *fresh()),
+        "d": floor_epoch_fn(ds, *fresh(), eval_batch),
     }
-
-    def measure(key: str, r: int) -> float:
-        """Median seconds per epoch of ``key`` over ``args.epochs`` epochs after a warm-up epoch."""
-        if key == "c":
-            return statistics.median(ignite_epochs(ds, args.epochs + 1, tmp / f"c{r}")[0][1:])
-        epoch, seconds = makers[key](), []
-        for _ in range(args.epochs + 1):
-            t = time.perf_counter()
-            epoch()
-            seconds.append(time.perf_counter() - t)
-        return statistics.median(seconds[1:])
-
-    # The machine's speed drifts; ratios are taken within each round (all four methods run
-    # back to back, in a rotating order) and the median of those ratios is reported.
-    times: dict[str, list[float]] = {k: [] for k in "abcd"}
-    ratios: dict[str, list[float]] = {"a/c": [], "c/b": [], "c/d": []}
-    for r in range(args.rounds):
-        order = "abcd"[r % 4 :] + "abcd"[: r % 4]
-        round_times = {k: measure(k, r) for k in order}
-        for k, v in round_times.items():
-            times[k].append(v)
-        for name in ratios:
-            top, bottom = name.split("/")
-            ratios[name].append(round_times[top] / round_times[bottom])
-        print(f"  round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v:.3f}s" for k, v in sorted(round_times.items())))
+    interleave = Interleave(others)
+    ignite_epochs(ds, args.rounds + 1, tmp / "c", extra=interleave)
+    times = {k: v[1:] for k, v in interleave.times.items()}
+    ratios = {
+        name: [times[name[0]][i] / times[name[2]][i] for i in range(args.rounds)] for name in ("a/c", "c/b", "c/d")
+    }
+    for i in range(args.rounds):
+        print(f"  round {i + 1}: " + ", ".join(f"{k} {times[k][i]:.3f}s" for k in "abcd"))
 
     med = {k: statistics.median(v) for k, v in times.items()}
     names = {
@@ -312,8 +325,7 @@ def main() -> int:
         "c": "ignite_mlp, all handlers",
         "d": "compute floor",
     }
-    print(f"\nseconds per epoch (train + validation), median over {args.rounds} rounds of {args.epochs} epochs")
-    print("(each after one warm-up epoch):")
+    print(f"\nseconds per epoch (train + validation), median of {args.rounds} interleaved rounds:")
     print("| method | s/epoch |\n| --- | --- |")
     for k in "abcd":
         print(f"| ({k}) {names[k]} | {med[k]:.3f} |")

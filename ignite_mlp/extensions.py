@@ -1,0 +1,97 @@
+"""User extensions: handler specs from the command line, the package's own events, and a
+table of which handler runs on which event.
+
+A handler spec is ``module.path:function`` (importable) or ``path/to/file.py:function``. The
+function is called as ``function(trainer, evaluator, context)`` and attaches what it likes:
+
+    def attach(trainer, evaluator, context):
+        @trainer.on(Events.EPOCH_COMPLETED(every=2))
+        def log_lr(engine):
+            context.tb_logger.writer.add_scalar("my/lr", context.optimizer.param_groups[0]["lr"], engine.state.epoch)
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ignite.engine import Engine, EventEnum, Events
+
+from ignite_mlp.errors import UserError
+
+
+class TrainEvents(EventEnum):
+    """Events of ignite_mlp's own, fired on the trainer.
+
+    ``NEW_BEST``: a validation score beat every earlier one; fired right after the best
+    checkpoint was written, so ``context.run_dir / "checkpoints"`` already holds it.
+    """
+
+    NEW_BEST = "new_best"
+
+
+def load_handler(spec: str) -> Callable[..., Any]:
+    """Resolve ``module:function`` or ``file.py:function`` to the function, or a UserError."""
+    target, sep, name = spec.rpartition(":")
+    if not sep or not target or not name:
+        raise UserError(f"--handler {spec}: expected MODULE:FUNCTION or FILE.py:FUNCTION")
+    try:
+        if target.endswith(".py"):
+            path = Path(target)
+            if not path.is_file():
+                raise UserError(f"--handler {spec}: no such file {path}")
+            module_spec = importlib.util.spec_from_file_location(f"ignite_mlp_user_{path.stem}", path)
+            module = importlib.util.module_from_spec(module_spec)  # type: ignore[arg-type]
+            module_spec.loader.exec_module(module)  # type: ignore[union-attr]
+        else:
+            module = importlib.import_module(target)
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure inside user code is reported the same way
+        raise UserError(f"--handler {spec}: cannot import {target} ({type(e).__name__}: {e})") from None
+    function = getattr(module, name, None)
+    if not callable(function):
+        raise UserError(f"--handler {spec}: {target} has no function {name!r}")
+    return function
+
+
+def _describe(handler: Any) -> str:
+    """A readable name for a handler Ignite stores (unwrapping its filter wrappers)."""
+    inner = handler
+    while hasattr(inner, "__wrapped__"):
+        inner = inner.__wrapped__
+    if inspect.ismethod(inner):
+        return f"{type(inner.__self__).__name__}.{inner.__name__}"
+    if inspect.isfunction(inner):
+        return inner.__qualname__.replace(".<locals>", "")
+    return type(inner).__name__
+
+
+def _filter_of(handler: Any) -> str:
+    """The Ignite event filter (every/once/before/after) a handler was attached with, if any."""
+    closure = getattr(handler, "__closure__", None) or ()
+    for cell in closure:
+        value = cell.cell_contents
+        if callable(value) and getattr(value, "__qualname__", "").startswith("CallableEventWithFilter"):
+            names = value.__code__.co_freevars
+            free = dict(zip(names, (c.cell_contents for c in value.__closure__ or ()), strict=True))
+            return ", ".join(f"{k}={v}" for k, v in free.items() if isinstance(v, (int, list, tuple)))
+    return ""
+
+
+def handler_table(engines: dict[str, Engine]) -> str:
+    """Which handler runs on which event, in the order Ignite runs them, with filters."""
+    rows = [("engine", "event", "#", "handler", "filter")]
+    for engine_name, engine in engines.items():
+        for event, handlers in engine._event_handlers.items():
+            for i, (handler, _, _) in enumerate(handlers, 1):
+                name = event.name if isinstance(event, (Events, EventEnum)) else str(event)
+                rows.append((engine_name, name, str(i), _describe(handler), _filter_of(handler)))
+    widths = [max(len(r[c]) for r in rows) for c in range(5)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
