@@ -7,7 +7,9 @@ file may set any of them and the command line wins over the file.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+import tempfile
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -29,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     train = commands.add_parser("train", help="train an MLP (defaults: the tutorial's recipe)")
     train.add_argument("--config", dest="config_file", metavar="RUN.TOML", help="TOML file of train options")
+    train.add_argument(
+        "--list-handlers", action="store_true", help="print which handler runs on which event, in order, and exit"
+    )
     add_config_arguments(train)
     return parser
 
@@ -38,7 +43,7 @@ def config_from_namespace(ns: argparse.Namespace) -> TrainConfig:
 
     With ``--resume RUN_DIR|auto`` the run's saved config replaces the defaults.
     """
-    values = {k: v for k, v in vars(ns).items() if k not in ("command", "config_file")}
+    values = {k: v for k, v in vars(ns).items() if k not in ("command", "config_file", "list_handlers")}
     if values.get("resume"):
         from ignite_mlp.checkpoints import find_run
 
@@ -49,7 +54,12 @@ def config_from_namespace(ns: argparse.Namespace) -> TrainConfig:
 def _train(ns: argparse.Namespace) -> int:
     from ignite_mlp.run import train  # imported here so --help stays fast
 
-    result = train(config_from_namespace(ns))
+    config = config_from_namespace(ns)
+    if ns.list_handlers:
+        with tempfile.TemporaryDirectory() as scratch:  # nothing is trained, nothing is kept
+            train(dataclasses.replace(config, run_dir=scratch, progress=False), list_handlers=True)
+        return 0
+    result = train(config)
     print(result.report())
     return 1 if result.stopped else 0
 

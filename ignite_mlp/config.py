@@ -21,6 +21,8 @@ import torch
 from ignite_mlp.errors import UserError
 
 PRECISIONS = ("fp32", "bf16")
+LR_SCHEDULES = ("none", "step", "cosine", "onecycle")
+STOP_METRICS = ("val_loss", "val_acc")
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -69,6 +71,21 @@ class TrainConfig:
     mean: list[float] = _opt([0.5], "per-channel mean for normalisation (one value = all channels)")
     std: list[float] = _opt([0.5], "per-channel std for normalisation (one value = all channels)")
 
+    # Training controls, on Ignite's own EarlyStopping and parameter schedulers.
+    dropout: float = _opt(0.0, "dropout probability after each hidden layer")
+    lr_schedule: str = _opt("none", "none | step | cosine | onecycle (Ignite param schedulers)")
+    lr_step_epochs: int = _opt(0, "step schedule: epochs between drops (0: a third of --epochs)")
+    lr_gamma: float = _opt(0.1, "step schedule: factor applied at each drop")
+    patience: int = _opt(0, "early stopping: epochs without improvement before stopping (0: off)")
+    early_stop_metric: str = _opt("val_loss", "val_loss | val_acc: what early stopping watches")
+    # None: one pass over the training set per epoch.
+    epoch_length: int | None = _opt(None, "iterations per epoch (default: one pass over the training set)")
+    dry_run: bool = _opt(False, "run 2 iterations of training and validation, to check a setup in seconds")
+    # The tutorial's sanity check: a model that cannot memorise a few batches has a bug.
+    overfit_batches: int = _opt(0, "train on N fixed batches, no shuffling or regularisation, and report")
+    # User handlers, loaded by spec; saved in config.json so a resume attaches them again.
+    handlers: list[str] = _opt([], "MODULE:FUNCTION or FILE.py:FUNCTION to attach (repeatable)", flag="handler")
+
     seed: int = _opt(0, "random seed (weights, shuffling)")
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N (auto takes CUDA when present)")
     # bf16 autocast: several times faster matrix work on CPUs and GPUs that support it.
@@ -103,6 +120,26 @@ class TrainConfig:
         _check(len(self.mean) >= 1, "--mean", self.mean, "non-empty", "e.g. --mean 0.5")
         _check(len(self.std) >= 1 and all(s > 0 for s in self.std), "--std", self.std, "all > 0", "e.g. --std 0.5")
         _check(self.precision in PRECISIONS, "--precision", self.precision, f"one of {PRECISIONS}", "use fp32 or bf16")
+        _check(0 <= self.dropout < 1, "--dropout", self.dropout, "in [0, 1)", "try 0.2")
+        _check(self.lr_schedule in LR_SCHEDULES, "--lr-schedule", self.lr_schedule, f"one of {LR_SCHEDULES}", "")
+        _check(self.lr_step_epochs >= 0, "--lr-step-epochs", self.lr_step_epochs, ">= 0", "try 10")
+        _check(0 < self.lr_gamma <= 1, "--lr-gamma", self.lr_gamma, "in (0, 1]", "try 0.1")
+        _check(self.patience >= 0, "--patience", self.patience, ">= 0", "0 turns early stopping off")
+        _check(
+            self.early_stop_metric in STOP_METRICS,
+            "--early-stop-metric",
+            self.early_stop_metric,
+            f"one of {STOP_METRICS}",
+            "",
+        )
+        _check(
+            self.epoch_length is None or self.epoch_length >= 1,
+            "--epoch-length",
+            self.epoch_length,
+            ">= 1",
+            "or leave it out for a full pass",
+        )
+        _check(self.overfit_batches >= 0, "--overfit-batches", self.overfit_batches, ">= 0", "try 2")
         _check(
             re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
             "--device",
@@ -132,7 +169,7 @@ class TrainConfig:
 
 def _check(ok: bool, flag: str, value: Any, rule: str, fix: str) -> None:
     if not ok:
-        raise UserError(f"{flag} must be {rule} (got {value!r}); {fix}")
+        raise UserError(f"{flag} must be {rule} (got {value!r})" + (f"; {fix}" if fix else ""))
 
 
 def _flag(name: str) -> str:
@@ -223,6 +260,10 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         )
         if base is bool:
             parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, help=help_text, **kwargs)
+            continue
+        if "flag" in f.metadata:  # a repeatable flag whose name is singular: --handler A --handler B
+            kwargs.update(action="append", metavar="SPEC")
+            parser.add_argument("--" + f.metadata["flag"], help=help_text, **kwargs)
             continue
         if typing.get_origin(hint) is list:
             kwargs.update(nargs="+", type=_cli_type(typing.get_args(hint)[0], f.name))

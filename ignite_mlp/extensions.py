@@ -62,10 +62,12 @@ def load_handler(spec: str) -> Callable[..., Any]:
 def _describe(handler: Any) -> str:
     """A readable name for a handler Ignite stores (unwrapping its filter wrappers)."""
     inner = handler
-    while hasattr(inner, "__wrapped__"):
+    while True:
+        if inspect.ismethod(inner):  # before unwrapping: the bound object names the class
+            return f"{type(inner.__self__).__name__}.{inner.__name__}"
+        if not hasattr(inner, "__wrapped__"):
+            break
         inner = inner.__wrapped__
-    if inspect.ismethod(inner):
-        return f"{type(inner.__self__).__name__}.{inner.__name__}"
     if inspect.isfunction(inner):
         return inner.__qualname__.replace(".<locals>", "")
     return type(inner).__name__

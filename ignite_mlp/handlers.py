@@ -31,11 +31,12 @@ from ignite_mlp.plots import plot_curves
 HISTORY_KEYS = ("train_acc_epoch", "val_acc_epoch", "loss_epoch", "val_loss")
 
 
-def attach_validation(trainer: Engine, evaluator: Engine, val_loader: Any) -> None:
-    """Run ``evaluator`` over ``val_loader`` at the end of every training epoch."""
+def attach_validation(trainer: Engine, evaluator: Engine, val_loader: Any, epoch_length: int | None = None) -> None:
+    """Run ``evaluator`` over ``val_loader`` (or its first ``epoch_length`` batches) at the end
+    of every training epoch."""
 
     def validate(_: Engine) -> None:
-        evaluator.run(val_loader)
+        evaluator.run(val_loader, epoch_length=epoch_length)
 
     trainer.add_event_handler(Events.EPOCH_COMPLETED, validate)
 

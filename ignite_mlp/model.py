@@ -11,7 +11,7 @@ from ignite_mlp.errors import UserError
 
 
 class MLP(nn.Module):
-    """A plain MLP over flattened images.
+    """A plain MLP over flattened images, with optional dropout after each hidden layer.
 
     The tutorial's network is ``MLP(3072, 10, [128])``: 3072 -> 128 -> 10 with ReLU.
 
@@ -22,7 +22,9 @@ class MLP(nn.Module):
     torch.Size([2, 10])
     """
 
-    def __init__(self, in_features: int, num_classes: int, hidden_sizes: Sequence[int] = (128,)) -> None:
+    def __init__(
+        self, in_features: int, num_classes: int, hidden_sizes: Sequence[int] = (128,), dropout: float = 0.0
+    ) -> None:
         super().__init__()
         if not hidden_sizes:
             raise UserError("an MLP needs at least one hidden layer; pass e.g. --hidden-sizes 128")
@@ -35,6 +37,8 @@ class MLP(nn.Module):
         width = in_features
         for h in hidden_sizes:
             layers += [nn.Linear(width, int(h)), nn.ReLU()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
             width = int(h)
         layers.append(nn.Linear(width, num_classes))
         self.layers = nn.Sequential(*layers)

@@ -9,6 +9,7 @@ The CLI is a thin layer over this function, so a Python user gets exactly the sa
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import threading
@@ -34,10 +35,18 @@ from ignite_mlp.checkpoints import (
     safe_load,
 )
 from ignite_mlp.config import TrainConfig, resolve_device
+from ignite_mlp.controls import attach_early_stopping, attach_lr_schedule, attach_new_best_event
 from ignite_mlp.data import Dataset, TensorLoader, load_dataset, summarize
 from ignite_mlp.engine import attach_train_metrics, create_evaluator, create_trainer
 from ignite_mlp.errors import CudaError, TrainingInterrupted, UserError
+from ignite_mlp.extensions import handler_table, load_handler
 from ignite_mlp.files import write_json_atomic
+from ignite_mlp.guardrails import (
+    attach_initial_loss_check,
+    attach_overfitting_watch,
+    overfit_report,
+    setup_warnings,
+)
 from ignite_mlp.handlers import (
     History,
     attach_checkpoints,
@@ -79,14 +88,17 @@ class RunResult:
     best_checkpoint: Path | None
     last_checkpoint: Path | None
     files: dict[str, Path] = field(default_factory=dict)
-    # Set when the run stopped early on its own (NaN loss): why, and what to try.
+    # Set when the run failed on its own (NaN loss): why, and what to try.
     stopped: str | None = None
+    # What else the user should read: early stopping, the overfit check's verdict.
+    notes: list[str] = field(default_factory=list)
 
     def report(self) -> str:
         """The closing lines printed after training."""
         if self.best_epoch is None:
             return f"no epoch finished; run directory {self.run_dir}"
-        return (f"{self.stopped}\n" if self.stopped else "") + (
+        lead = "".join(f"{line}\n" for line in [self.stopped, *self.notes] if line)
+        return lead + (
             f"best validation accuracy {self.best_val_acc:.2f}% at epoch {self.best_epoch}\n"
             f"best checkpoint: {self.best_checkpoint}\n"
             f"run directory:   {self.run_dir} (tensorboard --logdir {self.run_dir.parent})"
@@ -124,14 +136,18 @@ def prepare_run_dir(path: Path, overwrite: bool) -> Path:
 
 
 def build_loaders(dataset: Dataset, config: TrainConfig, device: torch.device) -> tuple[TensorLoader, TensorLoader]:
-    """Shuffled training batches and ordered validation batches, both from device memory."""
+    """Shuffled training batches and ordered validation batches, both from device memory.
+
+    With ``overfit_batches=N`` the training set is its first N batches, in a fixed order.
+    """
+    n = config.overfit_batches * config.batch_size or len(dataset.train_labels)
     train_loader = TensorLoader(
-        dataset.train_images,
-        dataset.train_labels,
+        dataset.train_images[:n],
+        dataset.train_labels[:n],
         config.batch_size,
         config.mean,
         config.std,
-        shuffle=True,
+        shuffle=not config.overfit_batches,
         seed=config.seed,
         device=device,
         buffers=3,  # Ignite consumes each batch before drawing the next: recycling is safe
@@ -168,25 +184,33 @@ def train(
     extra_handlers: Sequence[HandlerFn] = (),
     dataset: Dataset | None = None,
     write: Callable[[str], None] = print,
+    list_handlers: bool = False,
 ) -> RunResult:
     """Train an MLP as ``config`` says and return what the run produced.
 
     ``extra_handlers`` are called as ``fn(trainer, evaluator, context)`` after the built-in
-    handlers are attached, so theirs run after ours on the same event. ``dataset`` skips
-    loading (useful for tests and notebooks that already hold one). With ``config.resume``
-    the run continues from its newest checkpoint (see :meth:`TrainConfig.from_run`).
+    handlers are attached, so theirs run after ours on the same event; ``config.handlers``
+    names more of them by spec. ``dataset`` skips loading (for tests and notebooks that hold
+    one). With ``config.resume`` the run continues from its newest checkpoint (see
+    :meth:`TrainConfig.from_run`). ``list_handlers`` prints which handler runs on which event
+    and returns before training.
     """
     config.validate()
+    if config.overfit_batches:
+        # The sanity check trains on fixed batches with nothing that fights memorisation.
+        config = dataclasses.replace(config, dropout=0.0, weight_decay=0.0)
     device = resolve_device(config.device)
+    handlers = [*extra_handlers, *(load_handler(spec) for spec in config.handlers)]  # fail fast on bad specs
     # Read the checkpoint before the (slower) data loading, so a bad one fails fast.
     if config.resume:
         run_dir = Path(config.resume)
-        checkpoint_path = latest_checkpoint(run_dir)
-        saved: dict[str, Any] | None = safe_load(checkpoint_path)
+        checkpoint_path: Path | None = latest_checkpoint(run_dir)
+        saved: dict[str, Any] | None = safe_load(checkpoint_path)  # type: ignore[arg-type]
         resume_iteration = int(saved.get("trainer", {}).get("iteration", 0))
     else:
         run_dir = Path(config.run_dir) if config.run_dir else default_run_dir()
-        refuse_existing_run(run_dir, config.overwrite)  # early: before seconds of data loading
+        if not list_handlers:
+            refuse_existing_run(run_dir, config.overwrite)  # early: before seconds of data loading
         checkpoint_path, saved, resume_iteration = None, None, 0
     manual_seed(config.seed)
 
@@ -194,15 +218,20 @@ def train(
         dataset = load_dataset(config.data, config.cache_dir, config.download, progress=config.progress)
     write(summarize(dataset, config.batch_size))
     train_loader, val_loader = build_loaders(dataset, config, device)
+    epoch_length = 2 if config.dry_run else (config.epoch_length or len(train_loader))
+    max_epochs = 1 if config.dry_run else config.epochs
+    for warning in setup_warnings(config.batch_size, config.hidden_sizes, device, train_loader, val_loader):
+        if not config.overfit_batches or "not shuffled" not in warning:
+            write(warning)
 
-    model = MLP(dataset.in_features, dataset.num_classes, config.hidden_sizes).to(device)
+    model = MLP(dataset.in_features, dataset.num_classes, config.hidden_sizes, config.dropout).to(device)
     if saved is not None:
         check_model_shapes(model, saved.get("model", {}), checkpoint_path)  # type: ignore[arg-type]
     optimizer = torch.optim.SGD(
         model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
     loss_fn = nn.CrossEntropyLoss()
-    if saved is None:
+    if saved is None and not list_handlers:
         # Created only now, so bad data or options leave no half-made run directory behind.
         prepare_run_dir(run_dir, config.overwrite)
     trainer = create_trainer(model, optimizer, loss_fn, device, config.precision)
@@ -210,9 +239,11 @@ def train(
     evaluator = create_evaluator(model, loss_fn, device, config.precision)
 
     def start_epoch(engine: Engine) -> None:
-        # On a resume mid-epoch, the first epoch continues at the batch where it stopped.
-        done_in_epoch = engine.state.iteration - (engine.state.epoch - 1) * len(train_loader)
+        # A fresh shuffle per epoch; on a resume mid-epoch, the epoch goes on where it stopped.
+        done_in_epoch = engine.state.iteration - (engine.state.epoch - 1) * epoch_length
         train_loader.set_epoch(engine.state.epoch, start=done_in_epoch)
+        if epoch_length != len(train_loader):
+            engine.set_data(train_loader)  # a short epoch: start each from its own shuffle
 
     trainer.add_event_handler(Events.EPOCH_STARTED, start_epoch)
 
@@ -224,13 +255,26 @@ def train(
     }
     history = History(files["history"])
     attach_terminate_on_nan(trainer)
-    attach_validation(trainer, evaluator, val_loader)
+    attach_initial_loss_check(trainer, dataset.num_classes, write)
+    scheduler = attach_lr_schedule(
+        trainer,
+        optimizer,
+        config.lr_schedule,
+        config.lr,
+        max_epochs * epoch_length,
+        epoch_length,
+        config.lr_step_epochs,
+        config.lr_gamma,
+    )
+    attach_validation(trainer, evaluator, val_loader, epoch_length=2 if config.dry_run else None)
     history.attach(trainer, evaluator)
     tb = None
     if config.tensorboard:
         # On resume, TensorBoard hides whatever the dead run logged after its checkpoint.
         purge_step = resume_iteration + 1 if saved is not None else None
-        tb = attach_tensorboard(trainer, optimizer, history, run_dir, purge_step=purge_step)
+        tb = attach_tensorboard(
+            trainer, optimizer, history, run_dir, lr_per_iteration=scheduler is not None, purge_step=purge_step
+        )
     # Everything a resume needs. "trainer" precedes "train_metrics": the latter reads the
     # restored iteration to tell a mid-epoch checkpoint from an epoch-end one.
     to_save: dict[str, Any] = {
@@ -241,9 +285,14 @@ def train(
         "history": history,
         "random": RandomState(),
     }
+    stopper = attach_early_stopping(trainer, evaluator, config.patience, config.early_stop_metric)
+    to_save.update({k: v for k, v in (("lr_scheduler", scheduler), ("early_stopping", stopper)) if v is not None})
     best, last = attach_checkpoints(trainer, evaluator, model, to_save, files["checkpoints"])
+    attach_new_best_event(trainer, evaluator, best)
     bar = attach_progress_bar(trainer) if config.progress else None
-    attach_epoch_summary(trainer, history, bar.log_message if bar else write)
+    log = bar.log_message if bar else write
+    attach_epoch_summary(trainer, history, log)
+    attach_overfitting_watch(trainer, history, log)
     attach_curves(trainer, history, files["curves"])
     stop = _StopRequest()
     interrupted = attach_interrupt_checkpoint(trainer, last, lambda: stop.requested, files["checkpoints"])
@@ -251,7 +300,7 @@ def train(
     if saved is not None:
         restore({**to_save, "best_checkpoint": best}, saved, checkpoint_path)  # type: ignore[arg-type]
         remove_orphans(best, files["checkpoints"])
-        if trainer.state.epoch >= config.epochs and trainer.state.iteration % len(train_loader) == 0:
+        if trainer.state.epoch >= max_epochs and trainer.state.iteration % epoch_length == 0:
             raise UserError(
                 f"--resume {run_dir}: the run already finished {trainer.state.epoch} epochs; "
                 f"pass --epochs N with N > {trainer.state.epoch} to train further"
@@ -259,13 +308,18 @@ def train(
         write(f"resuming {run_dir} from {checkpoint_path.name} (epoch {trainer.state.epoch} done)")  # type: ignore[union-attr]
 
     context = RunContext(config, run_dir, model, optimizer, dataset, tb)
-    for handler in extra_handlers:
+    for handler in handlers:
         handler(trainer, evaluator, context)
+    if list_handlers:
+        write(handler_table({"trainer": trainer, "evaluator": evaluator}))
+        if tb is not None:
+            tb.close()
+        return RunResult(run_dir, history.state_dict(), None, None, None, None, files)
 
     write_json_atomic(files["config"], {**config.to_dict(), "resolved_device": str(device)})
     previous_sigint = _install_sigint(stop)
     try:
-        trainer.run(train_loader, max_epochs=config.epochs)
+        trainer.run(train_loader, max_epochs=max_epochs, epoch_length=epoch_length)
     except RuntimeError as e:
         if "CUDA" in str(e) or "cuda" in str(e):
             raise CudaError(
@@ -281,6 +335,14 @@ def train(
     if stop.requested:
         raise TrainingInterrupted(str(run_dir), str(files["checkpoints"] / interrupted.last_checkpoint))
 
+    notes = [_nan_message(trainer, config)]
+    if stopper is not None and trainer.state.epoch < max_epochs and notes[0] is None:
+        notes.append(
+            f"early stopping: {config.early_stop_metric} did not improve for {config.patience} epochs; "
+            f"stopped after epoch {trainer.state.epoch}"
+        )
+    if config.overfit_batches:
+        notes.append(overfit_report(history.values["train_acc_epoch"][-1], config.overfit_batches))
     return RunResult(
         run_dir=run_dir,
         history=history.state_dict(),
@@ -289,7 +351,8 @@ def train(
         best_checkpoint=_checkpoint_path(best, files["checkpoints"]),
         last_checkpoint=_checkpoint_path(last, files["checkpoints"]),
         files=files,
-        stopped=_nan_message(trainer, config),
+        stopped=notes[0],
+        notes=[n for n in notes[1:] if n],
     )
 
 

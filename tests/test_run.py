@@ -133,3 +133,48 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_best(tree: Path, tmp_path: 
     assert result.stopped and "epoch 3, iteration 11" in result.stopped and "--lr 0.005" in result.stopped
     assert len(result.history["val_loss"]) == 2
     assert result.best_checkpoint.is_file()
+
+
+def test_overfit_batches_memorises_and_reports(tree: Path, tmp_path: Path) -> None:
+    result = train(
+        _config(tree, tmp_path / "r", epochs=40, overfit_batches=2, lr=0.05, dropout=0.5, weight_decay=0.1),
+        write=lambda s: None,
+    )
+    assert result.history["train_acc_epoch"][-1] == 100.0
+    assert any(n.startswith("overfit check passed") for n in result.notes)
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["dropout"] == 0.0 and saved["weight_decay"] == 0.0  # regularisation off for the check
+    failing = train(_config(tree, tmp_path / "f", epochs=1, overfit_batches=2, lr=1e-6), write=lambda s: None)
+    assert any(n.startswith("overfit check failed") for n in failing.notes)
+
+
+def test_dry_run_and_epoch_length(tree: Path, tmp_path: Path) -> None:
+    iterations: list[int] = []
+
+    def count(trainer, evaluator, context) -> None:
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: iterations.append(e.state.iteration))
+
+    dry = train(_config(tree, tmp_path / "dry", dry_run=True), extra_handlers=[count], write=lambda s: None)
+    assert iterations == [1, 2] and len(dry.history["val_loss"]) == 1
+    iterations.clear()
+    short = train(
+        _config(tree, tmp_path / "short", epochs=3, epoch_length=2), extra_handlers=[count], write=lambda s: None
+    )
+    assert iterations == [1, 2, 3, 4, 5, 6] and len(short.history["val_loss"]) == 3
+
+
+def test_dropout_and_schedule_reach_the_model_and_optimizer(tree: Path, tmp_path: Path) -> None:
+    lrs: list[float] = []
+
+    def spy(trainer, evaluator, context) -> None:
+        assert any(isinstance(m, torch.nn.Dropout) and m.p == 0.3 for m in context.model.modules())
+        trainer.add_event_handler(
+            Events.ITERATION_COMPLETED, lambda e: lrs.append(context.optimizer.param_groups[0]["lr"])
+        )
+
+    train(
+        _config(tree, tmp_path / "r", epochs=2, dropout=0.3, lr_schedule="cosine"),
+        extra_handlers=[spy],
+        write=lambda s: None,
+    )
+    assert lrs[0] == pytest.approx(0.05) and lrs[-1] < 0.01 and lrs == sorted(lrs, reverse=True)

@@ -1,0 +1,89 @@
+"""Training controls on Ignite's own pieces: learning-rate schedules, early stopping, and the
+package's NEW_BEST event."""
+
+from __future__ import annotations
+
+from ignite.engine import Engine, Events
+from ignite.handlers import (
+    Checkpoint,
+    CosineAnnealingScheduler,
+    EarlyStopping,
+    LRScheduler,
+    ParamScheduler,
+    PiecewiseLinear,
+)
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import StepLR
+
+from ignite_mlp.extensions import TrainEvents
+
+
+def attach_lr_schedule(
+    trainer: Engine,
+    optimizer: Optimizer,
+    schedule: str,
+    lr: float,
+    total_iterations: int,
+    iterations_per_epoch: int,
+    step_epochs: int = 0,
+    gamma: float = 0.1,
+) -> ParamScheduler | LRScheduler | None:
+    """Attach an Ignite parameter scheduler that sets the learning rate every iteration.
+
+    - ``step``: multiply by ``gamma`` every ``step_epochs`` epochs (default: a third of the run);
+    - ``cosine``: from ``lr`` down to 0 along half a cosine over the whole run;
+    - ``onecycle``: warm up linearly from lr/25 to ``lr`` over the first 30%, then down to lr/10^4.
+
+    Returns the scheduler (its state belongs in checkpoints), or None for ``none``.
+    """
+    if schedule == "none":
+        return None
+    if schedule == "step":
+        every = (step_epochs or max(1, total_iterations // iterations_per_epoch // 3)) * iterations_per_epoch
+        scheduler: ParamScheduler | LRScheduler = LRScheduler(StepLR(optimizer, step_size=every, gamma=gamma))
+    elif schedule == "cosine":
+        scheduler = CosineAnnealingScheduler(optimizer, "lr", lr, 0.0, cycle_size=max(2, total_iterations))
+    elif schedule == "onecycle":
+        peak = max(1, int(0.3 * total_iterations))
+        scheduler = PiecewiseLinear(
+            optimizer, "lr", milestones_values=[(0, lr / 25), (peak, lr), (total_iterations, lr / 1e4)]
+        )
+    else:
+        raise ValueError(f"unknown schedule {schedule!r}")
+    trainer.add_event_handler(Events.ITERATION_STARTED, scheduler)
+    return scheduler
+
+
+def attach_early_stopping(trainer: Engine, evaluator: Engine, patience: int, metric: str) -> EarlyStopping | None:
+    """Ignite's ``EarlyStopping`` on validation loss (lower is better) or accuracy."""
+    if patience <= 0:
+        return None
+
+    def score(engine: Engine) -> float:
+        value = float(engine.state.metrics["loss" if metric == "val_loss" else "accuracy"])
+        return -value if metric == "val_loss" else value
+
+    stopper = EarlyStopping(patience=patience, score_function=score, trainer=trainer)
+    evaluator.add_event_handler(Events.COMPLETED, stopper)
+    return stopper
+
+
+def attach_new_best_event(trainer: Engine, evaluator: Engine, best: Checkpoint) -> None:
+    """Fire ``TrainEvents.NEW_BEST`` on the trainer whenever ``best`` has just saved a new file.
+
+    Attach after ``best`` on the evaluator, so the new checkpoint is already on disk.
+    """
+    trainer.register_events(*TrainEvents)
+    seen: dict[str, str | None] = {"last": None}
+
+    def remember(_: Engine) -> None:
+        # At STARTED, after any resume restored the tracker: a restored best is not new.
+        seen["last"] = best.last_checkpoint
+
+    def check(_: Engine) -> None:
+        if best.last_checkpoint != seen["last"]:
+            seen["last"] = best.last_checkpoint
+            trainer.fire_event(TrainEvents.NEW_BEST)
+
+    trainer.add_event_handler(Events.STARTED, remember)
+    evaluator.add_event_handler(Events.COMPLETED, check)
