@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import sys
 import tempfile
+from pathlib import Path
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -35,7 +36,42 @@ def build_parser() -> argparse.ArgumentParser:
         "--list-handlers", action="store_true", help="print which handler runs on which event, in order, and exit"
     )
     add_config_arguments(train)
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a run's best checkpoint: loss, accuracy, per class")
+    evaluate.add_argument("target", metavar="RUN_DIR_OR_CHECKPOINT", help="a run directory or a checkpoint file")
+    evaluate.add_argument("--data", help="evaluate on this data instead of the run's own")
+    evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    evaluate.add_argument("--out", help="confusion-matrix PNG (default: RUN_DIR/confusion_matrix.png)")
+
+    samples = commands.add_parser("samples", help="a grid of training images with their class names")
+    samples.add_argument("--data", default="./data", help="data folder or .tar.gz (default: ./data)")
+    samples.add_argument("--out", default="samples.png", help="PNG to write (default: samples.png)")
+    samples.add_argument("--count", type=int, default=32, help="how many images (default: 32)")
+    samples.add_argument("--seed", type=int, default=0, help="which random images (default: 0)")
     return parser
+
+
+def _evaluate(ns: argparse.Namespace) -> int:
+    from ignite_mlp.evaluate import evaluate
+    from ignite_mlp.plots import confusion_matrix_figure, save_png
+
+    result = evaluate(ns.target, data=ns.data, device=ns.device)
+    print(result.report())
+    out = Path(ns.out) if ns.out else result.checkpoint.parent.parent / "confusion_matrix.png"
+    save_png(confusion_matrix_figure(result.confusion, list(result.per_class)), out)
+    print(f"confusion matrix: {out}")
+    return 0
+
+
+def _samples(ns: argparse.Namespace) -> int:
+    from ignite_mlp.evaluate import sample_grid
+    from ignite_mlp.plots import save_png
+
+    if ns.count < 1:
+        raise UserError(f"--count must be >= 1 (got {ns.count})")
+    out = save_png(sample_grid(ns.data, ns.count, ns.seed), ns.out)
+    print(f"{ns.count} samples: {out}")
+    return 0
 
 
 def config_from_namespace(ns: argparse.Namespace) -> TrainConfig:
@@ -70,6 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if ns.command == "train":
             return _train(ns)
+        if ns.command == "evaluate":
+            return _evaluate(ns)
+        if ns.command == "samples":
+            return _samples(ns)
     except UserError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2

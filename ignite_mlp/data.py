@@ -20,7 +20,7 @@ import os
 import pickle
 import tarfile
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -383,6 +383,25 @@ def _assemble(
 # ---------------------------------------------------------------------------- batches from memory
 
 
+def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images, in [0, 1] units, computed in chunks.
+
+    >>> x = torch.tensor([0, 255], dtype=torch.uint8).reshape(2, 1, 1, 1)
+    >>> channel_stats(x)
+    ([0.5], [0.5])
+    """
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for i in range(0, len(images), chunk):
+        block = images[i : i + chunk].to(torch.float64).div_(255).transpose(0, 1).flatten(1)
+        total += block.sum(1)
+        squares += (block * block).sum(1)
+    count = images.numel() / images.shape[1]
+    mean = total / count
+    std = (squares / count - mean * mean).clamp_min(0).sqrt()
+    return [round(v, 6) for v in mean.tolist()], [round(v, 6) for v in std.tolist()]
+
+
 def normalization(mean: Sequence[float], std: Sequence[float], channels: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and shift so that ``uint8 * scale + shift == (x / 255 - mean) / std``, per channel.
 
@@ -412,6 +431,9 @@ class TensorLoader:
     the data time. A yielded batch then stays valid only while the next ``k - 1`` are drawn,
     which suits a training loop (the trainer uses 3); ``clone()`` a batch to keep it longer.
 
+    ``augment(uint8_batch, generator)`` transforms each training batch before normalisation;
+    its generator is seeded by ``(seed, epoch, batch)``, so a resumed run augments alike.
+
     ``keep_normalized=True`` (only without shuffling) normalises every batch once, on the first
     pass, and serves the same float tensors afterwards: validation data never changes, so
     normalising it again each epoch is wasted work. It costs 4 bytes per input value.
@@ -437,6 +459,7 @@ class TensorLoader:
         drop_last: bool = False,
         buffers: int = 0,
         keep_normalized: bool = False,
+        augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
     ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
@@ -452,8 +475,11 @@ class TensorLoader:
         self.drop_last = drop_last
         if keep_normalized and (shuffle or buffers):
             raise ValueError("keep_normalized needs shuffle=False and buffers=0")
+        if keep_normalized and augment is not None:
+            raise ValueError("keep_normalized serves fixed batches; it cannot be combined with augment")
         self.buffers = buffers
         self.keep_normalized = keep_normalized
+        self.augment = augment
         self._kept: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self.epoch = 1
         self.start = 0
@@ -471,10 +497,14 @@ class TensorLoader:
         n = len(self.labels)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
+    def _generator(self, *key: int, device: torch.device | None = None) -> torch.Generator:
+        """A generator seeded by ``(seed, *key)``: same key, same random numbers."""
+        state = np.random.SeedSequence([self.seed, *key]).generate_state(1, dtype=np.uint64)
+        return torch.Generator(device=device or self.device).manual_seed(int(state[0] % (2**63)))
+
     def permutation(self, epoch: int) -> torch.Tensor:
         """The sample order of ``epoch``: a pure function of (seed, epoch)."""
-        state = np.random.SeedSequence([self.seed, epoch]).generate_state(2, dtype=np.uint64)
-        generator = torch.Generator().manual_seed(int(state[0] % (2**63)))
+        generator = self._generator(epoch, device=torch.device("cpu"))
         return torch.randperm(len(self.labels), generator=generator).to(self.device)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -494,13 +524,17 @@ class TensorLoader:
             else:
                 idx = order[lo:hi]
                 x, y = self.images.index_select(0, idx), self.labels.index_select(0, idx)
+            if self.augment is not None:
+                x = self.augment(x, self._generator(self.epoch, i))
             out = ring[i % len(ring)][: hi - lo] if ring else None
             batch = self.normalize(x, out), y
             if self.keep_normalized:
                 kept.append(batch)
+                if i == len(self) - 1 and self.start == 0:
+                    # Kept before the last yield: Ignite stops after len(self) batches and never
+                    # resumes the generator past it. Only a complete pass is kept.
+                    self._kept = kept
             yield batch
-        if self.keep_normalized and self.start == 0:
-            self._kept = kept  # only a complete pass is kept
 
     def normalize(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """``(x / 255 - mean) / std`` for a uint8 batch, into ``out`` when given."""

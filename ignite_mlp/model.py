@@ -9,9 +9,13 @@ from torch import nn
 
 from ignite_mlp.errors import UserError
 
+NORMS = ("none", "batch", "layer")
+ACTIVATIONS = ("relu", "gelu")
+
 
 class MLP(nn.Module):
-    """A plain MLP over flattened images, with optional dropout after each hidden layer.
+    """A plain MLP over flattened images; each hidden layer is Linear, optional BatchNorm or
+    LayerNorm, ReLU or GELU, optional dropout.
 
     The tutorial's network is ``MLP(3072, 10, [128])``: 3072 -> 128 -> 10 with ReLU.
 
@@ -23,7 +27,13 @@ class MLP(nn.Module):
     """
 
     def __init__(
-        self, in_features: int, num_classes: int, hidden_sizes: Sequence[int] = (128,), dropout: float = 0.0
+        self,
+        in_features: int,
+        num_classes: int,
+        hidden_sizes: Sequence[int] = (128,),
+        dropout: float = 0.0,
+        norm: str = "none",
+        activation: str = "relu",
     ) -> None:
         super().__init__()
         if not hidden_sizes:
@@ -33,10 +43,18 @@ class MLP(nn.Module):
                 f"MLP sizes must be positive with >= 2 classes (in={in_features}, classes={num_classes}, "
                 f"hidden={list(hidden_sizes)}); check --hidden-sizes and the data"
             )
+        if norm not in NORMS or activation not in ACTIVATIONS:
+            raise UserError(f"norm must be one of {NORMS} and activation one of {ACTIVATIONS}")
         layers: list[nn.Module] = [nn.Flatten()]
         width = in_features
         for h in hidden_sizes:
-            layers += [nn.Linear(width, int(h)), nn.ReLU()]
+            # Linear -> norm -> activation -> dropout; a norm layer makes the Linear's bias redundant.
+            layers.append(nn.Linear(width, int(h), bias=norm == "none"))
+            if norm == "batch":
+                layers.append(nn.BatchNorm1d(int(h)))
+            elif norm == "layer":
+                layers.append(nn.LayerNorm(int(h)))
+            layers.append(nn.GELU() if activation == "gelu" else nn.ReLU())
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             width = int(h)

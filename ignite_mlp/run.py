@@ -25,6 +25,7 @@ from ignite.handlers import TensorboardLogger
 from ignite.utils import manual_seed
 from torch import nn
 
+from ignite_mlp.augment import make_augment
 from ignite_mlp.checkpoints import (
     EpochMetricsState,
     RandomState,
@@ -36,7 +37,7 @@ from ignite_mlp.checkpoints import (
 )
 from ignite_mlp.config import TrainConfig, resolve_device
 from ignite_mlp.controls import attach_early_stopping, attach_lr_schedule, attach_new_best_event
-from ignite_mlp.data import Dataset, TensorLoader, load_dataset, summarize
+from ignite_mlp.data import Dataset, TensorLoader, channel_stats, load_dataset, summarize
 from ignite_mlp.engine import attach_train_metrics, create_evaluator, create_trainer
 from ignite_mlp.errors import CudaError, TrainingInterrupted, UserError
 from ignite_mlp.extensions import handler_table, load_handler
@@ -151,6 +152,7 @@ def build_loaders(dataset: Dataset, config: TrainConfig, device: torch.device) -
         seed=config.seed,
         device=device,
         buffers=3,  # Ignite consumes each batch before drawing the next: recycling is safe
+        augment=None if config.overfit_batches else make_augment(config.augment, config.crop_padding),
     )
     val_loader = TensorLoader(
         dataset.test_images,
@@ -164,6 +166,19 @@ def build_loaders(dataset: Dataset, config: TrainConfig, device: torch.device) -
         keep_normalized=dataset.test_images.numel() * 4 <= 2**30,
     )
     return train_loader, val_loader
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD as the config says. The fused kernel updates each parameter in one pass instead of
+    several: a third less time per step for a wide MLP, same arithmetic."""
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        nesterov=config.nesterov,
+        fused=True,
+    )
 
 
 class _StopRequest:
@@ -217,6 +232,11 @@ def train(
     if dataset is None:
         dataset = load_dataset(config.data, config.cache_dir, config.download, progress=config.progress)
     write(summarize(dataset, config.batch_size))
+    if config.normalize == "dataset" and saved is None:
+        # Measured once; config.json keeps the values, so a resume or evaluate reuses them.
+        mean, std = channel_stats(dataset.train_images)
+        config = dataclasses.replace(config, mean=mean, std=std)
+        write(f"normalisation from the training set: mean {mean}, std {std}")
     train_loader, val_loader = build_loaders(dataset, config, device)
     epoch_length = 2 if config.dry_run else (config.epoch_length or len(train_loader))
     max_epochs = 1 if config.dry_run else config.epochs
@@ -224,19 +244,20 @@ def train(
         if not config.overfit_batches or "not shuffled" not in warning:
             write(warning)
 
-    model = MLP(dataset.in_features, dataset.num_classes, config.hidden_sizes, config.dropout).to(device)
+    model = MLP(
+        dataset.in_features, dataset.num_classes, config.hidden_sizes, config.dropout, config.norm, config.activation
+    ).to(device)
     if saved is not None:
         check_model_shapes(model, saved.get("model", {}), checkpoint_path)  # type: ignore[arg-type]
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-    )
-    loss_fn = nn.CrossEntropyLoss()
+    optimizer = build_optimizer(model, config)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     if saved is None and not list_handlers:
         # Created only now, so bad data or options leave no half-made run directory behind.
         prepare_run_dir(run_dir, config.overwrite)
     trainer = create_trainer(model, optimizer, loss_fn, device, config.precision)
     train_metrics = attach_train_metrics(trainer, device)
-    evaluator = create_evaluator(model, loss_fn, device, config.precision)
+    # Validation loss stays the plain cross-entropy, comparable across recipes and runs.
+    evaluator = create_evaluator(model, nn.CrossEntropyLoss(), device, config.precision)
 
     def start_epoch(engine: Engine) -> None:
         # A fresh shuffle per epoch; on a resume mid-epoch, the epoch goes on where it stopped.

@@ -42,7 +42,7 @@ from torchvision import transforms
 from ignite_mlp import TrainConfig, train
 from ignite_mlp.data import Dataset, load_dataset
 from ignite_mlp.model import MLP
-from ignite_mlp.run import RunContext, build_loaders
+from ignite_mlp.run import RunContext, build_loaders, build_optimizer
 
 EpochFn = Callable[[], None]
 
@@ -298,7 +298,7 @@ def main() -> int:
         """The same initial model and optimiser for every method."""
         torch.manual_seed(0)
         model = MLP(ds.in_features, ds.num_classes, [128])
-        return model, torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+        return model, build_optimizer(model, TrainConfig())
 
     # The machine's speed drifts by tens of percent within minutes, so the methods take turns
     # epoch by epoch: ignite_mlp runs its epochs, and after each one (inside a user handler,

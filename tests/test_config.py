@@ -86,3 +86,18 @@ def test_resolve_device() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="CUDA is not available"):
             resolve_device("cuda:0")
+
+
+def test_recipes_are_presets_under_explicit_values(tmp_path: Path) -> None:
+    from ignite_mlp.config import RECIPES
+
+    strong = config_from_sources({"recipe": "strong"})
+    for key, value in RECIPES["strong"].items():
+        assert getattr(strong, key) == value, key
+    toml = tmp_path / "run.toml"
+    toml.write_text("epochs = 7\n")
+    mixed = config_from_sources({"recipe": "strong", "dropout": 0.0}, str(toml))
+    assert (mixed.epochs, mixed.dropout, mixed.norm) == (7, 0.0, "batch")  # file and flag beat the preset
+    assert config_from_sources({}) == TrainConfig()  # the tutorial recipe is the default
+    with pytest.raises(UserError, match="--recipe"):
+        config_from_sources({"recipe": "magic"})

@@ -254,3 +254,23 @@ def test_dataset_properties_grayscale() -> None:
         "mem",
     )
     assert ds.in_features == 35 and ds.image_shape == (1, 5, 7)
+
+
+def test_channel_stats_match_a_direct_computation() -> None:
+    from ignite_mlp.data import channel_stats
+
+    images = torch.randint(0, 256, (50, 3, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    mean, std = channel_stats(images, chunk=7)  # chunks that do not divide 50
+    pixels = images.double() / 255
+    assert mean == pytest.approx(pixels.mean(dim=(0, 2, 3)).tolist(), abs=1e-6)
+    assert std == pytest.approx(pixels.std(dim=(0, 2, 3), unbiased=False).tolist(), abs=1e-6)
+
+
+def test_kept_batches_survive_an_engine_that_stops_at_len() -> None:
+    import itertools
+
+    images = torch.randint(0, 256, (20, 1, 2, 2), dtype=torch.uint8)
+    loader = TensorLoader(images, torch.arange(20), 8, [0.5], [0.5], keep_normalized=True)
+    first = list(itertools.islice(loader, len(loader)))  # like Ignite: never asks past the last batch
+    again = list(itertools.islice(loader, len(loader)))
+    assert [x.data_ptr() for x, _ in first] == [x.data_ptr() for x, _ in again]

@@ -32,3 +32,26 @@ def test_deeper_mlp_and_forward_equals_manual_layers() -> None:
 def test_bad_hidden_sizes_are_clear_errors(hidden: list[int]) -> None:
     with pytest.raises(UserError, match="hidden"):
         MLP(10, 3, hidden)
+
+
+def test_norm_and_activation_options() -> None:
+    model = MLP(12, 3, [8, 4], dropout=0.2, norm="batch", activation="gelu")
+    kinds = [type(m).__name__ for m in model.layers]
+    assert kinds == [
+        "Flatten",
+        "Linear",
+        "BatchNorm1d",
+        "GELU",
+        "Dropout",
+        "Linear",
+        "BatchNorm1d",
+        "GELU",
+        "Dropout",
+        "Linear",
+    ]
+    hidden = [m for m in model.layers if isinstance(m, nn.Linear)][:2]
+    assert all(lin.bias is None for lin in hidden)  # the norm's shift replaces the bias
+    layer = MLP(12, 3, [8], norm="layer")
+    assert any(isinstance(m, nn.LayerNorm) for m in layer.modules())
+    with pytest.raises(UserError, match="norm must be one of"):
+        MLP(12, 3, [8], norm="group")

@@ -1,19 +1,38 @@
-"""The README's commands stay true: CI runs exactly its test command."""
+"""The README's commands and examples stay true: CI runs exactly its test command, and the
+"Extend it" example runs as written."""
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _bash_blocks(text: str) -> list[str]:
-    return [b.strip() for b in re.findall(r"```bash\n(.*?)```", text, flags=re.S)]
+def _blocks(kind: str) -> list[str]:
+    return [b.strip() for b in re.findall(rf"```{kind}\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)]
 
 
 def test_ci_runs_the_readmes_test_command() -> None:
-    readme = (ROOT / "README.md").read_text()
-    blocks = _bash_blocks(readme)
-    main_cmd, test_cmd = blocks[0], blocks[1]
+    main_cmd, test_cmd = _blocks("bash")[:2]
     assert "ignite-mlp train" in main_cmd and "pytest" in test_cmd
-    ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
-    assert test_cmd in ci_lines
+    assert test_cmd in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+def test_extend_it_example_runs_as_written(tmp_path: Path) -> None:
+    pack = os.environ.get("IGNITE_MLP_PACK")
+    if not pack:
+        pytest.skip("the README example trains on the pack: set IGNITE_MLP_PACK")
+    example = next(b for b in _blocks("python") if "extra_handlers=[attach]" in b)
+    # Run it as written, from a folder where ../shared/data/... is the pack.
+    work = tmp_path / "project"
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    (tmp_path / "shared" / "data" / "cifar10-jpg.tar.gz").symlink_to(pack)
+    work.mkdir()
+    out = subprocess.run([sys.executable, "-c", example], cwd=work, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert re.search(r"^lr 0\.001 at epoch 2$", out.stdout, flags=re.M)
+    assert "new best" in out.stdout and (work / "runs" / "extend-demo" / "history.json").is_file()

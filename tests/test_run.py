@@ -178,3 +178,29 @@ def test_dropout_and_schedule_reach_the_model_and_optimizer(tree: Path, tmp_path
         write=lambda s: None,
     )
     assert lrs[0] == pytest.approx(0.05) and lrs[-1] < 0.01 and lrs == sorted(lrs, reverse=True)
+
+
+def test_label_smoothing_reaches_the_training_loss(tree: Path, tmp_path: Path) -> None:
+    steps: list[tuple[float, torch.Tensor, torch.Tensor]] = []
+
+    def spy(trainer, evaluator, context) -> None:
+        trainer.add_event_handler(
+            Events.ITERATION_COMPLETED,
+            lambda e: steps.append((e.state.output["loss"].item(), e.state.output["y_pred"], e.state.output["y"])),
+        )
+
+    train(_config(tree, tmp_path / "r", epochs=1, label_smoothing=0.2), extra_handlers=[spy], write=lambda s: None)
+    loss, logits, y = steps[0]
+    k, eps = logits.shape[1], 0.2
+    target = torch.full_like(logits, eps / k)  # smoothed target: eps/K everywhere, plus 1-eps on the true class
+    target[torch.arange(len(y)), y] += 1 - eps
+    assert loss == pytest.approx(-(target * logits.log_softmax(1)).sum(1).mean().item(), rel=1e-5)
+
+
+def test_dataset_normalisation_is_measured_and_saved(tree: Path, tmp_path: Path) -> None:
+    train(_config(tree, tmp_path / "r", epochs=1, normalize="dataset"), write=lambda s: None)
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    ds = load_dataset(tree)
+    pixels = ds.train_images.double() / 255
+    assert saved["mean"] == pytest.approx(pixels.mean(dim=(0, 2, 3)).tolist(), abs=1e-5)
+    assert saved["std"] == pytest.approx(pixels.std(dim=(0, 2, 3), unbiased=False).tolist(), abs=1e-5)

@@ -1,0 +1,48 @@
+"""ignite_mlp.evaluate: evaluating a run's best checkpoint agrees with its training history."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ignite_mlp import TrainConfig, train
+from ignite_mlp.errors import UserError
+from ignite_mlp.evaluate import evaluate
+
+
+def test_evaluate_agrees_with_the_history_of_that_epoch(tree: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    config = TrainConfig(data=str(tree), run_dir=str(run), epochs=4, batch_size=8, lr=0.05, progress=False)
+    result = train(config, write=lambda s: None)
+    history = json.loads((run / "history.json").read_text())
+    report = evaluate(run)
+    assert report.epoch == result.best_epoch
+    assert report.accuracy == pytest.approx(history["val_acc_epoch"][report.epoch - 1], abs=1e-4)
+    assert report.loss == pytest.approx(history["val_loss"][report.epoch - 1], abs=1e-5)
+    # The confusion matrix by hand: 4 test images per class, rows are true classes.
+    assert report.confusion.sum(1).tolist() == [4, 4, 4]
+    assert report.per_class == pytest.approx(
+        {c: 100 * report.confusion[i, i].item() / 4 for i, c in enumerate(["ant", "bee", "cat"])}
+    )
+    # A checkpoint file works too, and a last checkpoint (a dict with "model") as well.
+    assert evaluate(report.checkpoint).accuracy == report.accuracy
+    last = evaluate(result.last_checkpoint)
+    assert last.accuracy == pytest.approx(history["val_acc_epoch"][-1], abs=1e-4)
+
+
+def test_evaluate_bad_targets(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="neither a run directory"):
+        evaluate(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(UserError, match="no best checkpoint"):
+        evaluate(tmp_path)
+
+
+def test_evaluate_refuses_an_unsafe_checkpoint(tree: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(TrainConfig(data=str(tree), run_dir=str(run), epochs=1, progress=False), write=lambda s: None)
+    best = next((run / "checkpoints").glob("best_*.pt"))
+    torch.save({"model": print}, best)  # a pickled global function: needs arbitrary unpickling
+    with pytest.raises(UserError, match="refused to load"):
+        evaluate(run)
