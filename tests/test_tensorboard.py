@@ -35,9 +35,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from ignite_mlp import TrainConfig, train
+from ignite_mlp.data import normalization
 from ignite_mlp.errors import TrainingInterrupted
 from ignite_mlp.handlers import HISTORY_KEYS, History
 from ignite_mlp.model import MLP
+from ignite_mlp.plots import confusion_matrix_figure, image_grid
 from ignite_mlp.tensorboard import attach_tensorboard
 
 # The tiny data: 3 classes, 12 training and 4 validation images each, 8x8 RGB.
@@ -192,6 +194,55 @@ def test_hparams_are_the_best_epoch_not_the_last(tmp_path: Path) -> None:
     assert _scalars(acc, "hparams/best_val_acc") == [(6, 75.0)]
     assert _scalars(acc, "hparams/best_val_loss") == [(6, *_f32([0.9]))]
     assert _hparams(acc)[0] == {"lr": 0.1, "sizes": "[4, 2]"}
+
+
+def _tiny_engines(tmp_path: Path, **options: Any) -> tuple[Engine, Engine]:
+    """A trainer and an evaluator with scripted outputs, for attach_tensorboard on its own.
+
+    Validation: 6 images (2 batches of 3), labels ant bee cat ant bee cat, predicted
+    ant cat cat bee bee ant, so images 1, 3 and 5 are wrong.
+    """
+    pixels = torch.randint(0, 256, (6, 3, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    logits = torch.nn.functional.one_hot(torch.tensor([0, 2, 2, 1, 1, 0]), 3).float()
+    scale, shift = normalization([0.5], [0.5], 3)
+    batches = [(pixels[:3] * scale + shift, labels[:3]), (pixels[3:] * scale + shift, labels[3:])]
+    evaluator = Engine(lambda e, batch: (logits[3 * (e.state.iteration - 1) : 3 * e.state.iteration], batch[1]))
+    trainer = Engine(lambda e, batch: {"loss": torch.tensor(0.5), "y": torch.zeros(4)})
+    history = History()
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: evaluator.run(batches))
+    history_metrics = {"accuracy": 0.5, "loss": 1.0}
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: history.record(history_metrics, history_metrics))
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+    tb = attach_tensorboard(trainer, optimizer, history, tmp_path, evaluator=evaluator, classes=CLASSES, **options)
+    trainer.run([0], max_epochs=2)
+    tb.close()
+    return evaluator, pixels
+
+
+def _png(event: Any) -> np.ndarray:
+    with Image.open(io.BytesIO(event.encoded_image_string)) as png:
+        return np.asarray(png.convert("RGB"))
+
+
+def test_confusion_matrix_and_misclassified_grid_hold_what_the_evaluator_saw(tmp_path: Path) -> None:
+    _, pixels = _tiny_engines(tmp_path, normalization=([0.5], [0.5]))
+    acc = _read(tmp_path)
+    # Rows true, columns predicted, counted by hand from the scripted predictions.
+    expected_matrix = confusion_matrix_figure([[1, 1, 0], [0, 1, 1], [1, 0, 1]], CLASSES)
+    assert [(e.step, np.array_equal(_png(e), expected_matrix)) for e in acc.Images("val/confusion_matrix")] == [
+        (1, True),
+        (2, True),
+    ]
+    titles = ["pred cat\ntrue bee", "pred bee\ntrue ant", "pred ant\ntrue cat"]
+    expected_grid = image_grid(pixels[[1, 3, 5]].numpy(), titles, ncols=8)
+    (first, _) = acc.Images("val/misclassified")
+    assert np.array_equal(_png(first), expected_grid)
+
+
+def test_images_every_zero_logs_no_image_and_adds_no_metric(tmp_path: Path) -> None:
+    evaluator, _ = _tiny_engines(tmp_path, normalization=([0.5], [0.5]), images_every=0)
+    assert _read(tmp_path).Tags()["images"] == [] and "confusion_matrix" not in evaluator.state.metrics
 
 
 def _images(acc: EventAccumulator, tag: str) -> list[tuple[int, tuple[int, int]]]:
