@@ -10,8 +10,8 @@ import argparse
 import dataclasses
 import sys
 import tempfile
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from ignite_mlp.config import TrainConfig, add_config_arguments, config_from_sources

@@ -130,6 +130,9 @@ class TrainConfig:
 
     progress: bool = _opt(True, "show a progress bar")
     tensorboard: bool = _opt(True, "write TensorBoard event files in the run directory")
+    # Off by default: histograms of every layer cost milliseconds per epoch and fill the logs.
+    tb_histograms: bool = _opt(False, "also log weight and gradient histograms and norms per layer to TensorBoard")
+    tb_images_every: int = _opt(1, "log a confusion matrix and misclassified images every N epochs (0: never)")
 
     def __post_init__(self) -> None:
         self._coerce_types()
@@ -156,6 +159,9 @@ class TrainConfig:
         _check(self.weight_decay >= 0, "--weight-decay", self.weight_decay, ">= 0", "try 1e-4")
         _check(len(self.mean) >= 1, "--mean", self.mean, "non-empty", "e.g. --mean 0.5")
         _check(len(self.std) >= 1 and all(s > 0 for s in self.std), "--std", self.std, "all > 0", "e.g. --std 0.5")
+        _check(
+            self.tb_images_every >= 0, "--tb-images-every", self.tb_images_every, ">= 0", "pass 0 for no images, or N"
+        )
         _check(self.precision in PRECISIONS, "--precision", self.precision, f"one of {PRECISIONS}", "use fp32 or bf16")
         _check(0 <= self.dropout < 1, "--dropout", self.dropout, "in [0, 1)", "try 0.2")
         _check(self.norm in NORMS, "--norm", self.norm, f"one of {NORMS}", "")

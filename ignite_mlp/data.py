@@ -419,6 +419,19 @@ def normalization(mean: Sequence[float], std: Sequence[float], channels: int) ->
     return 1.0 / (255.0 * s), -m / s
 
 
+def denormalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Undo the normalisation: float ``(N, C, H, W)`` batches back to their uint8 pixels.
+
+    >>> pixels = torch.tensor([0, 128, 255], dtype=torch.uint8).reshape(1, 3, 1, 1)
+    >>> scale, shift = normalization([0.5], [0.5], 3)
+    >>> denormalize(pixels * scale + shift, [0.5], [0.5]).flatten().tolist()
+    [0, 128, 255]
+    """
+    scale, shift = (t.to(x.device) for t in normalization(mean, std, x.shape[1]))
+    # Rounding recovers the exact pixel: normalising moved it by far less than half a step.
+    return ((x - shift) / scale).round_().clamp_(0, 255).to(torch.uint8)
+
+
 class TensorLoader:
     """Batches ``(float images, labels)`` straight from a uint8 tensor held on the training device.
 

@@ -22,7 +22,6 @@ from ignite.handlers import (
     TerminateOnNan,
     global_step_from_engine,
 )
-from ignite.handlers.tensorboard_logger import OptimizerParamsHandler, TensorboardLogger
 
 from ignite_mlp.files import write_json_atomic
 from ignite_mlp.plots import plot_curves
@@ -196,64 +195,6 @@ def attach_epoch_summary(
 def attach_terminate_on_nan(trainer: Engine) -> None:
     """Stop at the first NaN or infinite training loss (Ignite's ``TerminateOnNan``)."""
     trainer.add_event_handler(Events.ITERATION_COMPLETED, TerminateOnNan(output_transform=lambda out: out["loss"]))
-
-
-def attach_tensorboard(
-    trainer: Engine,
-    optimizer: torch.optim.Optimizer,
-    history: History,
-    log_dir: str | Path,
-    lr_per_iteration: bool = False,
-    purge_step: int | None = None,
-) -> TensorboardLogger:
-    """TensorBoard through Ignite's ``TensorboardLogger`` (tensorboardX writer).
-
-    Every tag's step is the global iteration: ``train/loss`` each iteration; ``train/lr`` at
-    each epoch's start (each iteration's with ``lr_per_iteration``, for schedules that move
-    within epochs); ``epoch/<key>`` for the four history values at the iteration that ends
-    the epoch, so epoch curves line up with iteration curves. Attach after ``history`` and
-    before the last checkpoint: the epoch's events are flushed to disk before the checkpoint
-    that covers them, and ``purge_step`` (the checkpoint's iteration + 1, on resume) hides
-    anything a killed run logged after its checkpoint, so no step is ever duplicated.
-    """
-    # tensorboardX hands each event to its writer thread through a queue of 10 by default, so
-    # a per-iteration scalar often waits for the writer; a deep queue lets training run on.
-    #
-    # Event files are named by the second they were opened; a resumed run's file gets a suffix
-    # that sorts after the original's, so even a resume within the same second appends a new
-    # file (tensorboardX opens with "wb") and TensorBoard reads the purge in the right order.
-    suffix = f".{purge_step or 0:012d}"
-    tb = TensorboardLogger(log_dir=str(log_dir), max_queue=1000, purge_step=purge_step, filename_suffix=suffix)
-    lr_event = Events.ITERATION_STARTED if lr_per_iteration else Events.EPOCH_STARTED
-    tb.attach(trainer, OptimizerParamsHandler(optimizer, param_name="lr", tag="train"), lr_event)
-
-    # Per-iteration losses are kept as tensors and written in one burst per epoch: writing
-    # each as it comes costs ~0.2 ms a step here (tensorboardX pickles every event through a
-    # pipe to its writer thread) and, on a GPU, a device sync per step for .item().
-    pending: list[tuple[int, torch.Tensor]] = []
-
-    def keep_loss(engine: Engine) -> None:
-        pending.append((engine.state.iteration, engine.state.output["loss"].detach()))
-
-    def write_losses(engine: Engine) -> None:
-        if pending:
-            values = torch.stack([loss for _, loss in pending]).float().cpu().tolist()
-            for (step, _), value in zip(pending, values, strict=True):
-                tb.writer.add_scalar("train/loss", value, step)
-            pending.clear()
-        tb.writer.flush()
-
-    def log_history(engine: Engine) -> None:
-        write_losses(engine)
-        for key, value in history.latest().items():
-            tb.writer.add_scalar(f"epoch/{key}", value, engine.state.iteration)
-        tb.writer.flush()
-
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, keep_loss)
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, log_history)
-    trainer.add_event_handler(Events.TERMINATE, write_losses)  # a run stopped mid-epoch
-    trainer.add_event_handler(Events.COMPLETED, lambda _: tb.writer.flush())
-    return tb
 
 
 def attach_curves(trainer: Engine, history: History, path: str | Path) -> None:

@@ -55,11 +55,11 @@ from ignite_mlp.handlers import (
     attach_epoch_summary,
     attach_interrupt_checkpoint,
     attach_progress_bar,
-    attach_tensorboard,
     attach_terminate_on_nan,
     attach_validation,
 )
 from ignite_mlp.model import MLP
+from ignite_mlp.tensorboard import attach_tensorboard, environment, run_text
 
 
 @dataclass
@@ -289,12 +289,28 @@ def train(
     )
     attach_validation(trainer, evaluator, val_loader, epoch_length=2 if config.dry_run else None)
     history.attach(trainer, evaluator)
+    run_info = {**config.to_dict(), "resolved_device": str(device)}
     tb = None
     if config.tensorboard:
         # On resume, TensorBoard hides whatever the dead run logged after its checkpoint.
         purge_step = resume_iteration + 1 if saved is not None else None
         tb = attach_tensorboard(
-            trainer, optimizer, history, run_dir, lr_per_iteration=scheduler is not None, purge_step=purge_step
+            trainer,
+            optimizer,
+            history,
+            run_dir,
+            lr_per_iteration=scheduler is not None,
+            purge_step=purge_step,
+            evaluator=evaluator,
+            classes=dataset.classes,
+            normalization=(config.mean, config.std),
+            device=device,
+            images_every=config.tb_images_every,
+            train_samples=(dataset.train_images, dataset.train_labels),
+            model=model,
+            histograms=config.tb_histograms,
+            hparams=run_info,
+            text=run_text(run_info, environment(device)),
         )
     # Everything a resume needs. "trainer" precedes "train_metrics": the latter reads the
     # restored iteration to tell a mid-epoch checkpoint from an epoch-end one.
@@ -337,7 +353,7 @@ def train(
             tb.close()
         return RunResult(run_dir, history.state_dict(), None, None, None, None, files)
 
-    write_json_atomic(files["config"], {**config.to_dict(), "resolved_device": str(device)})
+    write_json_atomic(files["config"], run_info)
     previous_sigint = _install_sigint(stop)
     try:
         trainer.run(train_loader, max_epochs=max_epochs, epoch_length=epoch_length)

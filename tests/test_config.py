@@ -40,6 +40,7 @@ def test_defaults_are_the_tutorials_recipe() -> None:
         ({"device": "tpu"}, "--device"),
         ({"precision": "fp8"}, "--precision"),
         ({"epochs": "ten"}, "--epochs"),
+        ({"tb_images_every": -1}, "--tb-images-every"),
     ],
 )
 def test_invalid_values_name_the_flag(kwargs: dict, flag: str) -> None:

@@ -1,0 +1,394 @@
+"""ignite_mlp.tensorboard: what a run writes, read back by TensorBoard itself.
+
+Two runs on tiny generated data share this module: ``full`` trains 4 epochs straight with
+histograms on; ``resumed`` trains 2 epochs, is resumed for 4, stopped by Ctrl-C midway through
+epoch 3, and resumed again to the end. Everything is read with the ``tensorboard`` package's
+own ``EventAccumulator`` (and, in the last test, from a real ``tensorboard`` server over HTTP)
+and checked against what the run left on disk (``history.json``, ``config.json``,
+checkpoints) or against numbers worked out by hand from the data and the configuration.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from conftest import CLASSES, make_tree
+from ignite.engine import Engine, Events
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+from ignite_mlp import TrainConfig, train
+from ignite_mlp.data import normalization
+from ignite_mlp.errors import TrainingInterrupted
+from ignite_mlp.handlers import HISTORY_KEYS, History
+from ignite_mlp.model import MLP
+from ignite_mlp.plots import confusion_matrix_figure, image_grid
+from ignite_mlp.tensorboard import attach_tensorboard
+
+# The tiny data: 3 classes, 12 training and 4 validation images each, 8x8 RGB.
+N_TRAIN, N_VAL, SIDE = 36, 12, 8
+BATCH, EPOCHS = 8, 4
+ITERS_PER_EPOCH = math.ceil(N_TRAIN / BATCH)  # 5
+EPOCH_STEPS = [ITERS_PER_EPOCH * e for e in range(1, EPOCHS + 1)]  # [5, 10, 15, 20]
+STOP_AFTER = 12  # the Ctrl-C lands after this iteration (in epoch 3)
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def _ctrl_c_after(iteration: int):
+    def attach(trainer: Engine, evaluator: Engine, context: Any) -> None:
+        @trainer.on(Events.ITERATION_COMPLETED(once=iteration))
+        def _(_: Engine) -> None:
+            os.kill(os.getpid(), signal.SIGINT)  # what a user's Ctrl-C does
+
+    return attach
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tensorboard")
+    tree = make_tree(root / "tree")
+    common = dict(data=str(tree), cache_dir=str(root / "cache"), batch_size=BATCH, lr=0.05, progress=False)
+    train(TrainConfig(run_dir=str(root / "runs" / "full"), epochs=EPOCHS, tb_histograms=True, **common), write=_quiet)
+
+    resumed = root / "runs" / "resumed"
+    train(TrainConfig(run_dir=str(resumed), epochs=2, tb_images_every=3, **common), write=_quiet)
+    with pytest.raises(TrainingInterrupted):
+        train(TrainConfig.from_run(resumed, epochs=EPOCHS), [_ctrl_c_after(STOP_AFTER)], write=_quiet)
+    (stopped,) = (resumed / "checkpoints").glob("interrupted_checkpoint_*.pt")
+    (root / "stopped_at").write_text(stopped.stem.rsplit("_", 1)[1])
+    train(TrainConfig.from_run(resumed), write=_quiet)
+    return root / "runs"
+
+
+def _read(run_dir: Path) -> EventAccumulator:
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0, "tensors": 0, "histograms": 0})
+    acc.Reload()
+    return acc
+
+
+def _scalars(acc: EventAccumulator, tag: str) -> list[tuple[int, float]]:
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def _history(run_dir: Path) -> dict[str, list[float]]:
+    return json.loads((run_dir / "history.json").read_text())
+
+
+def _f32(values: list[float]) -> list[float]:
+    # TensorBoard stores scalars as float32.
+    return [float(np.float32(v)) for v in values]
+
+
+def _grid_size(count: int, title_lines: int) -> tuple[int, int]:
+    """(width, height) of an image grid by hand: 8x8 images enlarged 12x to 96 px, 8 columns,
+    14 px per title line, 2 px between cells."""
+    cols = min(8, count)
+    rows = math.ceil(count / cols)
+    return cols * 96 + (cols + 1) * 2, rows * (96 + 14 * title_lines) + (rows + 1) * 2
+
+
+CONFUSION_SIDE = 16 + 80 + 3 * 36 + 4  # caption, class names, 3 cells of 36 px, margin
+
+
+@pytest.mark.parametrize("name", ["full", "resumed"])
+def test_epoch_scalars_equal_history_json_value_for_value(runs: Path, name: str) -> None:
+    acc, history = _read(runs / name), _history(runs / name)
+    assert len(history["val_loss"]) == EPOCHS
+    for key in HISTORY_KEYS:
+        assert _scalars(acc, f"epoch/{key}") == list(zip(EPOCH_STEPS, _f32(history[key]), strict=True)), key
+
+
+@pytest.mark.parametrize("name", ["full", "resumed"])
+def test_one_loss_per_iteration_run_and_the_lr_at_each_epoch_start(runs: Path, name: str) -> None:
+    acc = _read(runs / name)
+    assert [step for step, _ in _scalars(acc, "train/loss")] == list(range(1, EPOCHS * ITERS_PER_EPOCH + 1))
+    assert _scalars(acc, "train/lr/group_0") == [
+        (s - ITERS_PER_EPOCH + 1, float(np.float32(0.05))) for s in EPOCH_STEPS
+    ]
+
+
+def test_resume_duplicates_no_step_and_matches_a_straight_run(runs: Path) -> None:
+    full, resumed = _read(runs / "full"), _read(runs / "resumed")
+    for tag in resumed.Tags()["scalars"]:
+        steps = [step for step, _ in _scalars(resumed, tag)]
+        assert steps == sorted(set(steps)), tag  # each step once, in order
+    shared = ["train/loss", "train/lr/group_0", "time/epoch_seconds", *(f"epoch/{k}" for k in HISTORY_KEYS)]
+    for tag in shared:
+        assert [s for s, _ in _scalars(resumed, tag)] == [s for s, _ in _scalars(full, tag)], tag
+    # Resuming is exact, so the resumed run logged the very values of the straight one.
+    assert _scalars(resumed, "epoch/val_acc_epoch") == _scalars(full, "epoch/val_acc_epoch")
+
+
+def test_epoch_time_and_samples_per_second(runs: Path) -> None:
+    acc = _read(runs / "full")
+    seconds = _scalars(acc, "time/epoch_seconds")
+    throughput = _scalars(acc, "time/samples_per_second")
+    assert [s for s, _ in seconds] == [s for s, _ in throughput] == EPOCH_STEPS
+    assert all(v > 0 for _, v in seconds)
+    for (_, sec), (_, per_second) in zip(seconds, throughput, strict=True):
+        assert per_second * sec == pytest.approx(N_TRAIN, rel=1e-5)  # every training image, once
+    assert [s for s, _ in _scalars(acc, "time/validation_seconds")] == EPOCH_STEPS
+
+
+def _hparams(acc: EventAccumulator) -> tuple[dict[str, Any], int]:
+    content = acc.PluginTagToContent("hparams")
+    start = HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    end = HParamsPluginData.FromString(content["_hparams_/session_end_info"]).session_end_info
+    values = {k: getattr(v, v.WhichOneof("kind")) for k, v in start.hparams.items()}
+    return values, end.status
+
+
+@pytest.mark.parametrize("name", ["full", "resumed"])
+def test_hparams_hold_the_config_and_the_best_validation_values(runs: Path, name: str) -> None:
+    run_dir = runs / name
+    acc, history = _read(run_dir), _history(run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    hparams, status = _hparams(acc)
+    assert status == 1  # STATUS_SUCCESS
+    assert hparams["lr"] == config["lr"] == 0.05 and hparams["batch_size"] == BATCH
+    assert hparams["epochs"] == EPOCHS  # on the resumed run: the last session's, not the first's
+    assert hparams["hidden_sizes"] == "[128]" and hparams["resolved_device"] == "cpu"
+    assert "run_dir" not in hparams and "progress" not in hparams
+    last_step = EPOCH_STEPS[-1]
+    assert _scalars(acc, "hparams/best_val_acc") == [(last_step, *_f32([max(history["val_acc_epoch"])]))]
+    assert _scalars(acc, "hparams/best_val_loss") == [(last_step, *_f32([min(history["val_loss"])]))]
+    assert len(list(run_dir.glob("events.out.tfevents.*.hparams.*"))) == 1  # one entry per run
+
+
+def test_hparams_are_the_best_epoch_not_the_last(tmp_path: Path) -> None:
+    # attach_tensorboard on its own, with any trainer: here a history whose last epoch is worse.
+    trainer = Engine(lambda engine, batch: {"loss": torch.tensor(1.0), "y": torch.zeros(2)})
+    history = History()
+    scripted = iter([(0.5, 1.2), (0.75, 0.9), (0.25, 1.5)])  # (val accuracy, val loss) per epoch
+
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def record(_: Engine) -> None:
+        acc, loss = next(scripted)
+        history.record({"accuracy": 0.1, "loss": 2.0}, {"accuracy": acc, "loss": loss})
+
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+    tb = attach_tensorboard(trainer, optimizer, history, tmp_path, hparams={"lr": 0.1, "sizes": [4, 2]})
+    trainer.run([0, 1], max_epochs=3)
+    tb.close()
+    acc = _read(tmp_path)
+    assert _scalars(acc, "hparams/best_val_acc") == [(6, 75.0)]
+    assert _scalars(acc, "hparams/best_val_loss") == [(6, *_f32([0.9]))]
+    assert _hparams(acc)[0] == {"lr": 0.1, "sizes": "[4, 2]"}
+
+
+def _tiny_engines(tmp_path: Path, **options: Any) -> tuple[Engine, Engine]:
+    """A trainer and an evaluator with scripted outputs, for attach_tensorboard on its own.
+
+    Validation: 6 images (2 batches of 3), labels ant bee cat ant bee cat, predicted
+    ant cat cat bee bee ant, so images 1, 3 and 5 are wrong.
+    """
+    pixels = torch.randint(0, 256, (6, 3, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    logits = torch.nn.functional.one_hot(torch.tensor([0, 2, 2, 1, 1, 0]), 3).float()
+    scale, shift = normalization([0.5], [0.5], 3)
+    batches = [(pixels[:3] * scale + shift, labels[:3]), (pixels[3:] * scale + shift, labels[3:])]
+    evaluator = Engine(lambda e, batch: (logits[3 * (e.state.iteration - 1) : 3 * e.state.iteration], batch[1]))
+    trainer = Engine(lambda e, batch: {"loss": torch.tensor(0.5), "y": torch.zeros(4)})
+    history = History()
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: evaluator.run(batches))
+    history_metrics = {"accuracy": 0.5, "loss": 1.0}
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: history.record(history_metrics, history_metrics))
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+    tb = attach_tensorboard(trainer, optimizer, history, tmp_path, evaluator=evaluator, classes=CLASSES, **options)
+    trainer.run([0], max_epochs=2)
+    tb.close()
+    return evaluator, pixels
+
+
+def _png(event: Any) -> np.ndarray:
+    with Image.open(io.BytesIO(event.encoded_image_string)) as png:
+        return np.asarray(png.convert("RGB"))
+
+
+def test_confusion_matrix_and_misclassified_grid_hold_what_the_evaluator_saw(tmp_path: Path) -> None:
+    _, pixels = _tiny_engines(tmp_path, normalization=([0.5], [0.5]))
+    acc = _read(tmp_path)
+    # Rows true, columns predicted, counted by hand from the scripted predictions.
+    expected_matrix = confusion_matrix_figure([[1, 1, 0], [0, 1, 1], [1, 0, 1]], CLASSES)
+    assert [(e.step, np.array_equal(_png(e), expected_matrix)) for e in acc.Images("val/confusion_matrix")] == [
+        (1, True),
+        (2, True),
+    ]
+    titles = ["pred cat\ntrue bee", "pred bee\ntrue ant", "pred ant\ntrue cat"]
+    expected_grid = image_grid(pixels[[1, 3, 5]].numpy(), titles, ncols=8)
+    (first, _) = acc.Images("val/misclassified")
+    assert np.array_equal(_png(first), expected_grid)
+
+
+def test_images_every_zero_logs_no_image_and_adds_no_metric(tmp_path: Path) -> None:
+    evaluator, _ = _tiny_engines(tmp_path, normalization=([0.5], [0.5]), images_every=0)
+    assert _read(tmp_path).Tags()["images"] == [] and "confusion_matrix" not in evaluator.state.metrics
+
+
+def _images(acc: EventAccumulator, tag: str) -> list[tuple[int, tuple[int, int]]]:
+    """(step, (width, height)) per image, checking the PNG itself has the size it claims."""
+    out = []
+    for event in acc.Images(tag):
+        with Image.open(io.BytesIO(event.encoded_image_string)) as png:
+            assert png.format == "PNG" and png.size == (event.width, event.height)
+        out.append((event.step, (event.width, event.height)))
+    return out
+
+
+def test_images_present_with_the_expected_sizes(runs: Path) -> None:
+    acc, history = _read(runs / "full"), _history(runs / "full")
+    assert _images(acc, "train/samples") == [(0, _grid_size(32, 1))]  # 32 of the 36 images, one title line
+    assert _images(acc, "val/confusion_matrix") == [(s, (CONFUSION_SIDE, CONFUSION_SIDE)) for s in EPOCH_STEPS]
+    # As many misclassified images as the recorded validation accuracy implies (all of them:
+    # fewer than 32), with two title lines; none logged for an epoch without mistakes.
+    wrong = [round(N_VAL * (1 - acc_percent / 100)) for acc_percent in history["val_acc_epoch"]]
+    assert any(wrong), "the test needs an epoch with mistakes"
+    expected = [(s, _grid_size(n, 2)) for s, n in zip(EPOCH_STEPS, wrong, strict=True) if n]
+    assert _images(acc, "val/misclassified") == expected
+
+
+def test_misclassified_images_are_validation_images_pixel_for_pixel(runs: Path) -> None:
+    event = _read(runs / "full").Images("val/misclassified")[0]
+    with Image.open(io.BytesIO(event.encoded_image_string)) as png:
+        grid = np.asarray(png.convert("RGB"))
+    first = grid[2 : 2 + 96 : 12, 2 : 2 + 96 : 12]  # the first cell, one pixel per 12x12 block
+    tree = runs.parent / "tree" / "test"
+    val_images = [np.asarray(Image.open(p).convert("RGB")) for c in CLASSES for p in sorted((tree / c).glob("*.png"))]
+    assert any(np.array_equal(first, image) for image in val_images)
+
+
+def test_images_every_n_epochs_and_the_samples_once(runs: Path) -> None:
+    acc = _read(runs / "resumed")
+    # tb_images_every=3: epoch 3, and the last epoch of each session that finished its epochs:
+    # 2 (the first session trained 2 epochs) and 4.
+    assert [s for s, _ in _images(acc, "val/confusion_matrix")] == [10, 15, 20]
+    assert [s for s, _ in _images(acc, "train/samples")] == [0]  # not again on either resume
+
+
+def _text(acc: EventAccumulator, tag: str) -> list[tuple[int, str]]:
+    return [(e.step, e.tensor_proto.string_val[0].decode()) for e in acc.Tensors(f"{tag}/text_summary")]
+
+
+def test_text_holds_the_resolved_config_and_the_environment(runs: Path) -> None:
+    acc = _read(runs / "full")
+    ((step, config_md),) = _text(acc, "run/config")
+    assert step == 0
+    on_disk = json.loads((runs / "full" / "config.json").read_text())
+    assert json.loads("\n".join(line.removeprefix("    ") for line in config_md.splitlines())) == on_disk
+    ((_, environment_md),) = _text(acc, "run/environment")
+    import ignite
+    import tensorboardX
+
+    for expected in (torch.__version__, ignite.__version__, tensorboardX.__version__, "| device | cpu"):
+        assert expected in environment_md
+
+
+def test_text_once_per_session_at_its_first_step(runs: Path) -> None:
+    stopped_at = int((runs.parent / "stopped_at").read_text())
+    assert STOP_AFTER < stopped_at < 3 * ITERS_PER_EPOCH, "the Ctrl-C must land within epoch 3"
+    # Sessions started at iterations 0, 10 and the interrupted checkpoint's: each logs at the
+    # step its resume purges from, so a session resumed again leaves no stale copy.
+    assert [step for step, _ in _text(_read(runs / "resumed"), "run/config")] == [0, 11, stopped_at + 1]
+
+
+def test_histograms_and_norms_per_layer_only_when_asked(runs: Path) -> None:
+    acc = _read(runs / "full")
+    names = [name.replace(".", "/") for name, _ in MLP(3 * SIDE * SIDE, 3, [128]).named_parameters()]
+    assert len(names) == 4  # two linear layers: weight and bias each
+    for kind in ("weights", "grads"):
+        for name in names:
+            assert [e.step for e in acc.Histograms(f"{kind}/{name}")] == EPOCH_STEPS
+            assert [s for s, _ in _scalars(acc, f"{kind}_norm/{name}")] == EPOCH_STEPS
+    # The last weight norms are those of the last checkpoint's weights.
+    state = torch.load(runs / "full" / "checkpoints" / f"last_checkpoint_{EPOCH_STEPS[-1]}.pt", weights_only=True)
+    for name, tensor in state["model"].items():
+        assert _scalars(acc, f"weights_norm/{name.replace('.', '/')}")[-1][1] == pytest.approx(
+            tensor.norm().item(), rel=1e-6
+        )
+    assert not _read(runs / "resumed").Tags()["histograms"]  # off by default
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, body: dict | None = None) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.load(response)
+
+
+def test_tensorboard_server_serves_the_runs_scalars_and_hparams(runs: Path, tmp_path: Path) -> None:
+    port = _free_port()
+    log = tmp_path / "tensorboard.log"
+    with open(log, "w") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "tensorboard.main", "--logdir", str(runs), "--host", "127.0.0.1"]
+            + ["--port", str(port), "--load_fast", "false", "--reload_interval", "1"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, f"tensorboard exited: {log.read_text()}"
+            assert time.monotonic() < deadline, f"tensorboard did not serve both runs in 60 s: {log.read_text()}"
+            try:
+                if sorted(_get(f"{base}/data/runs")) == ["full", "resumed"]:
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            time.sleep(0.25)
+        for name in ("full", "resumed"):
+            history = _history(runs / name)
+            while True:  # the runs are listed before they are fully read
+                query = urllib.parse.urlencode({"run": name, "tag": "epoch/val_acc_epoch"})
+                points = _get(f"{base}/data/plugin/scalars/scalars?{query}")
+                if len(points) == EPOCHS or time.monotonic() > deadline:
+                    break
+                time.sleep(0.25)
+            assert [(step, value) for _, step, value in points] == list(
+                zip(EPOCH_STEPS, _f32(history["val_acc_epoch"]), strict=True)
+            )
+        # The HParams tab: one session per run, holding that run's best validation accuracy.
+        statuses = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
+        groups = _get(
+            f"{base}/data/plugin/hparams/session_groups",
+            {"experimentName": "", "allowedStatuses": statuses, "startIndex": 0, "sliceSize": 10},
+        )["sessionGroups"]
+        assert sorted(s["name"] for g in groups for s in g["sessions"]) == ["full", "resumed"]
+        for group in groups:
+            (session,) = group["sessions"]
+            best = {m["name"]["tag"]: m["value"] for m in session["metricValues"]}["hparams/best_val_acc"]
+            assert best == _f32([max(_history(runs / session["name"])["val_acc_epoch"])])[0]
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
