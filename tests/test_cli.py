@@ -210,3 +210,22 @@ def test_bad_files_and_folders_are_one_line_exit_2(tree: Path, tmp_path: Path, c
     assert "corrupt or truncated checkpoint" in capsys.readouterr().err
     last.write_bytes(good)
     assert {p: p.read_bytes() for p in existing.rglob("*") if p.is_file()} == before
+
+
+def test_evaluate_and_samples_commands(tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from PIL import Image
+
+    run = tmp_path / "run"
+    assert _run(["train", "--data", str(tree), "--run-dir", str(run), "--epochs", "2", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert _run(["evaluate", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "per-class accuracy" in out and "ant" in out
+    with Image.open(run / "confusion_matrix.png") as img:
+        assert img.format == "PNG"
+    grid = tmp_path / "grid.png"
+    assert _run(["samples", "--data", str(tree), "--out", str(grid), "--count", "6"]) == 0
+    with Image.open(grid) as img:
+        assert img.format == "PNG" and img.width > 6 * 8
+    assert _run(["evaluate", str(tmp_path / "nothing")]) == 2
+    assert "neither a run directory" in capsys.readouterr().err
