@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 
 from ignite_mlp import TrainConfig, train
+from ignite_mlp.augment import make_augment
 from ignite_mlp.data import Dataset, load_dataset
 from ignite_mlp.model import MLP
 from ignite_mlp.run import RunContext, build_loaders, build_optimizer
@@ -196,11 +197,18 @@ class EpochClock:
 
 
 def ignite_epochs(
-    ds: Dataset, epochs: int, out: Path, precision: str = "fp32", extra: Interleave | None = None
+    ds: Dataset,
+    epochs: int,
+    out: Path,
+    precision: str = "fp32",
+    extra: Interleave | None = None,
+    recipe: str = "tutorial",
 ) -> tuple[list[float], float]:
-    """Per-epoch seconds of a default ignite_mlp run, and its best validation accuracy."""
+    """Per-epoch seconds of an ignite_mlp run with default handlers, and its best validation accuracy."""
     clock = EpochClock()
-    config = TrainConfig(run_dir=str(out), epochs=epochs, precision=precision, device="cpu", overwrite=True)
+    config = TrainConfig.from_recipe(
+        recipe, run_dir=str(out), epochs=epochs, precision=precision, device="cpu", overwrite=True
+    )
     # The progress bar and epoch lines stay on (they are default handlers) but out of the report.
     with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull), contextlib.redirect_stdout(devnull):
         result = train(config, extra_handlers=[clock, *([extra] if extra else [])], dataset=ds, write=lambda s: None)
@@ -343,6 +351,23 @@ def main() -> int:
     print(
         f"\nprecision over {n} epochs: fp32 {f:.3f} s/epoch, best val acc {fp32_acc:.2f}% | "
         f"bf16 {b:.3f} s/epoch, best val acc {bf16_acc:.2f}% | fp32/bf16 speed = {f / b:.2f}x"
+    )
+
+    # Augmentation's share of a strong-recipe epoch: the augment calls of one epoch, timed on
+    # their own, against that recipe's whole epoch (training + validation), alternating.
+    strong = TrainConfig.from_recipe("strong")
+    augment = make_augment(strong.augment, strong.crop_padding)
+    aug_seconds, epoch_seconds = [], []
+    for r in range(2):
+        epoch_seconds.append(statistics.median(ignite_epochs(ds, 2, tmp / f"strong{r}", "bf16", recipe="strong")[0]))
+        t = time.perf_counter()
+        for i in range(0, len(ds.train_labels), strong.batch_size):
+            augment(ds.train_images[i : i + strong.batch_size], torch.Generator().manual_seed(i))
+        aug_seconds.append(time.perf_counter() - t)
+    a, e = statistics.median(aug_seconds), statistics.median(epoch_seconds)
+    print(
+        f"augmentation ({strong.augment}, padding {strong.crop_padding}): {a:.3f} s of a {e:.2f} s "
+        f"strong-recipe epoch = {100 * a / e:.1f}%"
     )
 
     if args.data:
