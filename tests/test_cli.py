@@ -66,9 +66,26 @@ def test_python_dash_m_and_console_script_agree(tmp_path: Path) -> None:
     )
 
 
-def _start_training(data: Path, run_dir: Path, epochs: int, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "ignite_mlp", "train", "--data", str(data), "--run-dir", str(run_dir)]
-    cmd += ["--epochs", str(epochs), "--batch-size", "8", "--lr", "0.02", "--no-progress", *extra]
+def _train_argv(data: Path, run_dir: Path, epochs: int) -> list[str]:
+    """The CLI arguments of the small subprocess runs below."""
+    return [
+        "train",
+        "--data",
+        str(data),
+        "--run-dir",
+        str(run_dir),
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        "8",
+        "--lr",
+        "0.02",
+        "--no-progress",
+    ]
+
+
+def _start_training(data: Path, run_dir: Path, epochs: int) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "ignite_mlp", *_train_argv(data, run_dir, epochs)]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -110,25 +127,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(bigger_tree: Path, tmp_p
 
     epochs = 12
     reference = tmp_path / "reference"
-    assert (
-        _run(
-            [
-                "train",
-                "--data",
-                str(bigger_tree),
-                "--run-dir",
-                str(reference),
-                "--epochs",
-                str(epochs),
-                "--batch-size",
-                "8",
-                "--lr",
-                "0.02",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert _run(_train_argv(bigger_tree, reference, epochs)) == 0
     killed = tmp_path / "killed"
     proc = _start_training(bigger_tree, killed, epochs)
     _wait_for_epochs(killed, 3, proc)
@@ -145,25 +144,7 @@ def test_ctrl_c_saves_where_it_stopped_and_resume_completes_the_run(bigger_tree:
 
     epochs = 8
     reference = tmp_path / "reference"
-    assert (
-        _run(
-            [
-                "train",
-                "--data",
-                str(bigger_tree),
-                "--run-dir",
-                str(reference),
-                "--epochs",
-                str(epochs),
-                "--batch-size",
-                "8",
-                "--lr",
-                "0.02",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert _run(_train_argv(bigger_tree, reference, epochs)) == 0
     stopped = tmp_path / "stopped"
     proc = _start_training(bigger_tree, stopped, epochs)
     _wait_for_epochs(stopped, 2, proc)
