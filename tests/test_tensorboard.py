@@ -68,7 +68,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tensorboard")
     tree = make_tree(root / "tree")
     common = dict(data=str(tree), cache_dir=str(root / "cache"), batch_size=BATCH, lr=0.05, progress=False)
-    train(TrainConfig(run_dir=str(root / "runs" / "full"), epochs=EPOCHS, tb_histograms=True, **common), write=_quiet)
+    train(
+        TrainConfig(
+            run_dir=str(root / "runs" / "full"), epochs=EPOCHS, tb_histograms=True, tb_images_every=1, **common
+        ),
+        write=_quiet,
+    )
 
     resumed = root / "runs" / "resumed"
     train(TrainConfig(run_dir=str(resumed), epochs=2, tb_images_every=3, **common), write=_quiet)
