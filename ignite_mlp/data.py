@@ -316,7 +316,9 @@ def decode(data: bytes, name: str) -> torch.Tensor:
             if img.mode not in ("L", "RGB", "RGBA"):
                 img = img.convert("RGB")
             array = np.asarray(img)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except UnidentifiedImageError:
+        raise UserError(f"{name}: corrupt image (not a format PIL can read); delete or replace this file") from None
+    except (OSError, ValueError, SyntaxError) as e:
         raise UserError(f"{name}: corrupt or truncated image ({e}); delete or replace this file") from None
     tensor = torch.from_numpy(array.copy())
     return tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()

@@ -174,7 +174,7 @@ def test_bad_files_and_folders_are_one_line_exit_2(tree: Path, tmp_path: Path, c
     before = {p: p.read_bytes() for p in existing.rglob("*") if p.is_file()}
     cases = [
         (["--data", str(not_gzip)], "not a gzip tarball"),
-        (["--data", str(corrupt_tree)], "0002.png: corrupt or truncated image"),
+        (["--data", str(corrupt_tree)], "0002.png: corrupt image (not a format PIL can read)"),
         (["--data", str(tree), "--run-dir", str(a_file / "run")], "cannot write there"),
         (["--data", str(tree), "--run-dir", str(existing)], "already holds a run"),
         (["--resume", str(tmp_path / "no-run")], "no run there"),
