@@ -128,7 +128,9 @@ class EpochMetricsState:
 
         def restore(_: Engine) -> None:
             for name, metric in self.metrics.items():
-                metric.load_state_dict(state[name])
+                # Checkpoints load on the CPU; the metric accumulates on its own device.
+                values = {k: v.to(metric._device) if torch.is_tensor(v) else v for k, v in state[name].items()}
+                metric.load_state_dict(values)
 
         # Attached after the metrics' own EPOCH_STARTED reset, so this runs after it.
         self.trainer.add_event_handler(Events.EPOCH_STARTED(once=self.trainer.state.epoch + 1), restore)

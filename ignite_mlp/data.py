@@ -530,9 +530,10 @@ class TensorLoader:
         # A generator: the permutation is drawn at the first next(), after the trainer's
         # EPOCH_STARTED handler has set the epoch, however early the engine calls iter().
         order = self.permutation(self.epoch) if self.shuffle else None
+        start, self.start = self.start, 0  # a resume offset applies to one pass only
         shape = (self.batch_size, *self.images.shape[1:])
         ring = [torch.empty(shape, device=self.device) for _ in range(self.buffers)]
-        for i in range(self.start, len(self)):
+        for i in range(start, len(self)):
             lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, len(self.labels))
             if order is None:
                 x, y = self.images[lo:hi], self.labels[lo:hi]
@@ -545,7 +546,7 @@ class TensorLoader:
             batch = self.normalize(x, out), y
             if self.keep_normalized:
                 kept.append(batch)
-                if i == len(self) - 1 and self.start == 0:
+                if i == len(self) - 1 and start == 0:
                     # Kept before the last yield: Ignite stops after len(self) batches and never
                     # resumes the generator past it. Only a complete pass is kept.
                     self._kept = kept

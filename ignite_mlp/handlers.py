@@ -141,7 +141,9 @@ def attach_interrupt_checkpoint(
     )
 
     def maybe_stop(engine: Engine) -> None:
-        if should_stop():
+        # Not on an epoch's last step: terminating there would skip that epoch's validation,
+        # history and checkpoint; stopping one step later keeps them.
+        if should_stop() and engine.state.iteration % engine.state.epoch_length:
             engine.terminate()
 
     def save(engine: Engine) -> None:
@@ -149,8 +151,13 @@ def attach_interrupt_checkpoint(
             interrupted(engine)
 
     def drop_superseded(engine: Engine) -> None:
+        # A fresh epoch-end checkpoint supersedes interrupted ones and a resumed run's old "last".
         for path in Path(dirname).glob("interrupted_checkpoint_*.pt"):
             path.unlink()
+        current = Path(last.last_checkpoint).name if last.last_checkpoint else None
+        for path in Path(dirname).glob("last_checkpoint_*.pt"):
+            if path.name != current:
+                path.unlink()
 
     trainer.add_event_handler(Events.ITERATION_COMPLETED, maybe_stop)
     trainer.add_event_handler(Events.TERMINATE, save)

@@ -139,12 +139,18 @@ def prepare_run_dir(path: Path, overwrite: bool) -> Path:
 def build_loaders(dataset: Dataset, config: TrainConfig, device: torch.device) -> tuple[TensorLoader, TensorLoader]:
     """Shuffled training batches and ordered validation batches, both from device memory.
 
-    With ``overfit_batches=N`` the training set is its first N batches, in a fixed order.
+    With ``overfit_batches=N`` the training set is N batches of random images, in a fixed order.
     """
-    n = config.overfit_batches * config.batch_size or len(dataset.train_labels)
+    images, labels = dataset.train_images, dataset.train_labels
+    if config.overfit_batches:
+        # A seeded random subset: the data are stored sorted by class, so the first N batches
+        # would hold one class, which a constant prediction "memorises".
+        pick = torch.randperm(len(labels), generator=torch.Generator().manual_seed(config.seed))
+        pick = pick[: config.overfit_batches * config.batch_size]
+        images, labels = images[pick], labels[pick]
     train_loader = TensorLoader(
-        dataset.train_images[:n],
-        dataset.train_labels[:n],
+        images,
+        labels,
         config.batch_size,
         config.mean,
         config.std,
@@ -262,9 +268,11 @@ def train(
     def start_epoch(engine: Engine) -> None:
         # A fresh shuffle per epoch; on a resume mid-epoch, the epoch goes on where it stopped.
         done_in_epoch = engine.state.iteration - (engine.state.epoch - 1) * epoch_length
-        train_loader.set_epoch(engine.state.epoch, start=done_in_epoch)
-        if epoch_length != len(train_loader):
-            engine.set_data(train_loader)  # a short epoch: start each from its own shuffle
+        train_loader.set_epoch(engine.state.epoch, start=done_in_epoch % len(train_loader))
+        if epoch_length != len(train_loader) and done_in_epoch == 0:
+            # A custom epoch length: start each epoch from its own shuffle. (Not on a resumed
+            # epoch: Ignite then sets up the data itself and counts the iterations already done.)
+            engine.set_data(train_loader)
 
     trainer.add_event_handler(Events.EPOCH_STARTED, start_epoch)
 
@@ -335,8 +343,13 @@ def train(
     interrupted = attach_interrupt_checkpoint(trainer, last, lambda: stop.requested, files["checkpoints"])
 
     if saved is not None:
-        restore({**to_save, "best_checkpoint": best}, saved, checkpoint_path)  # type: ignore[arg-type]
+        controls = {"lr_scheduler": scheduler, "early_stopping": stopper}
+        core = {k: v for k, v in to_save.items() if k not in controls}
+        restore({**core, "best_checkpoint": best}, saved, checkpoint_path)  # type: ignore[arg-type]
         remove_orphans(best, files["checkpoints"])
+        note = restore_controls(scheduler, stopper, saved, max_epochs, trainer.state.iteration)
+        if note:
+            write(note)
         if trainer.state.epoch >= max_epochs and trainer.state.iteration % epoch_length == 0:
             raise UserError(
                 f"--resume {run_dir}: the run already finished {trainer.state.epoch} epochs; "
@@ -369,8 +382,8 @@ def train(
             signal.signal(signal.SIGINT, previous_sigint)
         if tb is not None:
             tb.close()
-    if stop.requested:
-        raise TrainingInterrupted(str(run_dir), str(files["checkpoints"] / interrupted.last_checkpoint))
+    if stop.requested and interrupted.last_checkpoint:  # (Ctrl-C after the last step: the run is complete)
+        raise TrainingInterrupted(str(run_dir), str(interrupted.last_checkpoint))
 
     notes = [_nan_message(trainer, config)]
     if stopper is not None and trainer.state.epoch < max_epochs and notes[0] is None:
@@ -378,7 +391,7 @@ def train(
             f"early stopping: {config.early_stop_metric} did not improve for {config.patience} epochs; "
             f"stopped after epoch {trainer.state.epoch}"
         )
-    if config.overfit_batches:
+    if config.overfit_batches and history.values["train_acc_epoch"]:
         notes.append(overfit_report(history.values["train_acc_epoch"][-1], config.overfit_batches))
     return RunResult(
         run_dir=run_dir,
@@ -391,6 +404,29 @@ def train(
         stopped=notes[0],
         notes=[n for n in notes[1:] if n],
     )
+
+
+def restore_controls(
+    scheduler: Any, stopper: Any, saved: dict[str, Any], max_epochs: int, iteration: int
+) -> str | None:
+    """Restore the LR schedule and early stopping of a resumed run, when they still apply.
+
+    A schedule's shape depends on the run's length: when ``--epochs`` changed (or the schedule
+    is new), the new schedule continues from the restored iteration instead of replaying the
+    old one. A schedule or early stopping missing from the checkpoint starts afresh.
+    """
+    if stopper is not None and "early_stopping" in saved:
+        stopper.load_state_dict(saved["early_stopping"])
+    if scheduler is None:
+        return None
+    same_run = "lr_scheduler" in saved and saved.get("trainer", {}).get("max_epochs") == max_epochs
+    if same_run:
+        scheduler.load_state_dict(saved["lr_scheduler"])
+        return None
+    scheduler.event_index = iteration
+    if hasattr(scheduler, "lr_scheduler"):  # Ignite's wrapper of a torch scheduler counts steps itself
+        scheduler.lr_scheduler.last_epoch = iteration
+    return f"learning-rate schedule laid out for {max_epochs} epochs, continuing at iteration {iteration}"
 
 
 def _install_sigint(stop: _StopRequest) -> Any:
@@ -413,7 +449,8 @@ def _nan_message(trainer: Engine, config: TrainConfig) -> str | None:
 
 
 def _checkpoint_path(checkpoint: Any, dirname: Path) -> Path | None:
-    return dirname / checkpoint.last_checkpoint if checkpoint.last_checkpoint else None
+    # Ignite's DiskSaver reports the file with its folder already joined on.
+    return Path(checkpoint.last_checkpoint) if checkpoint.last_checkpoint else None
 
 
 def read_history(run_dir: str | Path) -> dict[str, list[float]]:

@@ -191,3 +191,53 @@ def test_dataset_normalisation_is_measured_and_saved(tree: Path, tmp_path: Path)
     pixels = ds.train_images.double() / 255
     assert saved["mean"] == pytest.approx(pixels.mean(dim=(0, 2, 3)).tolist(), abs=1e-5)
     assert saved["std"] == pytest.approx(pixels.std(dim=(0, 2, 3), unbiased=False).tolist(), abs=1e-5)
+
+
+def _ctrl_c_at(iteration: int):
+    """A handler that presses Ctrl-C (a real SIGINT to this process) after ``iteration``."""
+    import os
+    import signal
+
+    def attach(trainer, evaluator, context) -> None:
+        trainer.add_event_handler(
+            Events.ITERATION_COMPLETED(once=iteration), lambda _: os.kill(os.getpid(), signal.SIGINT)
+        )
+
+    return attach
+
+
+@pytest.mark.parametrize(("epoch_length", "stop_at"), [(None, 7), (None, 10), (3, 4), (3, 6)])
+def test_ctrl_c_anywhere_then_resume_equals_an_uninterrupted_run(
+    tree: Path, tmp_path: Path, epoch_length: int | None, stop_at: int
+) -> None:
+    from ignite_mlp.errors import TrainingInterrupted
+
+    # 5 batches per pass; stops mid-epoch, and on an epoch's last step (10, 6: it stops one later).
+    kw = dict(epochs=4, epoch_length=epoch_length)
+    straight = train(_config(tree, tmp_path / "straight", **kw), write=lambda s: None).history
+    with pytest.raises(TrainingInterrupted):
+        train(_config(tree, tmp_path / "cut", **kw), extra_handlers=[_ctrl_c_at(stop_at)], write=lambda s: None)
+    resumed = train(TrainConfig.from_run(tmp_path / "cut"), write=lambda s: None).history
+    for key in straight:
+        assert resumed[key] == pytest.approx(straight[key], abs=1e-6), key
+
+
+def test_overfit_batches_take_a_random_fixed_subset(tree: Path) -> None:
+    from ignite_mlp.run import build_loaders
+
+    ds = load_dataset(tree)  # stored sorted by class: the first 8 images are all "ant"
+    config = TrainConfig(batch_size=8, overfit_batches=1)
+    loader, _ = build_loaders(ds, config, torch.device("cpu"))
+    labels = [y.tolist() for _, y in loader]
+    assert len(labels) == 1 and len(set(labels[0])) > 1 and not loader.shuffle
+    assert labels == [y.tolist() for _, y in build_loaders(ds, config, torch.device("cpu"))[0]]
+
+
+def test_relative_run_dir_paths_are_reported_as_they_are_on_disk(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = train(_config(tree, Path("runs") / "rel", epochs=1), write=lambda s: None)
+    assert result.best_checkpoint.parent == Path("runs") / "rel" / "checkpoints"
+    assert result.best_checkpoint.is_file() and result.last_checkpoint.is_file()
+    assert f"best checkpoint: {result.best_checkpoint}\n" in result.report() + "\n"
