@@ -1,9 +1,11 @@
-"""ignite_mlp.distributed: sharded loading."""
+"""ignite_mlp.distributed: sharded loading and the multi-process options."""
 
 import pytest
 import torch
 
+from ignite_mlp.config import TrainConfig
 from ignite_mlp.data import TensorLoader
+from ignite_mlp.errors import UserError
 
 
 def _labels(loader: TensorLoader) -> list[list[int]]:
@@ -57,3 +59,19 @@ def test_one_process_loader_is_unchanged_by_the_sharding_arguments() -> None:
 def test_batch_that_does_not_split_is_refused() -> None:
     with pytest.raises(ValueError, match="does not split evenly over 3 processes"):
         _loader(12, 8, 0, 3)
+    with pytest.raises(UserError, match="--batch-size must be a multiple of --nproc-per-node 3"):
+        TrainConfig(nproc_per_node=3, batch_size=256)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"nproc_per_node": 0}, "--nproc-per-node must be >= 1"),
+        ({"backend": "mpi"}, "--backend must be one of"),
+        ({"nproc_per_node": 2, "device": "cuda:1"}, "--device must be auto, cpu or cuda with --nproc-per-node > 1"),
+        ({"backend": "nccl", "device": "cpu"}, "NCCL only connects GPUs"),
+    ],
+)
+def test_bad_distributed_options_are_refused(fields: dict, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        TrainConfig(**fields)
