@@ -79,7 +79,7 @@ def choose_backend(backend: str, device_spec: str) -> str:
     >>> choose_backend("auto", "cpu")
     'gloo'
     """
-    cuda = device_spec.startswith("cuda") or (device_spec == "auto" and torch.cuda.is_available())
+    cuda = rank_device_type(device_spec) == "cuda"
     if backend == "auto":
         return "nccl" if cuda else "gloo"
     if backend == "nccl" and not cuda:
@@ -89,12 +89,21 @@ def choose_backend(backend: str, device_spec: str) -> str:
     return backend
 
 
+def rank_device_type(spec: str) -> str:
+    """``cuda`` or ``cpu``: where the ranks will train, known before any process starts.
+
+    >>> rank_device_type("cpu")
+    'cpu'
+    """
+    return "cpu" if spec == "cpu" or (spec == "auto" and not torch.cuda.is_available()) else "cuda"
+
+
 def rank_device(spec: str) -> torch.device:
     """This rank's device when several processes train: its local rank's GPU, or the CPU.
 
     Only called in a distributed run; ``cuda:N`` would put every process on one GPU.
     """
-    if spec == "cpu" or (spec == "auto" and not torch.cuda.is_available()):
+    if rank_device_type(spec) == "cpu":
         return torch.device("cpu")
     if spec not in ("auto", "cuda"):
         raise UserError(f"--device {spec} pins one GPU; with several processes use --device cuda or auto")
@@ -213,6 +222,14 @@ def _spawn(config: TrainConfig, train_fn: Callable[..., Any], kwargs: dict[str, 
     Each rank leaves its outcome (rank 0: the result) in a scratch folder; the launcher returns
     rank 0's result or raises the error of the rank that failed first.
     """
+    gpus = torch.cuda.device_count()
+    if rank_device_type(config.device) == "cuda" and not gpus:
+        raise UserError(f"--device {config.device}: CUDA is not available on this machine; use --device cpu or auto")
+    if rank_device_type(config.device) == "cuda" and config.nproc_per_node > gpus:
+        raise UserError(
+            f"--nproc-per-node {config.nproc_per_node}: each process on CUDA takes a GPU of its own and this "
+            f"machine has {gpus}; pass --nproc-per-node {gpus} or fewer, or --device cpu"
+        )
     backend = choose_backend(config.backend, config.device)
     port = int(os.environ.get("MASTER_PORT") or _free_port())
     with tempfile.TemporaryDirectory(prefix="ignite-mlp-ranks-") as outbox:

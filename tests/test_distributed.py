@@ -4,6 +4,7 @@ The multi-process tests run the CLI in a subprocess with a timeout, so a hang fa
 instead of blocking the suite.
 """
 
+import dataclasses
 import json
 import socket
 import subprocess
@@ -18,6 +19,7 @@ from PIL import Image
 
 from ignite_mlp import TrainConfig, train
 from ignite_mlp.data import TensorLoader
+from ignite_mlp.distributed import launch
 from ignite_mlp.errors import UserError
 from ignite_mlp.handlers import HISTORY_KEYS
 
@@ -92,6 +94,13 @@ def test_batch_that_does_not_split_is_refused() -> None:
 def test_bad_distributed_options_are_refused(fields: dict, message: str) -> None:
     with pytest.raises(UserError, match=message):
         TrainConfig(**fields)
+
+
+def test_cuda_processes_without_the_gpus_are_refused_before_starting(tmp_path: Path) -> None:
+    config = TrainConfig(run_dir=str(tmp_path / "r"), device="cuda", nproc_per_node=2, batch_size=8)
+    gpus = torch.cuda.device_count()
+    with pytest.raises(UserError, match="CUDA is not available" if not gpus else "takes a GPU of its own"):
+        launch(dataclasses.replace(config, nproc_per_node=max(2, gpus + 1)))
 
 
 def test_train_alone_refuses_several_processes(tree: Path, tmp_path: Path) -> None:
