@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
@@ -93,18 +94,40 @@ def check_model_shapes(model: nn.Module, saved: Mapping[str, torch.Tensor], sour
 
 
 class RandomState:
-    """Torch's random generators as a checkpointable object (dropout continues identically)."""
+    """Torch's random generators as a checkpointable object (dropout continues identically).
+
+    In a multi-process run each rank draws its own dropout masks: every rank's generators are
+    gathered (Ignite's ``Checkpoint`` asks every rank for its state, and rank 0 saves it) under
+    ``"ranks"`` and ``"cuda_ranks"``, and on resume each rank takes its own back, as long as
+    the number of processes is the same.
+    """
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"cpu": torch.get_rng_state()}
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
+        cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+        if cuda:
             state["cuda"] = torch.cuda.get_rng_state_all()
+        if idist.get_world_size() > 1:
+            state["ranks"] = _gather_rows(torch.get_rng_state())
+            if cuda:
+                state["cuda_ranks"] = _gather_rows(torch.cuda.get_rng_state())
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         torch.set_rng_state(state["cpu"])
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
+        rank, size = idist.get_rank(), idist.get_world_size()
+        if "ranks" in state and len(state["ranks"]) == size:
+            torch.set_rng_state(state["ranks"][rank].clone())
+        if "cuda_ranks" in state and len(state["cuda_ranks"]) == size and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda_ranks"][rank].clone())
+
+
+def _gather_rows(own: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``own`` (a 1-D tensor of one length), as the rows of a CPU tensor; a collective."""
+    # Ignite moves the tensor to the backend's device (a GPU for NCCL) and back.
+    return idist.all_gather(own.unsqueeze(0)).cpu()  # type: ignore[union-attr]
 
 
 class EpochMetricsState:
@@ -125,6 +148,14 @@ class EpochMetricsState:
         trainer_state = self.trainer.state  # loaded first: see the order in run.py
         if trainer_state.iteration % trainer_state.epoch_length == 0:
             return  # saved at an epoch's end: the next epoch starts its metrics afresh
+        # Ignite keeps one metric state per rank; a mid-epoch resume needs them all, each its own.
+        saved_ranks = {len(per_rank) for metric_state in state.values() for per_rank in metric_state.values()}
+        if saved_ranks != {idist.get_world_size()}:
+            raise UserError(
+                f"this checkpoint was written mid-epoch by {min(saved_ranks)} process(es) and this run has "
+                f"{idist.get_world_size()}: resume it with --nproc-per-node {min(saved_ranks)} (or as many torchrun "
+                "processes)"
+            )
 
         def restore(_: Engine) -> None:
             for name, metric in self.metrics.items():

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from ignite_mlp.config import TrainConfig, add_config_arguments, config_from_sources
-from ignite_mlp.errors import CudaError, TrainingInterrupted, UserError
+from ignite_mlp.errors import CudaError, RankError, TrainingInterrupted, UserError
 
 PROG = "ignite-mlp"
 
@@ -88,14 +88,20 @@ def config_from_namespace(ns: argparse.Namespace) -> TrainConfig:
 
 
 def _train(ns: argparse.Namespace) -> int:
-    from ignite_mlp.run import train  # imported here so --help stays fast
+    # Imported here so --help stays fast.
+    from ignite_mlp.distributed import launch
+    from ignite_mlp.run import train
 
     config = config_from_namespace(ns)
     if ns.list_handlers:
         with tempfile.TemporaryDirectory() as scratch:  # nothing is trained, nothing is kept
-            train(dataclasses.replace(config, run_dir=scratch, progress=False), list_handlers=True)
+            one_process = dataclasses.replace(config, run_dir=scratch, progress=False, nproc_per_node=1)
+            train(one_process, list_handlers=True)
         return 0
-    result = train(config)
+    # One process, --nproc-per-node processes, or this process's rank under torchrun.
+    result = launch(config)
+    if result is None:  # a rank other than 0 under torchrun: rank 0 reports
+        return 0
     print(result.report())
     return 1 if result.stopped else 0
 
@@ -119,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted before a checkpoint could be written", file=sys.stderr)
         return 130
-    except CudaError as e:
+    except (CudaError, RankError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
     return 2

@@ -25,6 +25,7 @@ from ignite_mlp.model import ACTIVATIONS, NORMS
 PRECISIONS = ("fp32", "bf16")
 LR_SCHEDULES = ("none", "step", "cosine", "onecycle")
 STOP_METRICS = ("val_loss", "val_acc")
+BACKENDS = ("auto", "gloo", "nccl")
 
 # Presets: field values applied over the defaults, under any TOML key or flag the user gives.
 # "strong" stays a pure MLP; each ingredient was kept because it paid on CIFAR-10 (README).
@@ -127,6 +128,10 @@ class TrainConfig:
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N (auto takes CUDA when present)")
     # bf16 autocast: several times faster matrix work on CPUs and GPUs that support it.
     precision: str = _opt("fp32", "fp32 | bf16 (autocast for the forward pass)")
+    # Data-parallel processes started through ignite.distributed (see ignite_mlp/distributed.py);
+    # --batch-size stays the global batch, split evenly between them.
+    nproc_per_node: int = _opt(1, "training processes on this machine (data-parallel; the batch is split between them)")
+    backend: str = _opt("auto", "auto | gloo | nccl: how processes talk (auto: nccl on CUDA, gloo on CPU)")
 
     progress: bool = _opt(True, "show a progress bar")
     tensorboard: bool = _opt(True, "write TensorBoard event files in the run directory")
@@ -197,6 +202,29 @@ class TrainConfig:
             self.device,
             "auto, cpu, cuda or cuda:N",
             "e.g. --device cpu",
+        )
+        _check(self.nproc_per_node >= 1, "--nproc-per-node", self.nproc_per_node, ">= 1", "1 trains in this process")
+        _check(self.backend in BACKENDS, "--backend", self.backend, f"one of {BACKENDS}", "auto picks the right one")
+        _check(
+            self.batch_size % self.nproc_per_node == 0,
+            "--batch-size",
+            self.batch_size,
+            f"a multiple of --nproc-per-node {self.nproc_per_node}",
+            "each process takes an equal share of the global batch",
+        )
+        _check(
+            self.nproc_per_node == 1 or re.fullmatch(r"cuda:\d+", self.device) is None,
+            "--device",
+            self.device,
+            "auto, cpu or cuda with --nproc-per-node > 1",
+            "each process takes the GPU of its local rank",
+        )
+        _check(
+            self.backend != "nccl" or self.device != "cpu",
+            "--backend",
+            self.backend,
+            "gloo or auto with --device cpu",
+            "NCCL only connects GPUs",
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -453,12 +453,26 @@ class TensorLoader:
     pass, and serves the same float tensors afterwards: validation data never changes, so
     normalising it again each epoch is wasted work. It costs 4 bytes per input value.
 
+    ``rank`` and ``world_size`` make this the loader of one process of a data-parallel run.
+    Every rank draws the same permutation for ``(seed, epoch)`` and takes every
+    ``world_size``-th sample of it, starting at its rank; ``batch_size`` stays the *global*
+    batch and each rank yields ``batch_size // world_size`` of it (it must divide evenly). Rank
+    r's batch i is then the part of the single-process batch i at positions r, r + world_size,
+    ..., so the ranks together step through exactly the batches one process would. With
+    ``even_shards=True`` (training: every rank must take the same number of steps) the last
+    ``N % world_size`` samples of each epoch's order are left out; with ``False``
+    (validation, where no rank waits on another per batch) every sample goes to exactly one
+    rank and shards differ by at most one sample.
+
     >>> images = torch.arange(6, dtype=torch.uint8).reshape(6, 1, 1, 1)
     >>> loader = TensorLoader(images, torch.arange(6), batch_size=4, mean=[0.0], std=[1 / 255])
     >>> [y.tolist() for _, y in loader]
     [[0, 1, 2, 3], [4, 5]]
     >>> len(loader)
     2
+    >>> [[y.tolist() for _, y in TensorLoader(images, torch.arange(6), 4, [0.0], [1 / 255], rank=r, world_size=2)]
+    ...  for r in (0, 1)]
+    [[[0, 2], [4]], [[1, 3], [5]]]
     """
 
     def __init__(
@@ -475,16 +489,35 @@ class TensorLoader:
         buffers: int = 0,
         keep_normalized: bool = False,
         augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        even_shards: bool = True,
     ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
+        if batch_size % world_size:
+            raise ValueError(f"batch size {batch_size} does not split evenly over {world_size} processes")
         self.device = torch.device(device)
         # One copy on the device, made once: on CUDA, batches never cross the bus again.
         self.images = images.to(self.device)
         self.labels = labels.to(self.device)
-        self.batch_size = batch_size
+        # What this rank yields; the ranks' batches together make the global ``batch_size``.
+        self.batch_size = batch_size // world_size
+        self.rank, self.world_size = rank, world_size
+        n = len(labels)
+        # The positions of each epoch's order that are used at all (see the class docstring).
+        self._used = n - n % world_size if even_shards else n
+        self._shard_size = len(range(rank, self._used, world_size))
+        # Without shuffling, the shard is a fixed strided view (the whole tensor for one process).
+        self._shard_images = self.images[rank : self._used : world_size]
+        self._shard_labels = self.labels[rank : self._used : world_size]
+        # Augmentation seeds: one process keeps its (seed, epoch, batch) key; ranks add theirs,
+        # so they do not draw the same random numbers for different images.
+        self._augment_key = (rank,) if world_size > 1 else ()
         self.shuffle = shuffle
         self.seed = seed
         self.drop_last = drop_last
@@ -509,7 +542,7 @@ class TensorLoader:
         self.start = start
 
     def __len__(self) -> int:
-        n = len(self.labels)
+        n = self._shard_size
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def _generator(self, *key: int, device: torch.device | None = None) -> torch.Generator:
@@ -529,19 +562,20 @@ class TensorLoader:
         kept: list[tuple[torch.Tensor, torch.Tensor]] = []
         # A generator: the permutation is drawn at the first next(), after the trainer's
         # EPOCH_STARTED handler has set the epoch, however early the engine calls iter().
-        order = self.permutation(self.epoch) if self.shuffle else None
+        # Every rank draws the whole permutation and keeps its own positions of it.
+        order = self.permutation(self.epoch)[self.rank : self._used : self.world_size] if self.shuffle else None
         start, self.start = self.start, 0  # a resume offset applies to one pass only
         shape = (self.batch_size, *self.images.shape[1:])
         ring = [torch.empty(shape, device=self.device) for _ in range(self.buffers)]
         for i in range(start, len(self)):
-            lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, len(self.labels))
+            lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, self._shard_size)
             if order is None:
-                x, y = self.images[lo:hi], self.labels[lo:hi]
+                x, y = self._shard_images[lo:hi], self._shard_labels[lo:hi]
             else:
                 idx = order[lo:hi]
                 x, y = self.images.index_select(0, idx), self.labels.index_select(0, idx)
             if self.augment is not None:
-                x = self.augment(x, self._generator(self.epoch, i))
+                x = self.augment(x, self._generator(self.epoch, i, *self._augment_key))
             out = ring[i % len(ring)][: hi - lo] if ring else None
             batch = self.normalize(x, out), y
             if self.keep_normalized:

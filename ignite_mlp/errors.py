@@ -22,6 +22,15 @@ class TrainingInterrupted(Exception):
         self.run_dir = run_dir
         self.checkpoint = checkpoint
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        # Pickled from a training process to the launcher: rebuild from both fields, not the message.
+        return (TrainingInterrupted, (self.run_dir, self.checkpoint))
+
 
 class CudaError(RuntimeError):
     """A CUDA failure, with the tutorial's advice for getting an accurate error."""
+
+
+class RankError(RuntimeError):
+    """A process of a multi-process run failed; the message names its rank and carries its
+    error and traceback. The other processes were stopped (CLI exit status 1)."""

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import (
@@ -151,6 +152,8 @@ def attach_interrupt_checkpoint(
             interrupted(engine)
 
     def drop_superseded(engine: Engine) -> None:
+        if idist.get_rank() != 0:  # like Ignite's saver: only rank 0 touches the files
+            return
         # A fresh epoch-end checkpoint supersedes interrupted ones and a resumed run's old "last".
         for path in Path(dirname).glob("interrupted_checkpoint_*.pt"):
             path.unlink()

@@ -25,6 +25,7 @@ from ignite.handlers import TensorboardLogger
 from ignite.utils import manual_seed
 from torch import nn
 
+from ignite_mlp import distributed as dist
 from ignite_mlp.augment import make_augment
 from ignite_mlp.checkpoints import (
     EpochMetricsState,
@@ -59,7 +60,7 @@ from ignite_mlp.handlers import (
     attach_validation,
 )
 from ignite_mlp.model import MLP
-from ignite_mlp.tensorboard import attach_tensorboard, environment, run_text
+from ignite_mlp.tensorboard import attach_confusion_matrix, attach_tensorboard, environment, run_text
 
 
 @dataclass
@@ -136,10 +137,15 @@ def prepare_run_dir(path: Path, overwrite: bool) -> Path:
     return path
 
 
-def build_loaders(dataset: Dataset, config: TrainConfig, device: torch.device) -> tuple[TensorLoader, TensorLoader]:
+def build_loaders(
+    dataset: Dataset, config: TrainConfig, device: torch.device, rank: int = 0, world_size: int = 1
+) -> tuple[TensorLoader, TensorLoader]:
     """Shuffled training batches and ordered validation batches, both from device memory.
 
-    With ``overfit_batches=N`` the training set is N batches of random images, in a fixed order.
+    With ``overfit_batches=N`` the training set is N batches of random images, in a fixed order. With
+    several processes each loader serves this ``rank``'s share (see :class:`TensorLoader`): an
+    equal part of every training batch, and every ``world_size``-th validation image, so each
+    image is validated exactly once; the validation batch is rounded up to split evenly.
     """
     images, labels = dataset.train_images, dataset.train_labels
     if config.overfit_batches:
@@ -159,17 +165,22 @@ def build_loaders(dataset: Dataset, config: TrainConfig, device: torch.device) -
         device=device,
         buffers=3,  # Ignite consumes each batch before drawing the next: recycling is safe
         augment=None if config.overfit_batches else make_augment(config.augment, config.crop_padding),
+        rank=rank,
+        world_size=world_size,
     )
     val_loader = TensorLoader(
         dataset.test_images,
         dataset.test_labels,
-        config.eval_batch_size,
+        -(-config.eval_batch_size // world_size) * world_size,
         config.mean,
         config.std,
         shuffle=False,
         device=device,
         # Normalise validation data once, unless the float copy would be large (> 1 GiB).
         keep_normalized=dataset.test_images.numel() * 4 <= 2**30,
+        rank=rank,
+        world_size=world_size,
+        even_shards=False,  # validation runs no collective per batch: shards may differ by one image
     )
     return train_loader, val_loader
 
@@ -200,6 +211,10 @@ class _StopRequest:
         self.requested = True
 
 
+def _silent(line: str) -> None:
+    """What ranks other than 0 print: nothing (rank 0 speaks for the run)."""
+
+
 def train(
     config: TrainConfig,
     extra_handlers: Sequence[HandlerFn] = (),
@@ -215,12 +230,28 @@ def train(
     one). With ``config.resume`` the run continues from its newest checkpoint (see
     :meth:`TrainConfig.from_run`). ``list_handlers`` prints which handler runs on which event
     and returns before training.
+
+    Inside a multi-process run (see :func:`ignite_mlp.distributed.launch`) this is one rank:
+    every rank trains its share and runs every collective; only rank 0 writes and prints.
     """
     config.validate()
     if config.overfit_batches:
         # The sanity check trains on fixed batches with nothing that fights memorisation.
         config = dataclasses.replace(config, dropout=0.0, weight_decay=0.0)
-    device = resolve_device(config.device)
+    distributed, main = dist.world_size() > 1, dist.is_main()
+    if config.nproc_per_node > 1 and not distributed and not list_handlers:
+        raise UserError(
+            f"--nproc-per-node {config.nproc_per_node}: train() is one process; start the processes with "
+            "ignite_mlp.distributed.launch(config) or the ignite-mlp command"
+        )
+    if distributed and config.batch_size % dist.world_size():
+        raise UserError(
+            f"--batch-size {config.batch_size} does not split evenly over {dist.world_size()} processes; "
+            f"pass a multiple of {dist.world_size()}"
+        )
+    if not main:
+        write = _silent
+    device = dist.rank_device(config.device) if distributed else resolve_device(config.device)
     handlers = [*extra_handlers, *(load_handler(spec) for spec in config.handlers)]  # fail fast on bad specs
     # Read the checkpoint before the (slower) data loading, so a bad one fails fast.
     if config.resume:
@@ -236,14 +267,21 @@ def train(
     manual_seed(config.seed)
 
     if dataset is None:
-        dataset = load_dataset(config.data, config.cache_dir, config.download, progress=config.progress)
+        with dist.main_first():  # one download and decode per machine; the others read the cache
+            dataset = load_dataset(config.data, config.cache_dir, config.download, progress=config.progress and main)
     write(summarize(dataset, config.batch_size))
+    if distributed:
+        size = dist.world_size()
+        write(
+            f"{size} processes ({dist.backend()}): each trains on {config.batch_size // size} images of every "
+            f"batch of {config.batch_size} and validates on a 1/{size} share of the test images"
+        )
     if config.normalize == "dataset" and saved is None:
         # Measured once; config.json keeps the values, so a resume or evaluate reuses them.
         mean, std = channel_stats(dataset.train_images)
         config = dataclasses.replace(config, mean=mean, std=std)
         write(f"normalisation from the training set: mean {mean}, std {std}")
-    train_loader, val_loader = build_loaders(dataset, config, device)
+    train_loader, val_loader = build_loaders(dataset, config, device, dist.rank(), dist.world_size())
     epoch_length = 2 if config.dry_run else (config.epoch_length or len(train_loader))
     max_epochs = 1 if config.dry_run else config.epochs
     for warning in setup_warnings(config.batch_size, config.hidden_sizes, device, train_loader, val_loader):
@@ -255,14 +293,22 @@ def train(
     ).to(device)
     if saved is not None:
         check_model_shapes(model, saved.get("model", {}), checkpoint_path)  # type: ignore[arg-type]
-    optimizer = build_optimizer(model, config)
+    # Across ranks the trainer steps a DistributedDataParallel wrapper (gradients averaged over
+    # the ranks); checkpoints, validation and user handlers keep the model itself.
+    stepped, optimizer = dist.wrap(model, build_optimizer(model, config), device)
+    if distributed:
+        # Same weights everywhere (the wrapper copied rank 0's), but each rank its own dropout.
+        manual_seed(config.seed + dist.rank())
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    if saved is None and not list_handlers:
+    if saved is None and not list_handlers and main:
         # Created only now, so bad data or options leave no half-made run directory behind.
         prepare_run_dir(run_dir, config.overwrite)
-    trainer = create_trainer(model, optimizer, loss_fn, device, config.precision)
+    trainer = create_trainer(stepped, optimizer, loss_fn, device, config.precision)
     train_metrics = attach_train_metrics(trainer, device)
-    # Validation loss stays the plain cross-entropy, comparable across recipes and runs.
+    stop = _StopRequest()
+    should_stop = dist.attach_agreement(trainer, lambda: stop.requested) if distributed else lambda: stop.requested
+    # Validation loss stays the plain cross-entropy, comparable across recipes and runs. It runs
+    # the model itself, not its wrapper: no collective per batch, so validation shards may differ.
     evaluator = create_evaluator(model, nn.CrossEntropyLoss(), device, config.precision)
 
     def start_epoch(engine: Engine) -> None:
@@ -282,7 +328,7 @@ def train(
         "checkpoints": run_dir / "checkpoints",
         "curves": run_dir / "curves.png",
     }
-    history = History(files["history"])
+    history = History(files["history"] if main else None)
     attach_terminate_on_nan(trainer)
     attach_initial_loss_check(trainer, dataset.num_classes, write)
     scheduler = attach_lr_schedule(
@@ -298,8 +344,14 @@ def train(
     attach_validation(trainer, evaluator, val_loader, epoch_length=2 if config.dry_run else None)
     history.attach(trainer, evaluator)
     run_info = {**config.to_dict(), "resolved_device": str(device)}
+    if distributed:
+        run_info["world_size"] = dist.world_size()
     tb = None
-    if config.tensorboard:
+    if config.tensorboard and not main and config.tb_images_every > 0:
+        # Rank 0's TensorBoard images read the confusion matrix, an Ignite metric reduced across
+        # ranks: every rank must compute it, or rank 0 would wait in that reduction forever.
+        attach_confusion_matrix(evaluator, dataset.num_classes, device)
+    if config.tensorboard and main:
         # On resume, TensorBoard hides whatever the dead run logged after its checkpoint.
         purge_step = resume_iteration + 1 if saved is not None else None
         tb = attach_tensorboard(
@@ -319,6 +371,7 @@ def train(
             histograms=config.tb_histograms,
             hparams=run_info,
             text=run_text(run_info, environment(device)),
+            processes=dist.world_size(),
         )
     # Everything a resume needs. "trainer" precedes "train_metrics": the latter reads the
     # restored iteration to tell a mid-epoch checkpoint from an epoch-end one.
@@ -334,19 +387,20 @@ def train(
     to_save.update({k: v for k, v in (("lr_scheduler", scheduler), ("early_stopping", stopper)) if v is not None})
     best, last = attach_checkpoints(trainer, evaluator, model, to_save, files["checkpoints"])
     attach_new_best_event(trainer, evaluator, best)
-    bar = attach_progress_bar(trainer) if config.progress else None
+    bar = attach_progress_bar(trainer) if config.progress and main else None
     log = bar.log_message if bar else write
     attach_epoch_summary(trainer, history, log)
     attach_overfitting_watch(trainer, history, log)
-    attach_curves(trainer, history, files["curves"])
-    stop = _StopRequest()
-    interrupted = attach_interrupt_checkpoint(trainer, last, lambda: stop.requested, files["checkpoints"])
+    if main:
+        attach_curves(trainer, history, files["curves"])
+    interrupted = attach_interrupt_checkpoint(trainer, last, should_stop, files["checkpoints"])
 
     if saved is not None:
         controls = {"lr_scheduler": scheduler, "early_stopping": stopper}
         core = {k: v for k, v in to_save.items() if k not in controls}
         restore({**core, "best_checkpoint": best}, saved, checkpoint_path)  # type: ignore[arg-type]
-        remove_orphans(best, files["checkpoints"])
+        if main:
+            remove_orphans(best, files["checkpoints"])
         note = restore_controls(scheduler, stopper, saved, max_epochs, trainer.state.iteration)
         if note:
             write(note)
@@ -366,7 +420,8 @@ def train(
             tb.close()
         return RunResult(run_dir, history.state_dict(), None, None, None, None, files)
 
-    write_json_atomic(files["config"], run_info)
+    if main:
+        write_json_atomic(files["config"], run_info)
     previous_sigint = _install_sigint(stop)
     try:
         trainer.run(train_loader, max_epochs=max_epochs, epoch_length=epoch_length)
@@ -382,7 +437,7 @@ def train(
             signal.signal(signal.SIGINT, previous_sigint)
         if tb is not None:
             tb.close()
-    if stop.requested and interrupted.last_checkpoint:  # (Ctrl-C after the last step: the run is complete)
+    if should_stop() and interrupted.last_checkpoint:  # (Ctrl-C after the last step: the run is complete)
         raise TrainingInterrupted(str(run_dir), str(interrupted.last_checkpoint))
 
     notes = [_nan_message(trainer, config)]

@@ -63,7 +63,7 @@ HPARAMS_MARKER = ".hparams."
 # ("device" is the request, such as "auto"; "resolved_device" the device used, is kept.)
 NOT_HPARAMS = frozenset(
     {"run_dir", "resume", "overwrite", "cache_dir", "download", "progress", "device"}
-    | {"tensorboard", "tb_histograms", "tb_images_every"}
+    | {"tensorboard", "tb_histograms", "tb_images_every", "nproc_per_node", "backend", "world_size"}
 )
 
 
@@ -85,6 +85,7 @@ def attach_tensorboard(
     histograms: bool = False,
     hparams: Mapping[str, Any] | None = None,
     text: Mapping[str, str] | None = None,
+    processes: int = 1,
 ) -> TensorboardLogger:
     """Log a run to TensorBoard in ``log_dir`` (see the module docstring for the tags).
 
@@ -101,6 +102,8 @@ def attach_tensorboard(
       epoch's last iteration.
     * ``hparams``: the HParams entry, written when training ends (see :func:`write_hparams`).
     * ``text``: ``{tag: markdown}`` entries written when training starts.
+    * ``processes``: how many ranks train (on rank 0, the only one that logs); samples per
+      second count all of them, each rank's batches being equal in size.
 
     Attach after ``history`` and before the last checkpoint: the epoch's events are flushed to
     disk before the checkpoint that covers them, and ``purge_step`` (the checkpoint's iteration
@@ -182,7 +185,7 @@ def attach_tensorboard(
         seconds = engine.state.times[Events.EPOCH_COMPLETED.name] or 0.0
         writer.add_scalar("time/epoch_seconds", seconds, step)
         if seconds > 0:
-            writer.add_scalar("time/samples_per_second", samples[0] / seconds, step)
+            writer.add_scalar("time/samples_per_second", samples[0] * processes / seconds, step)
         if evaluator is not None and evaluator.state.times.get(Events.EPOCH_COMPLETED.name):
             # The evaluator's pass and metrics, without its COMPLETED handlers (the best checkpoint).
             writer.add_scalar("time/validation_seconds", evaluator.state.times[Events.EPOCH_COMPLETED.name], step)
@@ -228,6 +231,15 @@ def sample_grid(
     return image_grid(images[picked].cpu(), titles, ncols=GRID_COLUMNS)
 
 
+def attach_confusion_matrix(evaluator: Engine, num_classes: int, device: torch.device | str = "cpu") -> None:
+    """Ignite's ``ConfusionMatrix`` on the evaluator, as ``metrics["confusion_matrix"]``.
+
+    Reduced across ranks like every Ignite metric, so in a multi-process run every rank attaches
+    it, not only rank 0 that draws it (see :func:`ignite_mlp.run.train`).
+    """
+    ConfusionMatrix(num_classes, device=device).attach(evaluator, CONFUSION_MATRIX)
+
+
 class ValidationImages:
     """The confusion matrix and a grid of misclassified validation images, every ``every``
     epochs and at the last one.
@@ -235,7 +247,8 @@ class ValidationImages:
     The matrix is Ignite's ``ConfusionMatrix`` attached to the evaluator. The misclassified
     images are collected during evaluation: the first ``count`` in validation order, their
     pixels recovered from the normalised batch (``normalization`` = (mean, std)). Once enough
-    are found, later batches cost nothing.
+    are found, later batches cost nothing. In a multi-process run they come from rank 0's share
+    of the validation set; the matrix counts every rank's.
     """
 
     def __init__(
@@ -250,7 +263,7 @@ class ValidationImages:
     ) -> None:
         self.trainer, self.evaluator, self.classes = trainer, evaluator, list(classes)
         self.every, self.normalization, self.count = every, normalization, count
-        ConfusionMatrix(len(self.classes), device=device).attach(evaluator, CONFUSION_MATRIX)
+        attach_confusion_matrix(evaluator, len(self.classes), device)
         self.images: list[torch.Tensor] = []
         self.predicted: list[torch.Tensor] = []
         self.true: list[torch.Tensor] = []
