@@ -95,7 +95,8 @@ def _train(ns: argparse.Namespace) -> int:
     config = config_from_namespace(ns)
     if ns.list_handlers:
         with tempfile.TemporaryDirectory() as scratch:  # nothing is trained, nothing is kept
-            one_process = dataclasses.replace(config, run_dir=scratch, progress=False, nproc_per_node=1)
+            # No resume: listing needs no saved state, and must not write into the run it names.
+            one_process = dataclasses.replace(config, run_dir=scratch, resume=None, progress=False, nproc_per_node=1)
             train(one_process, list_handlers=True)
         return 0
     # One process, --nproc-per-node processes, or this process's rank under torchrun.

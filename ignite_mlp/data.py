@@ -240,13 +240,13 @@ def _read_cache(cache_file: Path) -> Dataset | None:
 
 def _write_cache(cache_file: Path, dataset: Dataset) -> None:
     blob = {k: getattr(dataset, k) for k in Dataset.__dataclass_fields__ if k != "source"}
+    tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
         torch.save(blob, tmp)
         os.replace(tmp, cache_file)  # atomic: a reader never sees half a cache
-    except OSError:
-        pass  # an unwritable cache only costs the next run a decode
+    except (OSError, RuntimeError):  # torch.save reports a full disk as a RuntimeError
+        Path(tmp).unlink(missing_ok=True)  # an unwritable cache only costs the next run a decode
 
 
 # ---------------------------------------------------------------------------- CIFAR-10 pickles

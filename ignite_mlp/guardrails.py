@@ -19,9 +19,15 @@ Write = Callable[[str], None]
 
 
 def setup_warnings(
-    batch_size: int, hidden_sizes: Sequence[int], device: torch.device, train: TensorLoader, val: TensorLoader
+    batch_size: int,
+    hidden_sizes: Sequence[int],
+    device: torch.device,
+    train: TensorLoader,
+    val: TensorLoader,
+    fixed_order: bool = False,
 ) -> list[str]:
-    """Warnings about the set-up itself, known before the first step.
+    """Warnings about the set-up itself, known before the first step (``fixed_order``: the
+    training data is unshuffled on purpose, as in the overfit check).
 
     >>> loader = TensorLoader(torch.zeros(4, 1, 1, 1, dtype=torch.uint8), torch.zeros(4, dtype=torch.long),
     ...                       2, [0.5], [0.5], shuffle=True)
@@ -42,7 +48,7 @@ def setup_warnings(
             f"warning: hidden sizes {list(hidden_sizes)} are not multiples of 32 on a GPU: its matrix units "
             "work on tiles, and ragged widths leave part of each tile idle"
         )
-    if not train.shuffle:
+    if not train.shuffle and not fixed_order:
         warnings.append(
             "warning: training data is not shuffled: every epoch then sees the batches in the same order, "
             "and SGD can learn that order instead of the task"

@@ -284,9 +284,16 @@ def train(
     train_loader, val_loader = build_loaders(dataset, config, device, dist.rank(), dist.world_size())
     epoch_length = 2 if config.dry_run else (config.epoch_length or len(train_loader))
     max_epochs = 1 if config.dry_run else config.epochs
-    for warning in setup_warnings(config.batch_size, config.hidden_sizes, device, train_loader, val_loader):
-        if not config.overfit_batches or "not shuffled" not in warning:
-            write(warning)
+    # The overfit check trains on fixed batches on purpose: no shuffle warning then.
+    for warning in setup_warnings(
+        config.batch_size,
+        config.hidden_sizes,
+        device,
+        train_loader,
+        val_loader,
+        fixed_order=bool(config.overfit_batches),
+    ):
+        write(warning)
 
     model = MLP(
         dataset.in_features, dataset.num_classes, config.hidden_sizes, config.dropout, config.norm, config.activation
@@ -453,8 +460,8 @@ def train(
         history=history.state_dict(),
         best_val_acc=history.best_val_acc(),
         best_epoch=history.best_epoch(),
-        best_checkpoint=_checkpoint_path(best, files["checkpoints"]),
-        last_checkpoint=_checkpoint_path(last, files["checkpoints"]),
+        best_checkpoint=_checkpoint_path(best),
+        last_checkpoint=_checkpoint_path(last),
         files=files,
         stopped=notes[0],
         notes=[n for n in notes[1:] if n],
@@ -503,7 +510,7 @@ def _nan_message(trainer: Engine, config: TrainConfig) -> str | None:
     )
 
 
-def _checkpoint_path(checkpoint: Any, dirname: Path) -> Path | None:
+def _checkpoint_path(checkpoint: Any) -> Path | None:
     # Ignite's DiskSaver reports the file with its folder already joined on.
     return Path(checkpoint.last_checkpoint) if checkpoint.last_checkpoint else None
 

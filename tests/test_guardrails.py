@@ -63,3 +63,8 @@ def test_overfit_report_verdicts() -> None:
     assert overfit_report(100.0, 2).startswith("overfit check passed")
     failed = overfit_report(40.0, 2)
     assert failed.startswith("overfit check failed") and "learning rate" in failed
+
+
+def test_fixed_order_on_purpose_silences_only_the_shuffle_warning() -> None:
+    said = setup_warnings(4, [128], torch.device("cpu"), _loader(False), _loader(False), fixed_order=True)
+    assert len(said) == 1 and "batch size 4" in said[0]
