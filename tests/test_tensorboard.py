@@ -397,3 +397,21 @@ def test_tensorboard_server_serves_the_runs_scalars_and_hparams(runs: Path, tmp_
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+def test_events_are_in_the_file_as_soon_as_flush_returns(tmp_path: Path) -> None:
+    """What a checkpoint covers must already be on disk when it is written. tensorboardX's own
+    flush() leaves events queued for its thread; the run's writer has no queue and no thread."""
+    import threading
+
+    model = MLP(3 * SIDE * SIDE, 3, [4])
+    before = set(threading.enumerate())
+    tb = attach_tensorboard(Engine(lambda e, b: None), torch.optim.SGD(model.parameters(), lr=0.1), History(), tmp_path)
+    assert [t for t in threading.enumerate() if t not in before and t.is_alive()] == []
+    for step in range(1, 301):
+        tb.writer.add_scalar("burst", step / 7, step)
+    tb.writer.flush()
+    # Read while the writer is still open, as a kill -9 right after the flush would leave it.
+    steps = range(1, 301)
+    assert _scalars(_read(tmp_path), "burst") == list(zip(steps, _f32([s / 7 for s in steps]), strict=True))
+    tb.close()
