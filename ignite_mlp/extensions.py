@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from ignite.engine import Engine, EventEnum, Events
+from ignite.engine.events import CallableEventWithFilter
 
 from ignite_mlp.errors import UserError
+from ignite_mlp.handlers import EverySeconds
 
 
 class TrainEvents(EventEnum):
@@ -78,6 +80,8 @@ def _filter_of(handler: Any) -> str:
     closure = getattr(handler, "__closure__", None) or ()
     for cell in closure:
         value = cell.cell_contents
+        if isinstance(value, EverySeconds):
+            return repr(value)
         if callable(value) and getattr(value, "__qualname__", "").startswith("CallableEventWithFilter"):
             names = value.__code__.co_freevars
             free = dict(zip(names, (c.cell_contents for c in value.__closure__ or ()), strict=True))
@@ -91,7 +95,7 @@ def handler_table(engines: dict[str, Engine]) -> str:
     for engine_name, engine in engines.items():
         for event, handlers in engine._event_handlers.items():
             for i, (handler, _, _) in enumerate(handlers, 1):
-                name = event.name if isinstance(event, (Events, EventEnum)) else str(event)
+                name = event.name if isinstance(event, (Events, EventEnum, CallableEventWithFilter)) else str(event)
                 rows.append((engine_name, name, str(i), _describe(handler), _filter_of(handler)))
     widths = [max(len(r[c]) for r in rows) for c in range(5)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]

@@ -9,6 +9,7 @@ from ignite.engine import Engine, Events
 from ignite_mlp import TrainConfig, train
 from ignite_mlp.errors import UserError
 from ignite_mlp.extensions import TrainEvents, handler_table, load_handler
+from ignite_mlp.handlers import EverySeconds
 
 HANDLER_SOURCE = """
 from ignite.engine import Events
@@ -106,7 +107,8 @@ def test_handler_table_lists_handlers_in_order_with_filters() -> None:
 
     engine.add_event_handler(Events.EPOCH_COMPLETED, first)
     engine.add_event_handler(Events.EPOCH_COMPLETED(every=3), second)
-    rows = [line.split() for line in handler_table({"trainer": engine}).splitlines()[2:]]
+    engine.add_event_handler(Events.ITERATION_COMPLETED(event_filter=EverySeconds(0.1)), first)
+    rows = [line.split(maxsplit=4) for line in handler_table({"trainer": engine}).splitlines()[2:]]
     assert rows[0][:4] == [
         "trainer",
         "EPOCH_COMPLETED",
@@ -114,3 +116,4 @@ def test_handler_table_lists_handlers_in_order_with_filters() -> None:
         "test_handler_table_lists_handlers_in_order_with_filters.first",
     ]
     assert rows[1][3].endswith(".second") and rows[1][4] == "every=3"
+    assert rows[2][1] == "ITERATION_COMPLETED" and rows[2][4] == "every 0.1 s"

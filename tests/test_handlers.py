@@ -4,15 +4,18 @@ import json
 from pathlib import Path
 
 import torch
-from ignite.engine import Events
+from ignite.engine import Engine, Events
 from torch import nn
 
 from ignite_mlp.engine import attach_train_metrics, create_evaluator, create_trainer
+from ignite_mlp.extensions import handler_table
 from ignite_mlp.handlers import (
     HISTORY_KEYS,
+    EverySeconds,
     History,
     attach_checkpoints,
     attach_epoch_summary,
+    attach_progress_bar,
     attach_terminate_on_nan,
     attach_validation,
 )
@@ -88,3 +91,23 @@ def test_terminate_on_nan_stops_at_first_bad_loss() -> None:
         model.layers[1].weight.fill_(float("nan"))
     trainer.run(train, max_epochs=3)
     assert trainer.state.iteration == 1
+
+
+def test_every_seconds_passes_an_event_once_per_interval() -> None:
+    # A clock that advances a quarter of the interval per step: the event passes at the first
+    # step and then at every 4th (1, 5, 9, ...), however many steps there are.
+    ticks = iter(0.25 * k for k in range(100))
+    engine, passed = Engine(lambda e, b: None), []
+    throttle = EverySeconds(1.0, clock=lambda: next(ticks))
+    engine.add_event_handler(
+        Events.ITERATION_COMPLETED(event_filter=throttle), lambda e: passed.append(e.state.iteration)
+    )
+    engine.run(range(20))
+    assert passed == [1, 5, 9, 13, 17]
+
+
+def test_progress_bar_is_redrawn_at_most_every_tenth_of_a_second() -> None:
+    engine = Engine(lambda e, b: {"loss": torch.tensor(0.0)})
+    attach_progress_bar(engine)
+    rows = [line.split(maxsplit=4) for line in handler_table({"trainer": engine}).splitlines()[2:]]
+    assert [r[4] for r in rows if r[1] == "ITERATION_COMPLETED" and r[3] == "_OutputHandler"] == ["every 0.1 s"]
