@@ -62,7 +62,7 @@ class MeanLoss(Metric):
     @reinit__is_reduced
     def update(self, output: tuple[torch.Tensor, int]) -> None:
         loss, n = output
-        self._sum += loss.detach().to(self._sum) * n
+        self._sum.add_(loss.detach(), alpha=n)  # one op: converted to float64, scaled, added
         self._num_examples += n
 
     @sync_all_reduce("_sum", "_num_examples")
