@@ -16,14 +16,10 @@ from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ignite_mlp.files import write_atomic
-
-matplotlib.use("Agg")  # files only: no display on training machines
-import matplotlib.pyplot as plt  # noqa: E402
 
 # Image grids: each title line gets a band this tall under its image; cells are this far apart.
 TITLE_LINE_PX = 14
@@ -42,9 +38,15 @@ _CM_DARK = np.array([8, 48, 107], dtype=np.float64)  # matplotlib's darkest "Blu
 
 
 def plot_curves(history: Mapping[str, Sequence[float]], path: str | Path) -> Path:
-    """Loss and accuracy per epoch, train against validation, side by side, saved as PNG."""
+    """Loss and accuracy per epoch, train against validation, side by side, saved as PNG
+    (atomically: a reader never sees half a file)."""
+    # Imported here, when a run ends: importing matplotlib takes ~0.5 s, a tenth of a start.
+    # A bare Figure (no pyplot) needs no display and keeps no global state.
+    from matplotlib.figure import Figure
+
     epochs = range(1, len(history["loss_epoch"]) + 1)
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    ax_loss, ax_acc = fig.subplots(1, 2)
     ax_loss.plot(epochs, history["loss_epoch"], label="train")
     ax_loss.plot(epochs, history["val_loss"], label="validation")
     ax_loss.set(title="loss", xlabel="epoch", ylabel="cross-entropy")
@@ -55,8 +57,9 @@ def plot_curves(history: Mapping[str, Sequence[float]], path: str | Path) -> Pat
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    write_atomic(path, buffer.getvalue())
     return Path(path)
 
 
