@@ -30,7 +30,7 @@ def test_extend_it_example_runs_as_written(tmp_path: Path) -> None:
     # Run it as written, from a folder where ../shared/data/... is the pack.
     work = tmp_path / "project"
     (tmp_path / "shared" / "data").mkdir(parents=True)
-    (tmp_path / "shared" / "data" / "cifar10-jpg.tar.gz").symlink_to(pack)
+    (tmp_path / "shared" / "data" / "cifar10-jpg.tar.gz").symlink_to(Path(pack).resolve())
     work.mkdir()
     out = subprocess.run([sys.executable, "-c", example], cwd=work, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
