@@ -106,8 +106,8 @@ def test_every_seconds_passes_an_event_once_per_interval() -> None:
     assert passed == [1, 5, 9, 13, 17]
 
 
-def test_progress_bar_is_redrawn_at_most_every_tenth_of_a_second() -> None:
+def test_progress_bar_is_redrawn_at_most_four_times_a_second() -> None:
     engine = Engine(lambda e, b: {"loss": torch.tensor(0.0)})
     attach_progress_bar(engine)
     rows = [line.split(maxsplit=4) for line in handler_table({"trainer": engine}).splitlines()[2:]]
-    assert [r[4] for r in rows if r[1] == "ITERATION_COMPLETED" and r[3] == "_OutputHandler"] == ["every 0.1 s"]
+    assert [r[4] for r in rows if r[1] == "ITERATION_COMPLETED" and r[3] == "_OutputHandler"] == ["every 0.25 s"]
