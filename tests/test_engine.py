@@ -82,3 +82,48 @@ def test_bf16_forward_runs_under_autocast_and_stays_close() -> None:
     ref = model(x)
     assert not torch.equal(out, ref)
     torch.testing.assert_close(out, ref, atol=5e-2, rtol=5e-2)
+
+
+def test_train_metrics_counted_in_folds_equal_ignites_per_batch_metrics() -> None:
+    from ignite.engine import Engine
+    from ignite.metrics import Accuracy, Average
+
+    from ignite_mlp.engine import MeanLoss, TrainAccuracy
+
+    g = torch.Generator().manual_seed(4)
+    steps = [
+        {
+            "y_pred": torch.randn(n, 5, generator=g),
+            "y": torch.randint(0, 5, (n,), generator=g),
+            "loss": torch.rand((), generator=g),
+        }
+        for n in [16] * 10 + [7]  # a short last batch, as at the end of an epoch
+    ]
+    engine = Engine(lambda e, out: out)
+    TrainAccuracy(lambda o: (o["y_pred"], o["y"]), "cpu", fold_every=3).attach(engine, "ours_acc")
+    MeanLoss(lambda o: (o["loss"], len(o["y"])), "cpu", fold_every=3).attach(engine, "ours_loss")
+    Accuracy(lambda o: (o["y_pred"], o["y"])).attach(engine, "ignite_acc")
+    # Ignite's Average of per-sample values: each sample carries its batch's mean loss.
+    Average(lambda o: o["loss"].expand(len(o["y"]), 1)).attach(engine, "ignite_loss")
+    metrics = engine.run(steps, max_epochs=2).metrics
+    assert metrics["ours_acc"] == metrics["ignite_acc"]
+    assert abs(metrics["ours_loss"] - float(metrics["ignite_loss"])) < 1e-6
+
+
+def test_train_metric_state_saved_mid_fold_resumes_the_same_count() -> None:
+    from ignite_mlp.engine import TrainAccuracy
+
+    g = torch.Generator().manual_seed(5)
+    batches = [(torch.randn(8, 3, generator=g), torch.randint(0, 3, (8,), generator=g)) for _ in range(7)]
+    straight = TrainAccuracy(lambda o: o, "cpu", fold_every=4)
+    for b in batches:
+        straight.update(b)
+    first = TrainAccuracy(lambda o: o, "cpu", fold_every=4)
+    for b in batches[:5]:  # one fold done, one step pending
+        first.update(b)
+    resumed = TrainAccuracy(lambda o: o, "cpu", fold_every=4)
+    resumed.load_state_dict(first.state_dict())
+    for b in batches[5:]:
+        resumed.update(b)
+    expected = sum((x.argmax(1) == y).sum().item() for x, y in batches) / 56
+    assert straight.compute() == resumed.compute() == expected
