@@ -290,7 +290,7 @@ def generated_dataset() -> Dataset:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="data source (default: generated data of CIFAR-10's size)")
-    parser.add_argument("--rounds", type=int, default=20, help="interleaved rounds, one epoch of each method")
+    parser.add_argument("--rounds", type=int, default=30, help="interleaved rounds, one epoch of each method")
     parser.add_argument("--accuracy-epochs", type=int, default=50, help="epochs for the fp32-vs-bf16 accuracy run")
     parser.add_argument("--startup-child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
