@@ -24,6 +24,7 @@ import platform
 import socket
 import struct
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -264,10 +265,23 @@ class SynchronousEventWriter:
 
 def write_synchronously(writer: Any) -> None:
     """Make a tensorboardX ``SummaryWriter`` write its events without a thread (see
-    :class:`SynchronousEventWriter`). Call it right after creating the writer."""
+    :class:`SynchronousEventWriter`). Call it right after creating the writer.
+
+    It relies on tensorboardX's internals (checked on 2.6); if a later version lays them out
+    differently, the writer keeps its thread and training goes on, with a warning.
+    """
     file_writer = writer._get_file_writer()
-    if not isinstance(file_writer.event_writer, SynchronousEventWriter):
-        file_writer.event_writer = SynchronousEventWriter(file_writer.event_writer)
+    threaded = file_writer.event_writer
+    if isinstance(threaded, SynchronousEventWriter):
+        return
+    if not all(hasattr(threaded, name) for name in ("_worker", "_event_queue", "_ev_writer", "get_logdir")):
+        warnings.warn(
+            "this tensorboardX version's event writer is unknown to ignite_mlp: TensorBoard events are written "
+            "by tensorboardX's thread, and a kill -9 may lose the last epoch's",
+            stacklevel=2,
+        )
+        return
+    file_writer.event_writer = SynchronousEventWriter(threaded)
 
 
 def add_scalar(writer: Any, tag: str, value: float, step: int) -> None:
