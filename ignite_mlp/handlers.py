@@ -9,6 +9,7 @@ first and everything that reads validation metrics after it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -98,6 +99,31 @@ def val_accuracy(engine: Engine) -> float:
     return round(100.0 * float(engine.state.metrics["accuracy"]), 4)
 
 
+class SaveThenRemove(DiskSaver):
+    """Ignite's atomic ``DiskSaver``, except that a superseded checkpoint is deleted only once
+    its replacement is on disk.
+
+    Ignite's ``Checkpoint`` asks its saver to remove the old file *before* writing the new one,
+    so with ``n_saved=1`` a ``kill -9`` between the two leaves no checkpoint at all to resume
+    from. Here ``remove`` only notes the file, and the next save deletes it after writing.
+    """
+
+    def __init__(self, dirname: str | Path, **kwargs: Any) -> None:
+        super().__init__(str(dirname), require_empty=False, atomic=True, **kwargs)
+        self._superseded: list[str] = []
+
+    def remove(self, filename: str) -> None:
+        self._superseded.append(filename)
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        super().__call__(checkpoint, filename, metadata)
+        for old in self._superseded:
+            if old != filename:
+                with contextlib.suppress(FileNotFoundError):
+                    super().remove(old)
+        self._superseded = []
+
+
 def attach_checkpoints(
     trainer: Engine,
     evaluator: Engine,
@@ -110,13 +136,13 @@ def attach_checkpoints(
     Best: ``best_model_<epoch>_val_acc=<percent>.pt`` (model weights only).
     Last: ``last_checkpoint_<iteration>.pt`` with everything in ``to_save`` (model, optimizer,
     trainer, history, ...) plus the best-checkpoint tracker, written at each epoch's end.
-    Both through Ignite's ``Checkpoint`` with an atomic ``DiskSaver``, so a crash mid-write
-    never leaves a half file.
+    Both through Ignite's ``Checkpoint`` with an atomic saver, so a crash mid-write never
+    leaves a half file, and the previous file stays until its replacement is written (see
+    :class:`SaveThenRemove`).
     """
-    saver = DiskSaver(str(dirname), require_empty=False, atomic=True)
     best = Checkpoint(
         {"model": model},
-        saver,
+        SaveThenRemove(dirname),
         filename_prefix="best",
         score_function=val_accuracy,
         score_name="val_acc",
@@ -124,7 +150,7 @@ def attach_checkpoints(
         global_step_transform=global_step_from_engine(trainer),
     )
     evaluator.add_event_handler(Events.COMPLETED, best)
-    last = Checkpoint({**to_save, "best_checkpoint": best}, saver, filename_prefix="last", n_saved=1)
+    last = Checkpoint({**to_save, "best_checkpoint": best}, SaveThenRemove(dirname), filename_prefix="last", n_saved=1)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, last)
     return best, last
 
@@ -139,9 +165,7 @@ def attach_interrupt_checkpoint(
 
     Such a checkpoint is deleted once a later epoch-end checkpoint supersedes it.
     """
-    interrupted = Checkpoint(
-        last.to_save, DiskSaver(str(dirname), require_empty=False, atomic=True), filename_prefix="interrupted"
-    )
+    interrupted = Checkpoint(last.to_save, SaveThenRemove(dirname), filename_prefix="interrupted")
 
     def maybe_stop(engine: Engine) -> None:
         # Not on an epoch's last step: terminating there would skip that epoch's validation,

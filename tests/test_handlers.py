@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from ignite.engine import Engine, Events
 from torch import nn
@@ -13,6 +14,7 @@ from ignite_mlp.handlers import (
     HISTORY_KEYS,
     EverySeconds,
     History,
+    SaveThenRemove,
     attach_checkpoints,
     attach_epoch_summary,
     attach_progress_bar,
@@ -111,3 +113,39 @@ def test_progress_bar_is_redrawn_at_most_four_times_a_second() -> None:
     attach_progress_bar(engine)
     rows = [line.split(maxsplit=4) for line in handler_table({"trainer": engine}).splitlines()[2:]]
     assert [r[4] for r in rows if r[1] == "ITERATION_COMPLETED" and r[3] == "_OutputHandler"] == ["every 0.25 s"]
+
+
+@pytest.mark.parametrize("saver_kind", ["ignite", "ours"])
+def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(
+    saver_kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ignite.handlers import Checkpoint, DiskSaver
+
+    model = nn.Linear(2, 2)
+    saver = SaveThenRemove(tmp_path) if saver_kind == "ours" else DiskSaver(str(tmp_path), require_empty=False)
+    engine = Engine(lambda e, b: None)
+    engine.add_event_handler(Events.ITERATION_COMPLETED, Checkpoint({"model": model}, saver, filename_prefix="last"))
+    real_save, calls = torch.save, []
+
+    def save_then_die(obj: object, f: object, **kw: object) -> None:
+        calls.append(1)
+        if len(calls) == 2:  # the second checkpoint never finishes, as under a kill -9
+            raise KeyboardInterrupt
+        real_save(obj, f, **kw)
+
+    monkeypatch.setattr(torch, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        engine.run(range(3))
+    left = sorted(p.name for p in tmp_path.glob("*.pt"))
+    if saver_kind == "ignite":
+        assert left == []  # Ignite deletes the old file before writing the new one
+    else:
+        assert left == ["last_model_1.pt"]
+        torch.load(tmp_path / left[0], weights_only=True)  # whole
+        # And in normal running, one file: the superseded one goes once the new one is written.
+        monkeypatch.setattr(torch, "save", real_save)
+        fresh, normal = Engine(lambda e, b: None), tmp_path / "normal"
+        checkpoint = Checkpoint({"model": model}, SaveThenRemove(normal), filename_prefix="last")
+        fresh.add_event_handler(Events.ITERATION_COMPLETED, checkpoint)
+        fresh.run(range(3))
+        assert sorted(p.name for p in normal.glob("*.pt")) == ["last_model_3.pt"]
