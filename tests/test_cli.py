@@ -122,39 +122,46 @@ def _assert_same_history(a: dict, b: dict) -> None:
         assert a[key] == pytest.approx(b[key], abs=1e-6), key
 
 
+def _signal_mid_run(
+    tree: Path, tmp_path: Path, epochs: int, after: int, signum: int
+) -> tuple[Path, Path, subprocess.Popen]:
+    """Train ``epochs`` straight into ``reference``; start the same run in ``stopped`` and send
+    it ``signum`` once ``after`` epochs are in its history. Returns both folders and the process."""
+    reference = tmp_path / "reference"
+    assert _run(_train_argv(tree, reference, epochs)) == 0
+    stopped = tmp_path / "stopped"
+    proc = _start_training(tree, stopped, epochs)
+    _wait_for_epochs(stopped, after, proc)
+    proc.send_signal(signum)
+    return reference, stopped, proc
+
+
+def _resume_matches(stopped: Path, reference: Path) -> None:
+    """``--resume`` finishes the stopped run, and its history equals the straight run's."""
+    assert _run(["train", "--resume", str(stopped), "--no-progress"]) == 0
+    _assert_same_history(_history(stopped), _history(reference))
+
+
 def test_kill_9_then_resume_equals_an_uninterrupted_run(bigger_tree: Path, tmp_path: Path) -> None:
     import signal
 
     epochs = 12
-    reference = tmp_path / "reference"
-    assert _run(_train_argv(bigger_tree, reference, epochs)) == 0
-    killed = tmp_path / "killed"
-    proc = _start_training(bigger_tree, killed, epochs)
-    _wait_for_epochs(killed, 3, proc)
-    proc.send_signal(signal.SIGKILL)
+    reference, killed, proc = _signal_mid_run(bigger_tree, tmp_path, epochs, 3, signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     assert len(_history(killed)["val_loss"]) < epochs, "the run must really have been cut short"
-    assert _run(["train", "--resume", str(killed), "--no-progress"]) == 0
-    _assert_same_history(_history(killed), _history(reference))
+    _resume_matches(killed, reference)
     assert len(list((killed / "checkpoints").glob("best_*.pt"))) == 1
 
 
 def test_ctrl_c_saves_where_it_stopped_and_resume_completes_the_run(bigger_tree: Path, tmp_path: Path) -> None:
     import signal
 
-    epochs = 8
-    reference = tmp_path / "reference"
-    assert _run(_train_argv(bigger_tree, reference, epochs)) == 0
-    stopped = tmp_path / "stopped"
-    proc = _start_training(bigger_tree, stopped, epochs)
-    _wait_for_epochs(stopped, 2, proc)
-    proc.send_signal(signal.SIGINT)
+    reference, stopped, proc = _signal_mid_run(bigger_tree, tmp_path, 8, 2, signal.SIGINT)
     stderr = proc.communicate(timeout=60)[1]
     assert proc.returncode == 130, stderr
     assert f"resume with: ignite-mlp train --resume {stopped}" in stderr and "Traceback" not in stderr
     assert list((stopped / "checkpoints").glob("interrupted_checkpoint_*.pt"))
-    assert _run(["train", "--resume", str(stopped), "--no-progress"]) == 0
-    _assert_same_history(_history(stopped), _history(reference))
+    _resume_matches(stopped, reference)
     assert not list((stopped / "checkpoints").glob("interrupted_checkpoint_*.pt"))
 
 
