@@ -53,8 +53,9 @@ class _CountedAtIntervals(Metric):
     Reducing each batch as it comes (Ignite's ``Accuracy`` takes an argmax, a comparison, a
     sum, an add and its input checks per step) costs a few percent of a CPU training epoch:
     small tensor ops run cold between the big matrix products. Keeping references is nearly
-    free, and memory stays bounded by ``fold_every`` steps' outputs (the step's tensors must
-    not be overwritten later: true of model outputs and of this package's labels). The running
+    free, and memory stays bounded by ``fold_every`` steps' outputs. They are kept as given, so
+    they must carry no autograd graph and not be overwritten later: true of what
+    :func:`create_trainer`'s step returns (detached logits and loss, this package's labels). The running
     totals are a float64 tensor ``[numerator, count]`` on the metric's device (no sync per step
     on a GPU), summed across processes at ``compute()``, and saved in checkpoints.
     """
@@ -166,7 +167,7 @@ def attach_train_metrics(trainer: Engine, device: torch.device) -> dict[str, Met
     from each step's own outputs. Returns the metric objects (a checkpoint saves their state)."""
     metrics: dict[str, Metric] = {
         "accuracy": TrainAccuracy(output_transform=_logits_and_labels, device=device),
-        "loss": MeanLoss(output_transform=lambda out: (out["loss"].detach(), len(out["y"])), device=device),
+        "loss": MeanLoss(output_transform=lambda out: (out["loss"], len(out["y"])), device=device),
     }
     for name, metric in metrics.items():
         metric.attach(trainer, name)
