@@ -11,8 +11,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from ignite_mlp.choices import AUGMENTS
+
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
-AUGMENTS = ("none", "flip", "crop", "flip+crop")
 
 
 def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -21,6 +21,7 @@ from ignite.metrics import Metric
 from torch import nn
 
 from ignite_mlp.errors import UserError
+from ignite_mlp.ignite_compat import saved_filenames
 
 # Written at each epoch's end (last_*) and when Ctrl-C stops a run mid-epoch (interrupted_*).
 _RESUMABLE = re.compile(r"^(last_checkpoint|interrupted_checkpoint)_(\d+)\.pt$")
@@ -177,7 +178,7 @@ def restore(objects: Mapping[str, Any], state: Mapping[str, Any], source: Path) 
 
 def remove_orphans(best: Checkpoint, dirname: Path, prefix: str = "best_") -> None:
     """Delete best-model files the restored tracker does not know (written after the checkpoint)."""
-    known = {item.filename for item in best._saved}
+    known = set(saved_filenames(best))
     for path in dirname.glob(f"{prefix}*.pt"):
         if path.name not in known:
             path.unlink()

@@ -88,7 +88,7 @@ def config_from_namespace(ns: argparse.Namespace) -> TrainConfig:
 
 
 def _train(ns: argparse.Namespace) -> int:
-    # Imported here so --help stays fast.
+    # Imported here, not at the top: --help imports no torch (tests/test_cli.py checks it).
     from ignite_mlp.distributed import launch
     from ignite_mlp.run import train
 

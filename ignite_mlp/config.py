@@ -14,18 +14,14 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from ignite_mlp.augment import AUGMENTS
+from ignite_mlp.choices import ACTIVATIONS, AUGMENTS, BACKENDS, LR_SCHEDULES, NORMS, PRECISIONS, STOP_METRICS
 from ignite_mlp.errors import UserError
-from ignite_mlp.model import ACTIVATIONS, NORMS
+from ignite_mlp.rules import per_process_batch, require_cuda
 
-PRECISIONS = ("fp32", "bf16")
-LR_SCHEDULES = ("none", "step", "cosine", "onecycle")
-STOP_METRICS = ("val_loss", "val_acc")
-BACKENDS = ("auto", "gloo", "nccl")
+if TYPE_CHECKING:
+    import torch
 
 # Presets: field values applied over the defaults, under any TOML key or flag the user gives.
 # "strong" stays a pure MLP; each ingredient was kept because it paid on CIFAR-10 (README).
@@ -205,13 +201,8 @@ class TrainConfig:
         )
         _check(self.nproc_per_node >= 1, "--nproc-per-node", self.nproc_per_node, ">= 1", "1 trains in this process")
         _check(self.backend in BACKENDS, "--backend", self.backend, f"one of {BACKENDS}", "auto picks the right one")
-        _check(
-            self.batch_size % self.nproc_per_node == 0,
-            "--batch-size",
-            self.batch_size,
-            f"a multiple of --nproc-per-node {self.nproc_per_node}",
-            "each process takes an equal share of the global batch",
-        )
+        if self.nproc_per_node >= 1:
+            per_process_batch(self.batch_size, self.nproc_per_node)
         _check(
             self.nproc_per_node == 1 or re.fullmatch(r"cuda:\d+", self.device) is None,
             "--device",
@@ -302,17 +293,15 @@ def resolve_device(spec: str) -> torch.device:
     >>> resolve_device("cpu")
     device(type='cpu')
     """
+    import torch  # here, not at the top: the CLI's --help builds the parser from this module
+
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(spec)
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {spec}: CUDA is not available on this machine; use --device cpu or auto")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UserError(
-                f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) here; "
-                f"use cuda:0..cuda:{torch.cuda.device_count() - 1}"
-            )
+        count = require_cuda(f"--device {spec}")
+        if device.index is not None and device.index >= count:
+            raise UserError(f"--device {spec}: only {count} CUDA device(s) here; use cuda:0..cuda:{count - 1}")
     return device
 
 

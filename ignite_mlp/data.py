@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from ignite_mlp.errors import UserError
+from ignite_mlp.rules import per_process_batch
 
 # The official archive; module constants so tests can point them at a tiny fake copy.
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -501,14 +503,12 @@ class TensorLoader:
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
-        if batch_size % world_size:
-            raise ValueError(f"batch size {batch_size} does not split evenly over {world_size} processes")
         self.device = torch.device(device)
         # One copy on the device, made once: on CUDA, batches never cross the bus again.
         self.images = images.to(self.device)
         self.labels = labels.to(self.device)
         # What this rank yields; the ranks' batches together make the global ``batch_size``.
-        self.batch_size = batch_size // world_size
+        self.batch_size = per_process_batch(batch_size, world_size)
         self.rank, self.world_size = rank, world_size
         n = len(labels)
         # The positions of each epoch's order that are used at all (see the class docstring).
@@ -540,6 +540,21 @@ class TensorLoader:
             raise ValueError(f"start batch {start} outside this epoch's {len(self)} batches")
         self.epoch = epoch
         self.start = start
+
+    def attach(self, trainer: Any, epoch_length: int) -> None:
+        """Set up each epoch's batches on an Ignite ``trainer`` that runs ``epoch_length`` iterations
+        an epoch: a fresh shuffle per epoch and, on a resume mid-epoch, the rest of that epoch."""
+        from ignite.engine import Events  # the loader itself needs no Ignite; only this hook does
+
+        def start_epoch(engine: Any) -> None:
+            done_in_epoch = engine.state.iteration - (engine.state.epoch - 1) * epoch_length
+            self.set_epoch(engine.state.epoch, start=done_in_epoch % len(self))
+            if epoch_length != len(self) and done_in_epoch == 0:
+                # A custom epoch length: start each epoch from its own shuffle. (Not on a resumed
+                # epoch: Ignite then sets up the data itself and counts the iterations already done.)
+                engine.set_data(self)
+
+        trainer.add_event_handler(Events.EPOCH_STARTED, start_epoch)
 
     def __len__(self) -> int:
         n = self._shard_size

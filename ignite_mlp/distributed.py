@@ -10,9 +10,8 @@
   ``idist.Parallel(backend)`` joins the process group torchrun prepared and this process trains
   as its rank.
 
-Inside :func:`ignite_mlp.run.train` the helpers below decide who does what: every rank runs
-every collective operation (gradient all-reduce, metric reduction, checkpoint state) in the
-same order, and only rank 0 writes files or prints.
+Inside :func:`ignite_mlp.run.train` the rank helpers of :mod:`ignite_mlp.ranks` decide who
+does what. The imports run one way: this launcher -> :mod:`ignite_mlp.run` -> :mod:`ignite_mlp.ranks`.
 
 A rank that fails ends the run: with ``--nproc-per-node``, torch's process context stops the
 others as soon as one exits with an error, and the launcher raises that rank's error (a
@@ -22,7 +21,6 @@ under ``torchrun``, torchrun stops the others.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
 import signal
@@ -36,147 +34,15 @@ from pathlib import Path
 from typing import Any
 
 import ignite.distributed as idist
-import torch
-from ignite.engine import Engine, Events
-from torch import nn
 from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
 
 from ignite_mlp.config import TrainConfig
 from ignite_mlp.errors import CudaError, RankError, TrainingInterrupted, UserError
+from ignite_mlp.ranks import choose_backend, rank_device, rank_device_type, set_threads, under_torchrun
+from ignite_mlp.rules import require_cuda
 
-# Variables torchrun (and torch.distributed.launch) set for each process it starts.
-_TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 # Errors a rank hands to the launcher as they are; anything else becomes a RankError.
 _PASSED_THROUGH = (UserError, TrainingInterrupted, CudaError, KeyboardInterrupt)
-
-
-# ----------------------------------------------------------------------------- rank helpers
-
-
-def rank() -> int:
-    """This process's rank (0 when not distributed)."""
-    return idist.get_rank()
-
-
-def world_size() -> int:
-    """How many processes train together (1 when not distributed)."""
-    return idist.get_world_size()
-
-
-def is_main() -> bool:
-    """True on the process that writes files and prints: rank 0, or the only process."""
-    return idist.get_rank() == 0
-
-
-def under_torchrun() -> bool:
-    """True when torchrun started this process as one of several."""
-    return all(v in os.environ for v in _TORCHRUN_VARIABLES) and int(os.environ["WORLD_SIZE"]) > 1
-
-
-def choose_backend(backend: str, device_spec: str) -> str:
-    """``auto``: NCCL when the processes train on CUDA, gloo otherwise.
-
-    >>> choose_backend("auto", "cpu")
-    'gloo'
-    """
-    cuda = rank_device_type(device_spec) == "cuda"
-    if backend == "auto":
-        return "nccl" if cuda else "gloo"
-    if backend == "nccl" and not cuda:
-        raise UserError("--backend nccl connects GPUs only; use --backend gloo (or auto) to train on CPU")
-    if backend == "nccl" and not torch.cuda.is_available():
-        raise UserError("--backend nccl: CUDA is not available on this machine; use --backend gloo or auto")
-    return backend
-
-
-def rank_device_type(spec: str) -> str:
-    """``cuda`` or ``cpu``: where the ranks will train, known before any process starts.
-
-    >>> rank_device_type("cpu")
-    'cpu'
-    """
-    return "cpu" if spec == "cpu" or (spec == "auto" and not torch.cuda.is_available()) else "cuda"
-
-
-def rank_device(spec: str) -> torch.device:
-    """This rank's device when several processes train: its local rank's GPU, or the CPU.
-
-    Only called in a distributed run; ``cuda:N`` would put every process on one GPU.
-    """
-    if rank_device_type(spec) == "cpu":
-        return torch.device("cpu")
-    if spec not in ("auto", "cuda"):
-        raise UserError(f"--device {spec} pins one GPU; with several processes use --device cuda or auto")
-    if not torch.cuda.is_available():
-        raise UserError(f"--device {spec}: CUDA is not available on this machine; use --device cpu or auto")
-    return torch.device("cuda", idist.get_local_rank())
-
-
-def backend() -> str | None:
-    """The process group's backend (gloo, nccl), or None when not distributed."""
-    return idist.backend()
-
-
-def wrap(
-    model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device
-) -> tuple[nn.Module, torch.optim.Optimizer]:
-    """The model and optimiser the trainer steps: Ignite's ``auto_model`` (DistributedDataParallel,
-    which averages gradients over the ranks) and ``auto_optim`` across ranks; both unchanged in
-    one process.
-
-    On a CUDA machine asked to train on the CPU, ``auto_model`` would move the model to the GPU;
-    there the model is wrapped in ``DistributedDataParallel`` as it is, which is what
-    ``auto_model`` does on a machine without CUDA.
-    """
-    if idist.get_world_size() == 1:
-        return model, optimizer
-    wrapped = idist.auto_model(model) if device == idist.device() else nn.parallel.DistributedDataParallel(model)
-    return wrapped, idist.auto_optim(optimizer)
-
-
-def main_first() -> contextlib.AbstractContextManager[None]:
-    """Rank 0 of each machine goes first (then the others): it downloads and decodes the data
-    and fills the cache, which the others then read instead of decoding it again."""
-    if idist.get_world_size() == 1:
-        return contextlib.nullcontext()
-    return idist.one_rank_first(rank=0, local=True)
-
-
-def attach_agreement(trainer: Engine, stop_signalled: Callable[[], bool]) -> Callable[[], bool]:
-    """Make all ranks decide alike after every iteration; returns "have the ranks agreed to stop?".
-
-    One all-reduce per iteration carries the batch loss and whether this rank got Ctrl-C. After
-    it, ``state.output["loss"]`` is the mean over the ranks, the global batch's loss, so the NaN
-    check, the progress bar and TensorBoard see the same value everywhere and a NaN on one rank
-    stops all of them at the same iteration (one rank stopping alone would leave the others
-    waiting in the next all-reduce). Attach before any handler that reads the loss or stops the
-    trainer, after the training metrics (they keep each rank's own loss and reduce it at the
-    epoch's end).
-    """
-    agreed = [False]
-    size = idist.get_world_size()
-
-    def agree(engine: Engine) -> None:
-        loss = engine.state.output["loss"].detach().float().reshape(())
-        flags = torch.stack([loss, torch.tensor(float(stop_signalled()), device=loss.device)])
-        flags = idist.all_reduce(flags)
-        engine.state.output["loss"] = flags[0] / size
-        agreed[0] = bool(flags[1] > 0)
-
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, agree)
-    return lambda: agreed[0]
-
-
-def set_threads(device: torch.device) -> None:
-    """Share the CPU cores between this machine's processes, unless OMP_NUM_THREADS says otherwise:
-    two processes with a thread per core each would fight over the cores."""
-    if device.type != "cpu" or "OMP_NUM_THREADS" in os.environ:
-        return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    torch.set_num_threads(max(1, cores // idist.get_nproc_per_node()))
-
-
-# ----------------------------------------------------------------------------- launching
 
 
 def launch(config: TrainConfig, train_fn: Callable[..., Any] | None = None, **kwargs: Any) -> Any:
@@ -222,13 +88,12 @@ def _spawn(config: TrainConfig, train_fn: Callable[..., Any], kwargs: dict[str, 
     Each rank leaves its outcome (rank 0: the result) in a scratch folder; the launcher returns
     rank 0's result or raises the error of the rank that failed first.
     """
-    gpus = torch.cuda.device_count()
-    if rank_device_type(config.device) == "cuda" and not gpus:
-        raise UserError(f"--device {config.device}: CUDA is not available on this machine; use --device cpu or auto")
-    if rank_device_type(config.device) == "cuda" and config.nproc_per_node > gpus:
-        raise UserError(
-            f"--nproc-per-node {config.nproc_per_node}: each process on CUDA takes a GPU of its own and this "
-            f"machine has {gpus}; pass --nproc-per-node {gpus} or fewer, or --device cpu"
+    if rank_device_type(config.device) == "cuda":
+        # Each process on CUDA takes a GPU of its own.
+        require_cuda(
+            f"--device {config.device} with --nproc-per-node {config.nproc_per_node}",
+            gpus=config.nproc_per_node,
+            fix="each process on CUDA takes a GPU of its own: pass a smaller --nproc-per-node, or --device cpu",
         )
     backend = choose_backend(config.backend, config.device)
     port = int(os.environ.get("MASTER_PORT") or _free_port())

@@ -2,12 +2,15 @@
 
 Training accuracy and loss are Ignite metrics attached to the *trainer*, fed by the logits
 each training step already computed: no second pass over the training set.
+
+:func:`build_engines` is phase 3 of a run: the model, its optimizer and the two engines.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import ignite.distributed as idist
@@ -15,7 +18,14 @@ import torch
 from ignite.engine import Engine, create_supervised_evaluator, create_supervised_trainer
 from ignite.metrics import Accuracy, Loss, Metric
 from ignite.metrics.metric import reinit__is_reduced
+from ignite.utils import manual_seed
 from torch import nn
+
+from ignite_mlp import ranks
+from ignite_mlp.config import TrainConfig
+from ignite_mlp.model import MLP
+from ignite_mlp.plan import RunPlan
+from ignite_mlp.prepare import RunData
 
 
 def forward_fn(precision: str, device: torch.device) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
@@ -182,3 +192,77 @@ def create_evaluator(model: nn.Module, loss_fn: nn.Module, device: torch.device,
         device=device,
         model_fn=forward_fn(precision, device),
     )
+
+
+# ----------------------------------------------------------------------------- a run's engines
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD as the config says. The fused kernel updates each parameter in one pass instead of
+    several: a third less time per step for a wide MLP, same arithmetic."""
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        nesterov=config.nesterov,
+        fused=True,
+    )
+
+
+class StopRequest:
+    """SIGINT handler: the first Ctrl-C asks the trainer to stop after the current iteration
+    (so the checkpoint is taken between steps, never mid-update); a second one stops at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+
+@dataclass
+class Engines:
+    """The model, its optimizer and the two Ignite engines that run it."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    trainer: Engine
+    evaluator: Engine
+    train_metrics: dict[str, Metric]
+    stop: StopRequest
+    # "Have all ranks agreed to stop?": the Ctrl-C request, agreed on after every iteration.
+    should_stop: Callable[[], bool]
+
+
+def build_engines(plan: RunPlan, data: RunData) -> Engines:
+    """The model (checked against the checkpoint on a resume), the optimizer, the trainer with
+    its training metrics and the evaluator."""
+    config, device = plan.config, plan.device
+    dataset = data.dataset
+    model = MLP(
+        dataset.in_features, dataset.num_classes, config.hidden_sizes, config.dropout, config.norm, config.activation
+    ).to(device)
+    if plan.resume is not None:
+        plan.resume.check_model(model)
+    # Across ranks the trainer steps a DistributedDataParallel wrapper (gradients averaged over
+    # the ranks); checkpoints, validation and user handlers keep the model itself.
+    stepped, optimizer = ranks.wrap(model, build_optimizer(model, config), device)
+    if plan.distributed:
+        # Same weights everywhere (the wrapper copied rank 0's), but each rank its own dropout.
+        manual_seed(config.seed + ranks.rank())
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    trainer = create_trainer(stepped, optimizer, loss_fn, device, config.precision)
+    train_metrics = attach_train_metrics(trainer, device)
+    stop = StopRequest()
+    if plan.distributed:
+        should_stop = ranks.attach_agreement(trainer, lambda: stop.requested)
+    else:
+        should_stop = lambda: stop.requested  # noqa: E731 - the one-process answer
+    # Validation loss stays the plain cross-entropy, comparable across recipes and runs. It runs
+    # the model itself, not its wrapper: no collective per batch, so validation shards may differ.
+    evaluator = create_evaluator(model, nn.CrossEntropyLoss(), device, config.precision)
+    data.train_loader.attach(trainer, data.epoch_length)
+    return Engines(model, optimizer, trainer, evaluator, train_metrics, stop, should_stop)

@@ -23,7 +23,7 @@ from ignite.engine import Engine, EventEnum, Events
 from ignite.engine.events import CallableEventWithFilter
 
 from ignite_mlp.errors import UserError
-from ignite_mlp.handlers import EverySeconds
+from ignite_mlp.ignite_compat import event_filter_of, event_handlers, ignite_filter_arguments
 
 
 class TrainEvents(EventEnum):
@@ -76,25 +76,22 @@ def _describe(handler: Any) -> str:
 
 
 def _filter_of(handler: Any) -> str:
-    """The Ignite event filter (every/once/before/after) a handler was attached with, if any."""
-    closure = getattr(handler, "__closure__", None) or ()
-    for cell in closure:
-        value = cell.cell_contents
-        if isinstance(value, EverySeconds):
-            return repr(value)
-        if callable(value) and getattr(value, "__qualname__", "").startswith("CallableEventWithFilter"):
-            names = value.__code__.co_freevars
-            free = dict(zip(names, (c.cell_contents for c in value.__closure__ or ()), strict=True))
-            return ", ".join(f"{k}={v}" for k, v in free.items() if isinstance(v, (int, list, tuple)))
-    return ""
+    """The Ignite event filter (every/once/before/after, or a filter object) a handler was attached with."""
+    event_filter = event_filter_of(handler)
+    if event_filter is None:
+        return ""
+    arguments = ignite_filter_arguments(event_filter)
+    if arguments is None:
+        return repr(event_filter)
+    return ", ".join(f"{k}={v}" for k, v in arguments.items() if isinstance(v, (int, list, tuple)))
 
 
 def handler_table(engines: dict[str, Engine]) -> str:
     """Which handler runs on which event, in the order Ignite runs them, with filters."""
     rows = [("engine", "event", "#", "handler", "filter")]
     for engine_name, engine in engines.items():
-        for event, handlers in engine._event_handlers.items():
-            for i, (handler, _, _) in enumerate(handlers, 1):
+        for event, handlers in event_handlers(engine):
+            for i, handler in enumerate(handlers, 1):
                 name = event.name if isinstance(event, (Events, EventEnum, CallableEventWithFilter)) else str(event)
                 rows.append((engine_name, name, str(i), _describe(handler), _filter_of(handler)))
     widths = [max(len(r[c]) for r in rows) for c in range(5)]

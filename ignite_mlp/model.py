@@ -7,10 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ignite_mlp.choices import ACTIVATIONS, NORMS
 from ignite_mlp.errors import UserError
-
-NORMS = ("none", "batch", "layer")
-ACTIVATIONS = ("relu", "gelu")
 
 
 class MLP(nn.Module):

@@ -127,3 +127,23 @@ def test_train_metric_state_saved_mid_fold_resumes_the_same_count() -> None:
         resumed.update(b)
     expected = sum((x.argmax(1) == y).sum().item() for x, y in batches) / 56
     assert straight.compute() == resumed.compute() == expected
+
+
+def test_build_engines_makes_the_configured_model_and_optimizer(tree, tmp_path) -> None:
+    from ignite_mlp import TrainConfig
+    from ignite_mlp.engine import build_engines
+    from ignite_mlp.plan import resolve_plan
+    from ignite_mlp.prepare import prepare_data
+
+    config = TrainConfig(
+        data=str(tree), run_dir=str(tmp_path / "r"), hidden_sizes=[16, 8], lr=0.3, momentum=0.5, nesterov=True
+    )
+    plan = resolve_plan(config, write=lambda s: None)
+    engines = build_engines(plan, prepare_data(plan))
+    linears = [m for m in engines.model.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(192, 16), (16, 8), (8, 3)]
+    group = engines.optimizer.param_groups[0]
+    assert (group["lr"], group["momentum"], group["nesterov"]) == (0.3, 0.5, True)
+    assert not engines.should_stop()
+    engines.stop(2, None)  # a Ctrl-C
+    assert engines.should_stop()

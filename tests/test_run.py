@@ -241,3 +241,29 @@ def test_relative_run_dir_paths_are_reported_as_they_are_on_disk(
     assert result.best_checkpoint.parent == Path("runs") / "rel" / "checkpoints"
     assert result.best_checkpoint.is_file() and result.last_checkpoint.is_file()
     assert f"best checkpoint: {result.best_checkpoint}\n" in result.report() + "\n"
+
+
+def test_sigint_is_routed_inside_the_block_and_restored_after() -> None:
+    import signal
+
+    from ignite_mlp.run import StopRequest, sigint_routed_to
+
+    before = signal.getsignal(signal.SIGINT)
+    stop = StopRequest()
+    with sigint_routed_to(stop):
+        assert signal.getsignal(signal.SIGINT) is stop
+        signal.raise_signal(signal.SIGINT)  # the first Ctrl-C only asks to stop
+        assert stop.requested
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)  # the second stops at once
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_cuda_errors_get_advice_and_others_pass_unchanged() -> None:
+    from ignite_mlp.errors import CudaError
+    from ignite_mlp.run import cuda_errors_explained
+
+    with pytest.raises(CudaError, match="rerun with --device cpu"), cuda_errors_explained():
+        raise RuntimeError("CUDA error: device-side assert triggered")
+    with pytest.raises(RuntimeError, match="^plain$"), cuda_errors_explained():
+        raise RuntimeError("plain")

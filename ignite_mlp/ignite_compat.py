@@ -1,0 +1,58 @@
+"""The few places this package reads Ignite's private attributes, each behind one small adapter.
+
+All three were read from pytorch-ignite 0.5.5 (``ignite/engine/engine.py``,
+``ignite/handlers/checkpoint.py``, ``ignite/engine/events.py``). ``tests/test_ignite_compat.py``
+checks each against the installed Ignite, so an upgrade that changes one fails there, by name,
+instead of somewhere deep in a run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ignite.engine import Engine
+from ignite.handlers import Checkpoint
+
+
+def event_handlers(engine: Engine) -> Iterator[tuple[Any, list[Callable[..., Any]]]]:
+    """Each event an engine has handlers for, with the handlers in the order Ignite runs them.
+
+    Ignite 0.5.5 keeps them in ``engine._event_handlers``: ``{event: [(handler, args, kwargs)]}``.
+    """
+    for event, entries in engine._event_handlers.items():
+        yield event, [entry[0] for entry in entries]
+
+
+def saved_filenames(checkpoint: Checkpoint) -> list[str]:
+    """The file names an Ignite ``Checkpoint`` tracks as saved (its ``n_saved`` newest or best).
+
+    Ignite 0.5.5 keeps them in ``checkpoint._saved``, a list of ``Checkpoint.Item(priority, filename)``.
+    """
+    return [item.filename for item in checkpoint._saved]
+
+
+def event_filter_of(handler: Callable[..., Any]) -> Callable[..., bool] | None:
+    """The event filter a handler was attached with (``Events.X(every=5)``, or a callable given as
+    ``event_filter``), or None for a handler attached without one.
+
+    Ignite 0.5.5 wraps a filtered handler in ``Engine._handler_wrapper``, a closure over a
+    variable named ``event_filter``.
+    """
+    code = getattr(handler, "__code__", None)
+    if code is None or "event_filter" not in code.co_freevars:
+        return None
+    return handler.__closure__[code.co_freevars.index("event_filter")].cell_contents
+
+
+def ignite_filter_arguments(event_filter: Callable[..., bool]) -> dict[str, Any] | None:
+    """The arguments of one of Ignite's own filters (``every=5``, ``once=[3]``, ...), or None for
+    any other callable.
+
+    Ignite 0.5.5 makes them as closures in ``CallableEventWithFilter`` (``every_event_filter``
+    and friends) whose free variables are the arguments.
+    """
+    if not getattr(event_filter, "__qualname__", "").startswith("CallableEventWithFilter"):
+        return None
+    names = event_filter.__code__.co_freevars
+    return dict(zip(names, (c.cell_contents for c in event_filter.__closure__ or ()), strict=True))

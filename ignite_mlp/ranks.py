@@ -1,0 +1,146 @@
+"""Who does what inside a run of several processes: the rank helpers :func:`ignite_mlp.run.train` uses.
+
+Every rank runs every collective operation (gradient all-reduce, metric reduction, checkpoint
+state) in the same order, and only rank 0 writes files or prints. In one process every helper
+here is a no-op or the obvious answer (rank 0 of 1). How the processes are started is
+:mod:`ignite_mlp.distributed`'s business, not this module's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+
+import ignite.distributed as idist
+import torch
+from ignite.engine import Engine, Events
+from torch import nn
+
+from ignite_mlp.errors import UserError
+from ignite_mlp.rules import require_cuda
+
+# Variables torchrun (and torch.distributed.launch) set for each process it starts.
+_TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def rank() -> int:
+    """This process's rank (0 when not distributed)."""
+    return idist.get_rank()
+
+
+def world_size() -> int:
+    """How many processes train together (1 when not distributed)."""
+    return idist.get_world_size()
+
+
+def is_main() -> bool:
+    """True on the process that writes files and prints: rank 0, or the only process."""
+    return idist.get_rank() == 0
+
+
+def under_torchrun() -> bool:
+    """True when torchrun started this process as one of several."""
+    return all(v in os.environ for v in _TORCHRUN_VARIABLES) and int(os.environ["WORLD_SIZE"]) > 1
+
+
+def choose_backend(backend: str, device_spec: str) -> str:
+    """``auto``: NCCL when the processes train on CUDA, gloo otherwise.
+
+    >>> choose_backend("auto", "cpu")
+    'gloo'
+    """
+    cuda = rank_device_type(device_spec) == "cuda"
+    if backend == "auto":
+        return "nccl" if cuda else "gloo"
+    if backend == "nccl" and not cuda:
+        raise UserError("--backend nccl connects GPUs only; use --backend gloo (or auto) to train on CPU")
+    if backend == "nccl":
+        require_cuda("--backend nccl", fix="use --backend gloo or auto")
+    return backend
+
+
+def rank_device_type(spec: str) -> str:
+    """``cuda`` or ``cpu``: where the ranks will train, known before any process starts.
+
+    >>> rank_device_type("cpu")
+    'cpu'
+    """
+    return "cpu" if spec == "cpu" or (spec == "auto" and not torch.cuda.is_available()) else "cuda"
+
+
+def rank_device(spec: str) -> torch.device:
+    """This rank's device when several processes train: its local rank's GPU, or the CPU.
+
+    Only called in a distributed run; ``cuda:N`` would put every process on one GPU.
+    """
+    if rank_device_type(spec) == "cpu":
+        return torch.device("cpu")
+    if spec not in ("auto", "cuda"):
+        raise UserError(f"--device {spec} pins one GPU; with several processes use --device cuda or auto")
+    require_cuda(f"--device {spec}")
+    return torch.device("cuda", idist.get_local_rank())
+
+
+def backend() -> str | None:
+    """The process group's backend (gloo, nccl), or None when not distributed."""
+    return idist.backend()
+
+
+def wrap(
+    model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device
+) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """The model and optimiser the trainer steps: Ignite's ``auto_model`` (DistributedDataParallel,
+    which averages gradients over the ranks) and ``auto_optim`` across ranks; both unchanged in
+    one process.
+
+    On a CUDA machine asked to train on the CPU, ``auto_model`` would move the model to the GPU;
+    there the model is wrapped in ``DistributedDataParallel`` as it is, which is what
+    ``auto_model`` does on a machine without CUDA.
+    """
+    if idist.get_world_size() == 1:
+        return model, optimizer
+    wrapped = idist.auto_model(model) if device == idist.device() else nn.parallel.DistributedDataParallel(model)
+    return wrapped, idist.auto_optim(optimizer)
+
+
+def main_first() -> contextlib.AbstractContextManager[None]:
+    """Rank 0 of each machine goes first (then the others): it downloads and decodes the data
+    and fills the cache, which the others then read instead of decoding it again."""
+    if idist.get_world_size() == 1:
+        return contextlib.nullcontext()
+    return idist.one_rank_first(rank=0, local=True)
+
+
+def attach_agreement(trainer: Engine, stop_signalled: Callable[[], bool]) -> Callable[[], bool]:
+    """Make all ranks decide alike after every iteration; returns "have the ranks agreed to stop?".
+
+    One all-reduce per iteration carries the batch loss and whether this rank got Ctrl-C. After
+    it, ``state.output["loss"]`` is the mean over the ranks, the global batch's loss, so the NaN
+    check, the progress bar and TensorBoard see the same value everywhere and a NaN on one rank
+    stops all of them at the same iteration (one rank stopping alone would leave the others
+    waiting in the next all-reduce). Attach before any handler that reads the loss or stops the
+    trainer, after the training metrics (they keep each rank's own loss and reduce it at the
+    epoch's end).
+    """
+    agreed = [False]
+    size = idist.get_world_size()
+
+    def agree(engine: Engine) -> None:
+        loss = engine.state.output["loss"].detach().float().reshape(())
+        flags = torch.stack([loss, torch.tensor(float(stop_signalled()), device=loss.device)])
+        flags = idist.all_reduce(flags)
+        engine.state.output["loss"] = flags[0] / size
+        agreed[0] = bool(flags[1] > 0)
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, agree)
+    return lambda: agreed[0]
+
+
+def set_threads(device: torch.device) -> None:
+    """Share the CPU cores between this machine's processes, unless OMP_NUM_THREADS says otherwise:
+    two processes with a thread per core each would fight over the cores."""
+    if device.type != "cpu" or "OMP_NUM_THREADS" in os.environ:
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(max(1, cores // idist.get_nproc_per_node()))

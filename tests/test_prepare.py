@@ -1,0 +1,29 @@
+"""ignite_mlp.prepare: phase 2 loads the data, measures statistics when asked, and builds loaders."""
+
+from pathlib import Path
+
+import torch
+
+from ignite_mlp import TrainConfig
+from ignite_mlp.data import load_dataset
+from ignite_mlp.plan import resolve_plan
+from ignite_mlp.prepare import prepare_data
+
+
+def test_prepare_summarises_and_builds_loaders(tree: Path, tmp_path: Path) -> None:
+    lines: list[str] = []
+    config = TrainConfig(data=str(tree), run_dir=str(tmp_path / "r"), batch_size=8, eval_batch_size=5)
+    data = prepare_data(resolve_plan(config, write=lines.append))
+    assert len(data.dataset.train_labels) == 36 and data.epoch_length == 5  # ceil(36 / 8)
+    assert [len(y) for _, y in data.val_loader] == [5, 5, 2]
+    assert any("36" in line for line in lines)  # the summary was printed
+    assert data.config.mean == [0.5]  # fixed normalisation: nothing measured
+
+
+def test_dataset_statistics_are_measured_into_the_config(tree: Path, tmp_path: Path) -> None:
+    config = TrainConfig(data=str(tree), run_dir=str(tmp_path / "r"), normalize="dataset", dry_run=True)
+    data = prepare_data(resolve_plan(config, write=lambda s: None))
+    pixels = load_dataset(tree).train_images.float() / 255  # an independent computation
+    expected = pixels.mean(dim=(0, 2, 3))
+    assert torch.allclose(torch.tensor(data.config.mean), expected, atol=1e-5)
+    assert data.epoch_length == 2  # --dry-run
