@@ -149,14 +149,9 @@ class EpochMetricsState:
         trainer_state = self.trainer.state  # loaded first: see the order in run.py
         if trainer_state.iteration % trainer_state.epoch_length == 0:
             return  # saved at an epoch's end: the next epoch starts its metrics afresh
-        # Ignite keeps one metric state per rank; a mid-epoch resume needs them all, each its own.
-        saved_ranks = {len(per_rank) for metric_state in state.values() for per_rank in metric_state.values()}
-        if saved_ranks != {idist.get_world_size()}:
-            raise UserError(
-                f"this checkpoint was written mid-epoch by {min(saved_ranks)} process(es) and this run has "
-                f"{idist.get_world_size()}: resume it with --nproc-per-node {min(saved_ranks)} (or as many torchrun "
-                "processes)"
-            )
+
+        # Ignite keeps one metric state per rank, and a mid-epoch resume needs each rank's own:
+        # Resume.check has refused a different process count before anything was restored.
 
         def restore(_: Engine) -> None:
             for name, metric in self.metrics.items():
@@ -168,11 +163,9 @@ class EpochMetricsState:
         self.trainer.add_event_handler(Events.EPOCH_STARTED(once=self.trainer.state.epoch + 1), restore)
 
 
-def restore(objects: Mapping[str, Any], state: Mapping[str, Any], source: Path) -> None:
-    """Load every object of a checkpoint (Ignite's ``Checkpoint.load_objects``), strictly."""
-    missing = [k for k in objects if k not in state]
-    if missing:
-        raise UserError(f"{source}: checkpoint lacks {missing}; it was not written by this version of ignite_mlp")
+def restore(objects: Mapping[str, Any], state: Mapping[str, Any]) -> None:
+    """Load every object of a checkpoint (Ignite's ``Checkpoint.load_objects``); what the
+    checkpoint must hold is checked before, by :meth:`ignite_mlp.resume.Resume.check`."""
     Checkpoint.load_objects(to_load=dict(objects), checkpoint=dict(state))
 
 

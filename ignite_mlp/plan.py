@@ -72,6 +72,7 @@ def resolve_plan(
     # The checkpoint is read before the (slower) data loading, so a bad one fails fast.
     resume = Resume(Path(config.resume)) if config.resume else None
     if resume is not None:
+        resume.check(config, 1 if config.dry_run else config.epochs, ranks.world_size())
         run_dir = resume.run_dir
     else:
         run_dir = Path(config.run_dir) if config.run_dir else default_run_dir()

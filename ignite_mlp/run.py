@@ -127,9 +127,7 @@ def train(
         prepare_run_dir(plan.run_dir, plan.config.overwrite)
     hooks = attach_builtins(plan, data, engines)
     if plan.resume is not None:
-        plan.resume.apply(
-            hooks.to_save, hooks.best, engines.trainer, plan.max_epochs, data.epoch_length, plan.main, plan.write
-        )
+        plan.resume.apply(hooks.to_save, hooks.best, engines.trainer, plan.max_epochs, plan.main, plan.write)
     context = RunContext(plan.config, plan.run_dir, engines.model, engines.optimizer, data.dataset, hooks.tb)
     for handler in plan.handlers:
         handler(engines.trainer, engines.evaluator, context)
@@ -150,6 +148,8 @@ def fit(plan: RunPlan, data: RunData, engines: Engines, hooks: Hooks) -> None:
     its checkpoint is written."""
     if plan.main:
         write_json_atomic(hooks.files["config"], hooks.run_info)
+        if plan.resume is not None:
+            plan.resume.record()
     with sigint_routed_to(engines.stop), cuda_errors_explained(), _closing(hooks.tb):
         engines.trainer.run(data.train_loader, max_epochs=plan.max_epochs, epoch_length=data.epoch_length)
     if engines.should_stop() and hooks.interrupted.last_checkpoint:  # (Ctrl-C after the last step: complete)

@@ -109,6 +109,15 @@ run(
 )
 print("  payload ran:", (root / "PWNED").exists())
 last.write_bytes(good)
+run(
+    "resume that changes the batch size",
+    ["train", "--no-progress", "--resume", str(root / "done"), "--batch-size", "4"],
+)
+run(
+    "resume that changes the activation",
+    ["train", "--no-progress", "--resume", str(root / "done"), "--epochs", "2", "--activation", "gelu"],
+)
+run("resume of a finished run", ["train", "--no-progress", "--resume", str(root / "done")])
 run("handler spec that does not import", [*base, "--handler", "no_such_module:attach"])
 run("resume of a missing run", ["train", "--resume", str(root / "nope")])
 shutil.rmtree(root)
