@@ -94,14 +94,73 @@ def wrap(
     which averages gradients over the ranks) and ``auto_optim`` across ranks; both unchanged in
     one process.
 
+    BatchNorm layers normalise over the *global* batch, as in one process, and so keep the same
+    running statistics on every rank: on CUDA through ``auto_model(..., sync_bn=True)`` (torch's
+    ``SyncBatchNorm``, which runs on GPUs only), on the CPU through :class:`GlobalBatchNorm1d`.
+    The layers are replaced inside ``model`` itself, keeping their parameters, buffers and names,
+    so checkpoints and validation use the same model.
+
     On a CUDA machine asked to train on the CPU, ``auto_model`` would move the model to the GPU;
     there the model is wrapped in ``DistributedDataParallel`` as it is, which is what
     ``auto_model`` does on a machine without CUDA.
     """
     if idist.get_world_size() == 1:
         return model, optimizer
-    wrapped = idist.auto_model(model) if device == idist.device() else nn.parallel.DistributedDataParallel(model)
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if has_bn and device.type == "cpu":
+        to_global_batchnorm(model)
+    if device == idist.device():
+        wrapped = idist.auto_model(model, sync_bn=has_bn and device.type == "cuda")
+    else:
+        wrapped = nn.parallel.DistributedDataParallel(model)
     return wrapped, idist.auto_optim(optimizer)
+
+
+class GlobalBatchNorm1d(nn.BatchNorm1d):
+    """``BatchNorm1d`` over the batch of every rank together, for CPU processes (gloo).
+
+    In training, each rank sums its share's values and squares, one differentiable all-reduce
+    adds the ranks' sums (its backward adds the ranks' gradients, as torch's ``SyncBatchNorm``
+    does), and every rank normalises with the global mean and variance and updates the same
+    running statistics. In evaluation, and in one process, it is ``BatchNorm1d``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or idist.get_world_size() == 1:
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        xf = x.float()  # sums of squares in bf16 would lose the variance
+        channels = xf.shape[1]
+        count = torch.full((1,), float(xf.shape[0]), device=xf.device)
+        totals = all_reduce(torch.cat([xf.sum(0), (xf * xf).sum(0), count]))
+        n = totals[-1]
+        mean = totals[:channels] / n
+        var = (totals[channels : 2 * channels] / n - mean * mean).clamp_min(0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.lerp_(mean.detach(), m)
+                self.running_var.lerp_(var.detach() * n / (n - 1).clamp_min(1), m)
+        out = (xf - mean) * torch.rsqrt(var + self.eps)
+        return out * self.weight + self.bias if self.affine else out
+
+
+def to_global_batchnorm(model: nn.Module) -> nn.Module:
+    """Replace every ``BatchNorm1d`` in ``model`` (in place) by a :class:`GlobalBatchNorm1d` that
+    shares its parameters and buffers; returns ``model``."""
+    for name, child in model.named_children():
+        if type(child) is nn.BatchNorm1d:
+            replacement = GlobalBatchNorm1d(child.num_features, child.eps, child.momentum, child.affine)
+            replacement.track_running_stats = child.track_running_stats
+            # Share, not copy: the model's state dict (and so its checkpoints) stays the same.
+            replacement._parameters, replacement._buffers = child._parameters, child._buffers
+            replacement.train(child.training)
+            setattr(model, name, replacement)
+        else:
+            to_global_batchnorm(child)
+    return model
 
 
 def main_first() -> contextlib.AbstractContextManager[None]:

@@ -233,3 +233,45 @@ def test_torchrun_launch_trains_one_run(data: Path, tmp_path: Path) -> None:
     assert (config["nproc_per_node"], config["world_size"]) == (1, 2)  # torchrun, not the flag, made 2
     assert len(list((run_dir / "checkpoints").glob("last_checkpoint_*.pt"))) == 1
     assert out.stdout.count("Epoch   2/2") == 1 and out.stdout.count("best validation accuracy") == 1
+
+
+def test_global_batchnorm_normalises_over_every_ranks_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ignite.distributed as idist
+    import torch.distributed.nn.functional as dist_nn
+
+    from ignite_mlp.ranks import to_global_batchnorm
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 3) * 4 + 2
+    reference = torch.nn.BatchNorm1d(3, momentum=0.3)
+    model = to_global_batchnorm(torch.nn.Sequential(torch.nn.BatchNorm1d(3, momentum=0.3)))
+    # Two ranks holding the same rows: the all-reduce doubles every sum.
+    monkeypatch.setattr(idist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist_nn, "all_reduce", lambda t: t * 2)
+    out = model(x)
+    expected = reference(torch.cat([x, x]))[:6]  # BatchNorm1d over the global batch of 12
+    assert torch.allclose(out, expected, atol=1e-5)
+    assert torch.allclose(model[0].running_mean, reference.running_mean, atol=1e-6)
+    assert torch.allclose(model[0].running_var, reference.running_var, atol=1e-5)
+    model.eval()
+    reference.eval()
+    assert torch.allclose(model(x), reference(x), atol=1e-5)
+
+
+def test_two_gloo_processes_with_batchnorm_train_like_one(data: Path, tmp_path: Path) -> None:
+    # BatchNorm over each rank's 4 images instead of the global 8 learns differently, and each
+    # rank would validate with running statistics of its own; normalised over the global batch,
+    # 2 processes match 1 to the tolerance of the test without BatchNorm above.
+    config = TrainConfig(
+        data=str(data), run_dir=str(tmp_path / "one"), epochs=3, batch_size=8, lr=0.05, norm="batch", progress=False
+    )
+    one = train(config, write=lambda s: None).history
+    run_dir = tmp_path / "two"
+    flags = [*_flags(data, run_dir, 3), "--lr", "0.05", "--norm", "batch", "--no-progress", "--nproc-per-node", "2"]
+    out, _ = _cli(flags, tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    history = json.loads((run_dir / "history.json").read_text())
+    for epoch in range(3):
+        assert abs(history["val_acc_epoch"][epoch] - one["val_acc_epoch"][epoch]) <= 1.5
+        assert abs(history["train_acc_epoch"][epoch] - one["train_acc_epoch"][epoch]) <= 1.5
+        assert history["loss_epoch"][epoch] == pytest.approx(one["loss_epoch"][epoch], rel=0.02)
