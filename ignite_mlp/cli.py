@@ -64,13 +64,15 @@ def _evaluate(ns: argparse.Namespace) -> int:
 
 
 def _samples(ns: argparse.Namespace) -> int:
-    from ignite_mlp.evaluate import sample_grid
+    from ignite_mlp.evaluate import draw_samples
     from ignite_mlp.plots import save_png
 
     if ns.count < 1:
         raise UserError(f"--count must be >= 1 (got {ns.count})")
-    out = save_png(sample_grid(ns.data, ns.count, ns.seed), ns.out)
-    print(f"{ns.count} samples: {out}")
+    samples = draw_samples(ns.data, ns.count, ns.seed)
+    out = save_png(samples.grid(), ns.out)
+    print(f"{len(samples.labels)} samples: {out}")
+    print(f"first sample (top left): {samples.one_hot_line(0)}")  # the tutorial's one-hot printout
     return 0
 
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+from ignite.engine import Engine, Events
 from ignite.metrics import ConfusionMatrix
 from torch import nn
 
@@ -37,6 +40,8 @@ class Evaluation:
     accuracy: float
     per_class: dict[str, float]
     confusion: torch.Tensor  # rows: true class, columns: predicted class
+    # The predicted class of every validation image, in the data's order.
+    predictions: torch.Tensor = dataclasses.field(default_factory=lambda: torch.empty(0, dtype=torch.long))
 
     def report(self) -> str:
         width = max(len(c) for c in self.per_class)
@@ -95,6 +100,7 @@ def evaluate(
     )
     evaluator = create_evaluator(model, nn.CrossEntropyLoss(), torch_device, config.precision)
     ConfusionMatrix(dataset.num_classes, device=torch_device).attach(evaluator, "confusion")
+    predictions = _collect_predictions(evaluator)
     metrics = evaluator.run(loader).metrics
     confusion = metrics["confusion"].cpu().long()
     per_class = 100.0 * confusion.diag().double() / confusion.sum(1).clamp_min(1).double()
@@ -106,13 +112,70 @@ def evaluate(
         accuracy=100.0 * float(metrics["accuracy"]),
         per_class={name: float(acc) for name, acc in zip(dataset.classes, per_class.tolist(), strict=True)},
         confusion=confusion,
+        predictions=torch.cat(predictions).cpu() if predictions else torch.empty(0, dtype=torch.long),
     )
 
 
-def sample_grid(data: str | Path, count: int = 32, seed: int = 0, mean: float = 0.5, std: float = 0.5) -> Any:
-    """A grid of random training images titled with their class, as the tutorial shows them:
-    batches are normalised as for training, then the normalisation is undone for display."""
-    dataset = load_dataset(data, download=True)
+def _collect_predictions(evaluator: Engine) -> list[torch.Tensor]:
+    """The argmax of each batch, kept on the device (no sync per batch) in a list filled as it runs."""
+    predictions: list[torch.Tensor] = []
+    evaluator.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda engine: predictions.append(engine.state.output[0].argmax(dim=1))
+    )
+    return predictions
+
+
+def misclassified_grid(evaluation: Evaluation, dataset: Dataset, count: int = 32) -> np.ndarray | None:
+    """The first ``count`` validation images ``evaluation`` got wrong, titled with the predicted
+    and the true class (as TensorBoard's ``val/misclassified``); ``dataset`` is the one evaluated.
+    None when every image was classified right.
+    """
+    true = dataset.test_labels.cpu()
+    if len(evaluation.predictions) != len(true):
+        raise ValueError(f"{len(evaluation.predictions)} predictions for {len(true)} validation images")
+    wrong = torch.nonzero(evaluation.predictions != true).flatten()[:count]
+    if not len(wrong):
+        return None
+    titles = [
+        f"pred {dataset.classes[p]}\ntrue {dataset.classes[t]}"
+        for p, t in zip(evaluation.predictions[wrong].tolist(), true[wrong].tolist(), strict=True)
+    ]
+    return image_grid(dataset.test_images[wrong].cpu(), titles)
+
+
+def one_hot_line(label: int, classes: Sequence[str]) -> str:
+    """The tutorial's one-hot printout for one label: ``F.one_hot(torch.tensor(label), num_classes)``.
+
+    >>> one_hot_line(2, ["ant", "bee", "cat"])
+    'label 2 (cat) one-hot: tensor([0, 0, 1])'
+    """
+    return f"label {label} ({classes[label]}) one-hot: {F.one_hot(torch.tensor(label), len(classes))}"
+
+
+@dataclass
+class Samples:
+    """Random training images (uint8 ``(N, C, H, W)``, as displayed) with their labels."""
+
+    images: torch.Tensor
+    labels: list[int]
+    classes: list[str]
+
+    def grid(self) -> np.ndarray:
+        """The images side by side, each titled with its class."""
+        return image_grid(self.images, [self.classes[i] for i in self.labels])
+
+    def one_hot_line(self, index: int = 0) -> str:
+        """:func:`one_hot_line` for the ``index``-th image (the grid's first by default)."""
+        return one_hot_line(self.labels[index], self.classes)
+
+
+def draw_samples(
+    data: str | Path | Dataset, count: int = 32, seed: int = 0, mean: float = 0.5, std: float = 0.5
+) -> Samples:
+    """``count`` random training images of ``data`` (a source, or a loaded :class:`Dataset`), as
+    the tutorial shows them: batches are normalised as for training, then the normalisation is
+    undone for display."""
+    dataset = data if isinstance(data, Dataset) else load_dataset(data, download=True)
     loader = TensorLoader(
         dataset.train_images,
         dataset.train_labels,
@@ -123,4 +186,11 @@ def sample_grid(data: str | Path, count: int = 32, seed: int = 0, mean: float = 
         seed=seed,
     )
     x, y = next(iter(loader))
-    return image_grid(denormalize(x, [mean], [std]), [dataset.classes[i] for i in y.tolist()])
+    return Samples(denormalize(x, [mean], [std]), y.tolist(), list(dataset.classes))
+
+
+def sample_grid(
+    data: str | Path | Dataset, count: int = 32, seed: int = 0, mean: float = 0.5, std: float = 0.5
+) -> np.ndarray:
+    """The grid of :func:`draw_samples`: random training images titled with their class."""
+    return draw_samples(data, count, seed, mean, std).grid()

@@ -217,3 +217,33 @@ def test_evaluate_and_samples_commands(tree: Path, tmp_path: Path, capsys: pytes
         assert img.format == "PNG" and img.width > 6 * 8
     assert _run(["evaluate", str(tmp_path / "nothing")]) == 2
     assert "neither a run directory" in capsys.readouterr().err
+
+
+def test_samples_prints_the_one_hot_line_of_the_first_image(
+    tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import re
+
+    import numpy as np
+    from conftest import CLASSES
+    from PIL import Image
+
+    from ignite_mlp.plots import GRID_PAD_PX, grid_scale
+
+    cell = 8 * grid_scale(8, 8)  # the tree's 8x8 images, enlarged
+    labels = set()
+    for seed in range(6):
+        grid = tmp_path / f"grid{seed}.png"
+        assert main(["samples", "--data", str(tree), "--out", str(grid), "--count", "5", "--seed", str(seed)]) == 0
+        line = capsys.readouterr().out.splitlines()[-1]
+        found = re.fullmatch(r"first sample \(top left\): label (\d) \((\w+)\) one-hot: tensor\(\[([\d, ]+)\]\)", line)
+        assert found, line
+        label = int(found.group(1))
+        assert found.group(2) == CLASSES[label]
+        assert [int(v) for v in found.group(3).split(",")] == [int(k == label) for k in range(len(CLASSES))]
+        # The tree draws class k around brightness 40 + 80k: the top-left image shows that class.
+        with Image.open(grid) as img:
+            first = np.asarray(img.convert("RGB"))[GRID_PAD_PX : GRID_PAD_PX + cell, GRID_PAD_PX : GRID_PAD_PX + cell]
+        assert abs(first.mean() - (40 + 80 * label)) < 25, (seed, label, first.mean())
+        labels.add(label)
+    assert len(labels) > 1  # the line follows the image drawn, not a fixed label

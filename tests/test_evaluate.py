@@ -46,3 +46,29 @@ def test_evaluate_refuses_an_unsafe_checkpoint(tree: Path, tmp_path: Path) -> No
     torch.save({"model": print}, best)  # a pickled global function: needs arbitrary unpickling
     with pytest.raises(UserError, match="refused to load"):
         evaluate(run)
+
+
+def test_predictions_and_misclassified_grid_match_plain_pytorch(tree: Path, tmp_path: Path) -> None:
+    from ignite_mlp.data import load_dataset
+    from ignite_mlp.evaluate import Evaluation, misclassified_grid
+    from ignite_mlp.plots import GRID_PAD_PX, TITLE_LINE_PX, grid_scale
+
+    run = tmp_path / "run"
+    train(TrainConfig(data=str(tree), run_dir=str(run), epochs=2, progress=False), write=lambda s: None)
+    report = evaluate(run)
+    dataset = load_dataset(tree)
+    # The checkpoint's MLP (here 8x8x3 = 192 -> 128 -> 3) by hand: normalise, two matmuls.
+    weights = torch.load(report.checkpoint, weights_only=True)
+    x = (dataset.test_images.float() / 255 - 0.5) / 0.5
+    hidden = torch.relu(x.flatten(1) @ weights["layers.1.weight"].T + weights["layers.1.bias"])
+    expected = (hidden @ weights["layers.3.weight"].T + weights["layers.3.bias"]).argmax(1)
+    assert report.predictions.tolist() == expected.tolist()
+    assert report.accuracy == pytest.approx(100 * (expected == dataset.test_labels).double().mean().item())
+    wrong = int((expected != dataset.test_labels).sum())
+    assert wrong >= 2, "two epochs on the tiny tree should leave mistakes to draw"
+    # Two cells of 8x8 images enlarged, each with a two-line title ("pred X", "true Y").
+    cell = 8 * grid_scale(8, 8)
+    grid = misclassified_grid(report, dataset, count=2)
+    assert grid.shape == (cell + 2 * TITLE_LINE_PX + 2 * GRID_PAD_PX, 2 * cell + 3 * GRID_PAD_PX, 3)
+    perfect = Evaluation(report.checkpoint, 1, 0.0, 100.0, report.per_class, report.confusion, dataset.test_labels)
+    assert misclassified_grid(perfect, dataset) is None
