@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from ignite.engine import Events
 from ignite.metrics import ConfusionMatrix
 from torch import nn
 
@@ -37,6 +38,8 @@ class Evaluation:
     accuracy: float
     per_class: dict[str, float]
     confusion: torch.Tensor  # rows: true class, columns: predicted class
+    # The predicted class of each validation image, in the data set's order.
+    predictions: torch.Tensor | None = None
 
     def report(self) -> str:
         width = max(len(c) for c in self.per_class)
@@ -95,6 +98,10 @@ def evaluate(
     )
     evaluator = create_evaluator(model, nn.CrossEntropyLoss(), torch_device, config.precision)
     ConfusionMatrix(dataset.num_classes, device=torch_device).attach(evaluator, "confusion")
+    predicted: list[torch.Tensor] = []
+    evaluator.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda engine: predicted.append(engine.state.output[0].argmax(1).cpu())
+    )
     metrics = evaluator.run(loader).metrics
     confusion = metrics["confusion"].cpu().long()
     per_class = 100.0 * confusion.diag().double() / confusion.sum(1).clamp_min(1).double()
@@ -106,6 +113,7 @@ def evaluate(
         accuracy=100.0 * float(metrics["accuracy"]),
         per_class={name: float(acc) for name, acc in zip(dataset.classes, per_class.tolist(), strict=True)},
         confusion=confusion,
+        predictions=torch.cat(predicted),
     )
 
 

@@ -59,6 +59,7 @@ from ignite_mlp.handlers import (
     attach_terminate_on_nan,
     attach_validation,
 )
+from ignite_mlp.inference import model_card
 from ignite_mlp.model import MLP
 from ignite_mlp.tensorboard import attach_confusion_matrix, attach_tensorboard, environment, run_text
 
@@ -350,7 +351,7 @@ def train(
     )
     attach_validation(trainer, evaluator, val_loader, epoch_length=2 if config.dry_run else None)
     history.attach(trainer, evaluator)
-    run_info = {**config.to_dict(), "resolved_device": str(device)}
+    run_info = {**config.to_dict(), "resolved_device": str(device), **model_card(dataset)}  # classes, image shape
     if distributed:
         run_info["world_size"] = dist.world_size()
     tb = None
