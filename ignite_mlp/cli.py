@@ -1,4 +1,4 @@
-"""``ignite-mlp`` command line: a thin layer over :func:`ignite_mlp.run.train`.
+"""``ignite-mlp`` command line: a thin layer over :func:`ignite_mlp.run.train` and the other commands' modules.
 
 Every train flag is generated from :class:`ignite_mlp.config.TrainConfig`; a ``--config run.toml``
 file may set any of them and the command line wins over the file.
@@ -43,6 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     evaluate.add_argument("--out", help="confusion-matrix PNG (default: RUN_DIR/confusion_matrix.png)")
 
+    lr_find = commands.add_parser(
+        "lr-find", help="find a learning rate (Ignite's FastaiLRFinder): plot, suggestion, train command"
+    )
+    lr_find.add_argument("--config", dest="config_file", metavar="RUN.TOML", help="TOML file of train options")
+    lr_find.add_argument("--start-lr", type=float, default=1e-7, help="smallest rate tried (default: 1e-7)")
+    lr_find.add_argument("--end-lr", type=float, default=10.0, help="largest rate tried (default: 10)")
+    lr_find.add_argument(
+        "--num-iter", type=int, default=100, help="training steps, rate growing exponentially (default: 100)"
+    )
+    lr_find.add_argument("--out", help="plot (default: lr_finder.png, or RUN_DIR/lr_finder.png with --run-dir)")
+    add_config_arguments(lr_find)
+
     samples = commands.add_parser("samples", help="a grid of training images with their class names")
     samples.add_argument("--data", default="./data", help="data folder or .tar.gz (default: ./data)")
     samples.add_argument("--out", default="samples.png", help="PNG to write (default: samples.png)")
@@ -71,6 +83,18 @@ def _samples(ns: argparse.Namespace) -> int:
         raise UserError(f"--count must be >= 1 (got {ns.count})")
     out = save_png(sample_grid(ns.data, ns.count, ns.seed), ns.out)
     print(f"{ns.count} samples: {out}")
+    return 0
+
+
+def _lr_find(ns: argparse.Namespace) -> int:
+    from ignite_mlp.lr_finder import FINDER_FLAGS, lr_find, train_command
+
+    given = {k: v for k, v in vars(ns).items() if k not in ("command", "config_file", *FINDER_FLAGS)}
+    config = config_from_sources(dict(given), ns.config_file)
+    curve, plot = lr_find(config, ns.start_lr, ns.end_lr, ns.num_iter, ns.out)
+    print(curve.summary())
+    print(f"plot: {plot}")
+    print(f"train with it: {train_command(given, ns.config_file, curve.suggestion)}")
     return 0
 
 
@@ -117,6 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _evaluate(ns)
         if ns.command == "samples":
             return _samples(ns)
+        if ns.command == "lr-find":
+            return _lr_find(ns)
     except UserError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2

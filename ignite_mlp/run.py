@@ -60,6 +60,7 @@ from ignite_mlp.handlers import (
     attach_validation,
 )
 from ignite_mlp.inference import model_card
+from ignite_mlp.lr_finder import record_lr_curve, resolve_auto_lr
 from ignite_mlp.model import MLP
 from ignite_mlp.tensorboard import attach_confusion_matrix, attach_tensorboard, environment, run_text
 
@@ -282,6 +283,8 @@ def train(
         mean, std = channel_stats(dataset.train_images)
         config = dataclasses.replace(config, mean=mean, std=std)
         write(f"normalisation from the training set: mean {mean}, std {std}")
+    # --lr auto: Ignite's learning-rate finder picks the rate first (lr_finder.py); config.json keeps it.
+    config, lr_curve = resolve_auto_lr(config, dataset, device, write, run=not list_handlers)
     train_loader, val_loader = build_loaders(dataset, config, device, dist.rank(), dist.world_size())
     epoch_length = 2 if config.dry_run else (config.epoch_length or len(train_loader))
     max_epochs = 1 if config.dry_run else config.epochs
@@ -381,6 +384,8 @@ def train(
             text=run_text(run_info, environment(device)),
             processes=dist.world_size(),
         )
+    if lr_curve is not None and main:  # --lr auto: lr_finder.png and TensorBoard's lr_finder/loss
+        record_lr_curve(lr_curve, run_dir, tb.writer if tb is not None else None)
     # Everything a resume needs. "trainer" precedes "train_metrics": the latter reads the
     # restored iteration to tell a mid-epoch checkpoint from an epoch-end one.
     to_save: dict[str, Any] = {
