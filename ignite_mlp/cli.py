@@ -55,6 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
     lr_find.add_argument("--out", help="plot (default: lr_finder.png, or RUN_DIR/lr_finder.png with --run-dir)")
     add_config_arguments(lr_find)
 
+    predict = commands.add_parser("predict", help="classify image files, folders or .tar.gz with a trained run")
+    predict.add_argument("target", metavar="RUN_DIR_OR_CHECKPOINT", help="a run directory or a checkpoint file")
+    predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or .tar.gz archives")
+    predict.add_argument("--top-k", type=int, default=3, help="how many classes per image (default: 3)")
+    predict.add_argument("--format", default="table", choices=("table", "json", "csv"), help="output (default: table)")
+    predict.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: 256)")
+    predict.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+
     samples = commands.add_parser("samples", help="a grid of training images with their class names")
     samples.add_argument("--data", default="./data", help="data folder or .tar.gz (default: ./data)")
     samples.add_argument("--out", default="samples.png", help="PNG to write (default: samples.png)")
@@ -96,6 +104,17 @@ def _lr_find(ns: argparse.Namespace) -> int:
     print(f"plot: {plot}")
     print(f"train with it: {train_command(given, ns.config_file, curve.suggestion)}")
     return 0
+
+
+def _predict(ns: argparse.Namespace) -> int:
+    from ignite_mlp.inference import load_classifier
+    from ignite_mlp.predict import run_predict
+
+    for flag, value in (("--top-k", ns.top_k), ("--batch-size", ns.batch_size)):
+        if value < 1:
+            raise UserError(f"{flag} must be >= 1 (got {value}); e.g. {flag} {3 if flag == '--top-k' else 256}")
+    classifier = load_classifier(ns.target, ns.device)
+    return run_predict(classifier, ns.inputs, ns.top_k, ns.format, ns.batch_size).exit_status
 
 
 def config_from_namespace(ns: argparse.Namespace) -> TrainConfig:
@@ -143,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _samples(ns)
         if ns.command == "lr-find":
             return _lr_find(ns)
+        if ns.command == "predict":
+            return _predict(ns)
     except UserError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
