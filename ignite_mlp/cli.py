@@ -63,6 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: 256)")
     predict.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
 
+    export = commands.add_parser(
+        "export", help="export a run's model as ONNX or TorchScript (uint8 in, probabilities out)"
+    )
+    export.add_argument("target", metavar="RUN_DIR_OR_CHECKPOINT", help="a run directory or a checkpoint file")
+    export.add_argument("--format", required=True, choices=("onnx", "torchscript"), help="onnx | torchscript")
+    export.add_argument("--out", help="file to write (default: RUN_DIR/model.onnx or RUN_DIR/model.torchscript.pt)")
+    export.add_argument("--data", help="check the export on this data's validation images instead of the run's own")
+
     samples = commands.add_parser("samples", help="a grid of training images with their class names")
     samples.add_argument("--data", default="./data", help="data folder or .tar.gz (default: ./data)")
     samples.add_argument("--out", default="samples.png", help="PNG to write (default: samples.png)")
@@ -117,6 +125,18 @@ def _predict(ns: argparse.Namespace) -> int:
     return run_predict(classifier, ns.inputs, ns.top_k, ns.format, ns.batch_size).exit_status
 
 
+def _export(ns: argparse.Namespace) -> int:
+    from ignite_mlp.export import ExportCheckFailed, export
+
+    try:
+        result = export(ns.target, ns.format, ns.out, ns.data)
+    except ExportCheckFailed as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 1
+    print(result.report())
+    return 0
+
+
 def config_from_namespace(ns: argparse.Namespace) -> TrainConfig:
     """The TrainConfig for parsed ``train`` arguments: defaults < --config file < flags.
 
@@ -164,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _lr_find(ns)
         if ns.command == "predict":
             return _predict(ns)
+        if ns.command == "export":
+            return _export(ns)
     except UserError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
