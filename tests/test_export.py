@@ -22,12 +22,18 @@ from ignite_mlp.inference import load_classifier
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Two runs: 8x8 RGB (12 validation images), and 1-channel 12x16 with 270 validation images
-    (more than the 256 the check takes)."""
+    """Two runs: 8x8 RGB (12 validation images) with the strong recipe's layers (batch norm,
+    GELU, dropout) and statistics measured on the data, and the tutorial's MLP on 1-channel
+    12x16 images with 270 validation images (more than the 256 the check takes)."""
     root = tmp_path_factory.mktemp("export")
     made = {}
-    for name, data in (("rgb", make_tree(root / "tree")), ("gray", make_gray_tree(root / "gray", n_test=90))):
+    strong = dict(norm="batch", activation="gelu", dropout=0.1, normalize="dataset", hidden_sizes=[64, 32])
+    for name, data, extra in (
+        ("rgb", make_tree(root / "tree"), strong),
+        ("gray", make_gray_tree(root / "gray", n_test=90), {}),
+    ):
         config = TrainConfig(
+            **extra,
             data=str(data),
             run_dir=str(root / name),
             cache_dir=str(root / "cache"),
