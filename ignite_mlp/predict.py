@@ -71,8 +71,8 @@ def fit_image(image: Image.Image, shape: Sequence[int]) -> torch.Tensor:
         if image.has_transparency_data:
             rgba = image.convert("RGBA")
             image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-        if image.mode == "I;16" or image.mode == "I":  # 16/32-bit grey: scale to 8 bits, not clip
-            image = Image.fromarray((np.asarray(image, dtype=np.float64) / _max_value(image) * 255).astype(np.uint8))
+        if image.mode.startswith("I"):  # 16- or 32-bit grey: scaled to 8 bits (Pillow would clip)
+            image = Image.fromarray(_to_8_bits(np.asarray(image, dtype=np.float64), image.mode))
         image = image.convert("L" if channels == 1 else "RGB")
     if image.size != (width, height):
         image = ImageOps.fit(image, (width, height), method=Image.Resampling.BILINEAR)
@@ -81,8 +81,15 @@ def fit_image(image: Image.Image, shape: Sequence[int]) -> torch.Tensor:
     return tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
 
 
-def _max_value(image: Image.Image) -> float:
-    return 65535.0 if image.mode == "I;16" else max(float(np.asarray(image).max()), 1.0)
+def _to_8_bits(deep: np.ndarray, mode: str) -> np.ndarray:
+    """16-bit grey (or 32-bit holding 8- or 16-bit values, else scaled by its maximum) as uint8.
+
+    >>> _to_8_bits(np.array([0.0, 257.0, 65535.0]), "I;16").tolist()
+    [0, 1, 255]
+    """
+    peak = float(deep.max(initial=0.0))
+    full = 65535.0 if mode.startswith("I;16") or 255 < peak <= 65535 else 255.0 if peak <= 255 else peak
+    return np.round(deep.clip(0, None) / full * 255).astype(np.uint8)
 
 
 def read_image(source: Callable[[], IO[bytes]], shape: Sequence[int]) -> torch.Tensor:

@@ -107,6 +107,8 @@ def test_odd_images_are_fitted_and_classified_like_their_plain_equivalents(rgb_r
     assert torch.allclose(
         probabilities(Image.fromarray(clear)), _by_hand(rgb_run, np.full((8, 8, 3), 255, np.uint8)), atol=1e-6
     )
+    deep = Image.fromarray(np.full((8, 8), 130 * 257, np.uint16))  # 16-bit grey: 130 * 257 is 8-bit 130
+    assert torch.equal(probabilities(deep), _by_hand(rgb_run, np.full((8, 8, 3), 130, np.uint8)))
     palette = Image.fromarray(np.full((8, 8, 3), (90, 160, 40), np.uint8)).quantize(4)
     assert torch.allclose(probabilities(palette), _by_hand(rgb_run, np.asarray(palette.convert("RGB"))), atol=1e-6)
     # Large and wide: kept in proportion, so only its centre (red) is seen, not the blue sides.
