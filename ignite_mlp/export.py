@@ -71,7 +71,7 @@ def metadata(classifier: Classifier) -> dict[str, str]:
         "checkpoint": classifier.checkpoint.name,
         "input": f"images: uint8 (N, {c}, {h}, {w}), pixel values 0-255, channels {'grey' if c == 1 else 'RGB(A)'}",
         "output": f"probabilities: float32 (N, {len(classifier.classes)}), in the order of classes",
-        "normalization": json.dumps({"mean": classifier.config.mean, "std": classifier.config.std}),
+        "preprocessing": json.dumps(classifier.preprocessing.description),
         "producer": f"ignite_mlp {__version__}",
     }
 

@@ -41,8 +41,10 @@ class Preprocess(nn.Module):
     ``(x / 255 - mean) / std`` per channel, as ``x * scale + shift`` (the training loader's
     arithmetic, so the same values)."""
 
-    def __init__(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
+    def __init__(self, scale: torch.Tensor, shift: torch.Tensor, description: dict[str, Any] | None = None) -> None:
         super().__init__()
+        # What it does, in the run's own terms (exported files carry it in their metadata).
+        self.description = dict(description or {})
         self.register_buffer("scale", scale.float().reshape(1, -1, 1, 1))
         self.register_buffer("shift", shift.float().reshape(1, -1, 1, 1))
 
@@ -50,7 +52,9 @@ class Preprocess(nn.Module):
         return x.float() * self.scale + self.shift
 
 
-def run_preprocessing(run_dir: str | Path, config: TrainConfig | None = None, channels: int | None = None) -> nn.Module:
+def run_preprocessing(
+    run_dir: str | Path, config: TrainConfig | None = None, channels: int | None = None
+) -> Preprocess:
     """How the run at ``run_dir`` turned uint8 images into model inputs, as a module (uint8
     ``(N, C, H, W)`` in, float out). Today that is the per-channel mean/std in its config.json
     (fixed, or measured on the training set); anything a run adds to its preprocessing belongs here.
@@ -63,7 +67,7 @@ def run_preprocessing(run_dir: str | Path, config: TrainConfig | None = None, ch
     if channels is None:
         channels = _card(Path(run_dir), config)["image_shape"][0]
     scale, shift = normalization(config.mean, config.std, channels)
-    return Preprocess(scale, shift)
+    return Preprocess(scale, shift, {"normalize": "(x / 255 - mean) / std", "mean": config.mean, "std": config.std})
 
 
 @dataclass
@@ -72,6 +76,7 @@ class Classifier:
     probabilities ``(N, classes)``, in eval mode on ``device``."""
 
     module: nn.Module
+    preprocessing: Preprocess  # the first stage of ``module``
     run_dir: Path
     checkpoint: Path
     config: TrainConfig
@@ -107,9 +112,11 @@ def load_classifier(target: str | Path, device: str | torch.device = "cpu") -> C
     check_model_shapes(model, weights, checkpoint)
     model.load_state_dict(weights)
     torch_device = device if isinstance(device, torch.device) else resolve_device(device)
-    module = nn.Sequential(run_preprocessing(run_dir, config, channels), model, nn.Softmax(dim=1))
+    preprocessing = run_preprocessing(run_dir, config, channels)
+    module = nn.Sequential(preprocessing, model, nn.Softmax(dim=1))
     module.eval().to(torch_device)
-    return Classifier(module, run_dir, checkpoint, config, list(card["classes"]), shape, torch_device)  # type: ignore[arg-type]
+    classes = list(card["classes"])
+    return Classifier(module, preprocessing, run_dir, checkpoint, config, classes, shape, torch_device)  # type: ignore[arg-type]
 
 
 def _card(run_dir: Path, config: TrainConfig) -> dict[str, Any]:

@@ -91,6 +91,9 @@ def test_onnx_runs_on_onnxruntime_alone_and_agrees(
     assert json.loads(meta["classes"]) == ["ant", "bee", "cat"]
     assert json.loads(meta["image_shape"]) == ([3, 8, 8] if name == "rgb" else [1, 12, 16])
     assert meta["source_run"] == str(run.resolve())
+    config = json.loads((run / "config.json").read_text())  # the rgb run's mean/std: measured on its data
+    preprocessing = json.loads(meta["preprocessing"])
+    assert (preprocessing["mean"], preprocessing["std"]) == (config["mean"], config["std"])
 
 
 def test_torchscript_loads_with_torch_alone_and_agrees(runs: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
