@@ -1,4 +1,4 @@
-"""``ignite-mlp`` command line: a thin layer over :func:`ignite_mlp.run.train`.
+"""``ignite-mlp`` command line: a thin layer over :func:`ignite_mlp.run.train` and the other commands' modules.
 
 Every train flag is generated from :class:`ignite_mlp.config.TrainConfig`; a ``--config run.toml``
 file may set any of them and the command line wins over the file.
@@ -43,6 +43,34 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     evaluate.add_argument("--out", help="confusion-matrix PNG (default: RUN_DIR/confusion_matrix.png)")
 
+    lr_find = commands.add_parser(
+        "lr-find", help="find a learning rate (Ignite's FastaiLRFinder): plot, suggestion, train command"
+    )
+    lr_find.add_argument("--config", dest="config_file", metavar="RUN.TOML", help="TOML file of train options")
+    lr_find.add_argument("--start-lr", type=float, default=1e-7, help="smallest rate tried (default: 1e-7)")
+    lr_find.add_argument("--end-lr", type=float, default=10.0, help="largest rate tried (default: 10)")
+    lr_find.add_argument(
+        "--num-iter", type=int, default=100, help="training steps, rate growing exponentially (default: 100)"
+    )
+    lr_find.add_argument("--out", help="plot (default: lr_finder.png, or RUN_DIR/lr_finder.png with --run-dir)")
+    add_config_arguments(lr_find)
+
+    predict = commands.add_parser("predict", help="classify image files, folders or .tar.gz with a trained run")
+    predict.add_argument("target", metavar="RUN_DIR_OR_CHECKPOINT", help="a run directory or a checkpoint file")
+    predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or .tar.gz archives")
+    predict.add_argument("--top-k", type=int, default=3, help="how many classes per image (default: 3)")
+    predict.add_argument("--format", default="table", choices=("table", "json", "csv"), help="output (default: table)")
+    predict.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: 256)")
+    predict.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+
+    export = commands.add_parser(
+        "export", help="export a run's model as ONNX or TorchScript (uint8 in, probabilities out)"
+    )
+    export.add_argument("target", metavar="RUN_DIR_OR_CHECKPOINT", help="a run directory or a checkpoint file")
+    export.add_argument("--format", required=True, choices=("onnx", "torchscript"), help="onnx | torchscript")
+    export.add_argument("--out", help="file to write (default: RUN_DIR/model.onnx or RUN_DIR/model.torchscript.pt)")
+    export.add_argument("--data", help="check the export on this data's validation images instead of the run's own")
+
     samples = commands.add_parser("samples", help="a grid of training images with their class names")
     samples.add_argument("--data", default="./data", help="data folder or .tar.gz (default: ./data)")
     samples.add_argument("--out", default="samples.png", help="PNG to write (default: samples.png)")
@@ -73,6 +101,41 @@ def _samples(ns: argparse.Namespace) -> int:
     out = save_png(samples.grid(), ns.out)
     print(f"{len(samples.labels)} samples: {out}")
     print(f"first sample (top left): {samples.one_hot_line(0)}")  # the tutorial's one-hot printout
+    return 0
+
+
+def _lr_find(ns: argparse.Namespace) -> int:
+    from ignite_mlp.lr_finder import FINDER_FLAGS, lr_find, train_command
+
+    given = {k: v for k, v in vars(ns).items() if k not in ("command", "config_file", *FINDER_FLAGS)}
+    config = config_from_sources(dict(given), ns.config_file)
+    curve, plot = lr_find(config, ns.start_lr, ns.end_lr, ns.num_iter, ns.out)
+    print(curve.summary())
+    print(f"plot: {plot}")
+    print(f"train with it: {train_command(given, ns.config_file, curve.suggestion)}")
+    return 0
+
+
+def _predict(ns: argparse.Namespace) -> int:
+    from ignite_mlp.inference import load_classifier
+    from ignite_mlp.predict import run_predict
+
+    for flag, value in (("--top-k", ns.top_k), ("--batch-size", ns.batch_size)):
+        if value < 1:
+            raise UserError(f"{flag} must be >= 1 (got {value}); e.g. {flag} {3 if flag == '--top-k' else 256}")
+    classifier = load_classifier(ns.target, ns.device)
+    return run_predict(classifier, ns.inputs, ns.top_k, ns.format, ns.batch_size).exit_status
+
+
+def _export(ns: argparse.Namespace) -> int:
+    from ignite_mlp.export import ExportCheckFailed, export
+
+    try:
+        result = export(ns.target, ns.format, ns.out, ns.data)
+    except ExportCheckFailed as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 1
+    print(result.report())
     return 0
 
 
@@ -119,6 +182,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _evaluate(ns)
         if ns.command == "samples":
             return _samples(ns)
+        if ns.command == "lr-find":
+            return _lr_find(ns)
+        if ns.command == "predict":
+            return _predict(ns)
+        if ns.command == "export":
+            return _export(ns)
     except UserError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2

@@ -87,7 +87,10 @@ class TrainConfig:
     eval_batch_size: int = _opt(1024, "validation batch size (no gradients, so larger)")
     hidden_sizes: list[int] = _opt([128], "hidden layer widths, e.g. --hidden-sizes 512 256")
 
-    lr: float = _opt(1e-3, "SGD learning rate")
+    # "auto": Ignite's learning-rate finder runs first and its suggestion is used (and saved).
+    lr: float | str = _opt(
+        1e-3, "SGD learning rate, or auto: run the learning-rate finder first and train with its suggestion"
+    )
     momentum: float = _opt(0.9, "SGD momentum")
     weight_decay: float = _opt(1e-4, "SGD weight decay (L2)")
 
@@ -156,7 +159,9 @@ class TrainConfig:
         _check(len(self.hidden_sizes) >= 1, "--hidden-sizes", self.hidden_sizes, "non-empty", "e.g. --hidden-sizes 128")
         for h in self.hidden_sizes:
             _check(h >= 1, "--hidden-sizes", self.hidden_sizes, "all >= 1", "give positive widths such as 128")
-        _check(self.lr > 0, "--lr", self.lr, "> 0", "pass a positive learning rate such as 1e-3")
+        if self.lr != "auto":
+            _check(isinstance(self.lr, float), "--lr", self.lr, "a number or auto", "e.g. --lr 1e-3 or --lr auto")
+            _check(self.lr > 0, "--lr", self.lr, "> 0", "pass a positive learning rate such as 1e-3")
         _check(0 <= self.momentum < 1, "--momentum", self.momentum, "in [0, 1)", "try 0.9")
         _check(self.weight_decay >= 0, "--weight-decay", self.weight_decay, ">= 0", "try 1e-4")
         _check(len(self.mean) >= 1, "--mean", self.mean, "non-empty", "e.g. --mean 0.5")
@@ -264,7 +269,13 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     if value is None and type(None) in args:
         return None
     if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
-        hint = next(a for a in args if a is not type(None))
+        kinds = [a for a in args if a is not type(None)]
+        for kind in kinds[:-1]:  # float | str: a number if it is one, else the text (--lr auto)
+            try:
+                return _coerce(name, value, kind)
+            except UserError:
+                pass
+        hint = kinds[-1]
         origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is list:
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
@@ -332,6 +343,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         hint = hints[f.name]
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         base = args[0] if args and typing.get_origin(hint) is not list else hint
+        if len(args) > 1 and typing.get_origin(hint) is not list:  # float | str: a number or a word
+            base = _number_or_word
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": f.name}
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         help_text = (
@@ -351,7 +364,19 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(_flag(f.name), help=help_text, metavar=f.name.upper(), **kwargs)
 
 
-def _cli_type(kind: type, name: str) -> Any:
+def _number_or_word(text: str) -> float | str:
+    """``--lr 0.01`` is a number, ``--lr auto`` a word; TrainConfig says which words it takes.
+
+    >>> _number_or_word("1e-3"), _number_or_word("auto")
+    (0.001, 'auto')
+    """
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _cli_type(kind: Any, name: str) -> Any:
     def convert(text: str) -> Any:
         try:
             return kind(text)

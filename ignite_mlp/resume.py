@@ -76,6 +76,11 @@ class Resume:
             raise UserError(
                 f"{self.checkpoint}: checkpoint lacks {missing}; it was not written by this version of ignite_mlp"
             )
+        if config.lr == "auto":
+            raise UserError(
+                f"--resume {self.run_dir}: --lr auto picks a rate before a run starts; the run trained with "
+                f"--lr {self.trained_with.get('lr', '?')}: pass that or another number"
+            )
         self.changes = {
             k: (self.trained_with[k], v)
             for k, v in config.to_dict().items()

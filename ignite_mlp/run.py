@@ -45,6 +45,7 @@ from ignite_mlp.errors import CudaError, TrainingInterrupted
 from ignite_mlp.extensions import handler_table
 from ignite_mlp.files import write_json_atomic
 from ignite_mlp.guardrails import overfit_report
+from ignite_mlp.lr_finder import record_lr_curve, resolve_auto_lr
 from ignite_mlp.plan import RunPlan, prepare_run_dir, resolve_plan
 from ignite_mlp.prepare import RunData, build_loaders, prepare_data
 from ignite_mlp.rules import loss_is_nan
@@ -121,11 +122,15 @@ def train(
     manual_seed(plan.config.seed)
     data = prepare_data(plan, dataset)
     plan.config = data.config  # with the training set's statistics, when they were measured
+    # --lr auto: Ignite's learning-rate finder picks the rate (lr_finder.py); config.json keeps it.
+    plan.config, lr_curve = resolve_auto_lr(plan.config, data.dataset, plan.device, plan.write, run=not list_handlers)
     engines = build_engines(plan, data)
     if plan.main and plan.resume is None and not list_handlers:
         # Created only now, so bad data or options leave no half-made run directory behind.
         prepare_run_dir(plan.run_dir, plan.config.overwrite)
     hooks = attach_builtins(plan, data, engines)
+    if lr_curve is not None and plan.main:  # lr_finder.png and TensorBoard's lr_finder/loss
+        record_lr_curve(lr_curve, plan.run_dir, hooks.tb.writer if hooks.tb is not None else None)
     if plan.resume is not None:
         plan.resume.apply(hooks.to_save, hooks.best, engines.trainer, plan.max_epochs, plan.main, plan.write)
     context = RunContext(plan.config, plan.run_dir, engines.model, engines.optimizer, data.dataset, hooks.tb)

@@ -30,6 +30,7 @@ from ignite_mlp.handlers import (
     attach_terminate_on_nan,
     attach_validation,
 )
+from ignite_mlp.inference import model_card
 from ignite_mlp.plan import RunPlan
 from ignite_mlp.prepare import RunData
 from ignite_mlp.tb_images import attach_confusion_matrix
@@ -83,7 +84,8 @@ def attach_builtins(plan: RunPlan, data: RunData, engines: Engines) -> Hooks:
     )
     attach_validation(trainer, evaluator, data.val_loader, epoch_length=2 if config.dry_run else None)
     history.attach(trainer, evaluator)
-    run_info = {**config.to_dict(), "resolved_device": str(plan.device)}
+    # With the classes and image shape, so predict and export need nothing but the run directory.
+    run_info = {**config.to_dict(), "resolved_device": str(plan.device), **model_card(data.dataset)}
     if plan.distributed:
         run_info["world_size"] = ranks.world_size()
     tb = _attach_tensorboard(plan, data, engines, history, run_info, lr_per_iteration=scheduler is not None)

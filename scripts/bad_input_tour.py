@@ -9,6 +9,7 @@ import contextlib
 import io
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -120,4 +121,13 @@ run(
 run("resume of a finished run", ["train", "--no-progress", "--resume", str(root / "done")])
 run("handler spec that does not import", [*base, "--handler", "no_such_module:attach"])
 run("resume of a missing run", ["train", "--resume", str(root / "nope")])
+run("--lr neither a number nor auto", [*base, "--lr", "fast"])
+run("--lr auto on a resumed run", ["train", "--resume", str(root / "done"), "--epochs", "2", "--lr", "auto"])
+run("lr-find with start above end", ["lr-find", "--data", str(tree), "--start-lr", "1", "--end-lr", "0.1"])
+run("predict with a folder that is no run", ["predict", str(root / "empty"), str(tree)])
+run("predict, nothing readable", ["predict", str(root / "done"), str(root / "notgz.tar.gz"), str(root / "afile")])
+run("predict --top-k 0", ["predict", str(root / "done"), str(tree), "--top-k", "0"])
+run("export to a missing folder", ["export", str(root / "done"), "--format", "onnx", "--out", str(root / "no/m.onnx")])
+sys.modules["onnxruntime"] = None  # as if the export extra were not installed
+run("export --format onnx without the export extra", ["export", str(root / "done"), "--format", "onnx"])
 shutil.rmtree(root)

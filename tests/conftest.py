@@ -37,6 +37,19 @@ def make_tree(root: Path, n_train: int = 12, n_test: int = 4, size: int = 8, see
     return root
 
 
+def make_gray_tree(root: Path, n_train: int = 12, n_test: int = 4, height: int = 12, width: int = 16) -> Path:
+    """Like :func:`make_tree`, but 1-channel (mode L) PNGs of ``height x width``, not square."""
+    rng = np.random.default_rng(1)
+    for split, n in (("train", n_train), ("test", n_test)):
+        for k, cls in enumerate(CLASSES):
+            folder = root / split / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                pixels = np.clip(rng.normal(40 + 80 * k, 30, (height, width)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i:04d}.png")
+    return root
+
+
 def make_tarball(tree: Path, out: Path) -> Path:
     with tarfile.open(out, "w:gz") as tar:
         for split in ("train", "test"):

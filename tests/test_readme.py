@@ -36,3 +36,34 @@ def test_extend_it_example_runs_as_written(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     assert re.search(r"^lr 0\.001 at epoch 2$", out.stdout, flags=re.M)
     assert "new best" in out.stdout and (work / "runs" / "extend-demo" / "history.json").is_file()
+
+
+def test_onnx_example_runs_with_onnxruntime_alone_and_agrees_with_predict(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+    from conftest import make_tree
+    from PIL import Image
+
+    from ignite_mlp import TrainConfig, train
+    from ignite_mlp.export import export
+    from ignite_mlp.inference import load_classifier
+    from ignite_mlp.predict import predict
+
+    example = next(b for b in _blocks("python") if "onnxruntime.InferenceSession" in b)
+    # The example's files, where it expects them: a run's ONNX export and an RGBA picture.
+    run = tmp_path / "runs" / "auto"
+    data = make_tree(tmp_path / "tree")
+    train(TrainConfig(data=str(data), run_dir=str(run), epochs=2, batch_size=8, lr=0.05, progress=False), write=print)
+    export(run, "onnx")
+    (tmp_path / "my_pictures").mkdir()
+    rgba = np.random.default_rng(0).integers(0, 256, (30, 40, 4), dtype=np.uint8)
+    rgba[..., 3] = 255
+    Image.fromarray(rgba).save(tmp_path / "my_pictures" / "ship.png")
+    # Nothing of this package, and no torch, is imported by the example.
+    check = "\nimport sys\nassert not {'torch', 'ignite_mlp'} & set(sys.modules), 'imported torch or ignite_mlp'\n"
+    out = subprocess.run([sys.executable, "-c", example + check], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    printed = [line.split() for line in out.stdout.splitlines()]
+    (prediction,), _ = predict(load_classifier(run), [str(tmp_path / "my_pictures" / "ship.png")])
+    assert [c for c, _ in printed] == [c for c, _ in prediction.top]
+    assert [float(p.rstrip("%")) for _, p in printed] == pytest.approx([100 * v for _, v in prediction.top], abs=0.06)
