@@ -168,10 +168,7 @@ def resolve_auto_lr(
     """
     if config.lr != "auto":
         return config, None
-    if config.resume:
-        raise UserError(
-            "--lr auto finds a rate for a new run; a resumed run keeps its own: drop --lr auto or start a new run"
-        )
+    # (A resume with --lr auto was refused when the run was planned: Resume.check.)
     if not run:
         return dataclasses.replace(config, lr=TrainConfig.__dataclass_fields__["lr"].default), None
     write(f"learning-rate finder: {NUM_ITER} steps from {START_LR:g} to {END_LR:g} ...")

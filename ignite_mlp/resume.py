@@ -78,8 +78,8 @@ class Resume:
             )
         if config.lr == "auto":
             raise UserError(
-                f"--resume {self.run_dir}: --lr auto picks a rate before a run starts; the run trained with "
-                f"--lr {self.trained_with.get('lr', '?')}: pass that or another number"
+                f"--resume {self.run_dir}: --lr auto finds a rate for a new run; a resumed run keeps its own "
+                f"(--lr {self.trained_with.get('lr', '?')}): drop --lr auto or pass another number"
             )
         self.changes = {
             k: (self.trained_with[k], v)
