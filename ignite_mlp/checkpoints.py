@@ -31,6 +31,8 @@ def safe_load(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such checkpoint file") from None
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
         if found is None:  # not a forbidden object: the bytes are simply not a valid checkpoint
@@ -176,8 +178,15 @@ def restore(objects: Mapping[str, Any], state: Mapping[str, Any], source: Path) 
 
 
 def remove_orphans(best: Checkpoint, dirname: Path, prefix: str = "best_") -> None:
-    """Delete best-model files the restored tracker does not know (written after the checkpoint)."""
+    """Delete best-model files the restored tracker does not know (written after the checkpoint).
+
+    Only while every file the tracker knows is on disk: otherwise (a run killed mid-update by
+    an older version, or a file deleted by hand) an unknown file may be the only best model
+    left, and it stays.
+    """
     known = {item.filename for item in best._saved}
+    if not all((dirname / name).is_file() for name in known):
+        return
     for path in dirname.glob(f"{prefix}*.pt"):
         if path.name not in known:
             path.unlink()
