@@ -24,6 +24,8 @@ from ignite_mlp.errors import UserError
 
 # Written at each epoch's end (last_*) and when Ctrl-C stops a run mid-epoch (interrupted_*).
 _RESUMABLE = re.compile(r"^(last_checkpoint|interrupted_checkpoint)_(\d+)\.pt$")
+# Written by the best-model checkpoint (see ignite_mlp.handlers.attach_checkpoints).
+_BEST = re.compile(r"^best_model_(\d+)_val_acc=(-?\d+(?:\.\d+)?)\.pt$")
 
 
 def safe_load(path: str | Path) -> dict[str, Any]:
@@ -76,6 +78,27 @@ def latest_checkpoint(run_dir: str | Path, required: bool = True) -> Path | None
             raise UserError(f"--resume {run_dir}: no checkpoint in {run_dir}/checkpoints; start a new run instead")
         return None
     return max(found)[2]
+
+
+def best_checkpoint(run_dir: str | Path) -> Path | None:
+    """The best-model file in ``run_dir/checkpoints``: the highest recorded score, and of equal
+    scores the earliest epoch (what Ignite's ``Checkpoint`` keeps), never the names' sort order
+    (``best_model_9_...`` sorts after ``best_model_10_...``). Normally there is one file; two
+    are left when a run was killed between writing a new best and deleting the old one.
+
+    >>> import tempfile, pathlib
+    >>> run = pathlib.Path(tempfile.mkdtemp()); (run / "checkpoints").mkdir()
+    >>> for name in ("best_model_9_val_acc=50.0000.pt", "best_model_10_val_acc=61.2500.pt"):
+    ...     _ = (run / "checkpoints" / name).write_bytes(b"")
+    >>> best_checkpoint(run).name
+    'best_model_10_val_acc=61.2500.pt'
+    """
+    found = []
+    for path in (Path(run_dir) / "checkpoints").glob("best_*.pt"):
+        match = _BEST.match(path.name)
+        if match:
+            found.append((float(match.group(2)), -int(match.group(1)), path))
+    return max(found)[2] if found else None
 
 
 def check_model_shapes(model: nn.Module, saved: Mapping[str, torch.Tensor], source: Path) -> None:

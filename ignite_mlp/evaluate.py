@@ -18,7 +18,7 @@ import torch
 from ignite.metrics import ConfusionMatrix
 from torch import nn
 
-from ignite_mlp.checkpoints import check_model_shapes, safe_load
+from ignite_mlp.checkpoints import best_checkpoint, check_model_shapes, safe_load
 from ignite_mlp.config import TrainConfig, resolve_device
 from ignite_mlp.data import Dataset, TensorLoader, denormalize, load_dataset
 from ignite_mlp.engine import create_evaluator
@@ -57,10 +57,10 @@ def find_checkpoint(target: str | Path) -> tuple[Path, Path]:
         return run_dir, path
     if not (path / "config.json").is_file():
         raise UserError(f"{target}: neither a run directory (no config.json) nor a checkpoint file")
-    best = sorted((path / "checkpoints").glob("best_*.pt"))
-    if not best:
+    best = best_checkpoint(path)
+    if best is None:
         raise UserError(f"{target}: no best checkpoint in {path / 'checkpoints'}; has an epoch finished?")
-    return path, best[-1]
+    return path, best
 
 
 def run_config(run_dir: Path) -> TrainConfig:

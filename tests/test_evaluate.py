@@ -46,3 +46,26 @@ def test_evaluate_refuses_an_unsafe_checkpoint(tree: Path, tmp_path: Path) -> No
     torch.save({"model": print}, best)  # a pickled global function: needs arbitrary unpickling
     with pytest.raises(UserError, match="refused to load"):
         evaluate(run)
+
+
+def test_evaluate_picks_the_best_file_by_its_recorded_score_not_its_name(tmp_path: Path) -> None:
+    from ignite_mlp.evaluate import find_checkpoint
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "config.json").write_text("{}")
+
+    def files(*names: str) -> Path:
+        for old in (tmp_path / "checkpoints").iterdir():
+            old.unlink()
+        for name in names:
+            (tmp_path / "checkpoints" / name).write_bytes(b"")
+        return find_checkpoint(tmp_path)[1]
+
+    # By name, epoch 9 sorts after epoch 10; by score, epoch 10 is the better one.
+    assert files("best_model_9_val_acc=50.0000.pt", "best_model_10_val_acc=60.0000.pt").name.startswith("best_model_10")
+    # Killed between writing a new best and deleting the old one: the higher score wins, whatever the epoch.
+    assert files("best_model_3_val_acc=70.0000.pt", "best_model_12_val_acc=65.5000.pt").name.startswith("best_model_3_")
+    # Equal scores: the earliest epoch, the one Ignite's Checkpoint keeps.
+    assert files("best_model_4_val_acc=70.0000.pt", "best_model_11_val_acc=70.0000.pt").name.startswith("best_model_4_")
+    with pytest.raises(UserError, match="no best checkpoint"):
+        files("best_notes.pt")  # not a file the best-model checkpoint writes
