@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import re
 import tomllib
 import typing
@@ -26,6 +27,7 @@ PRECISIONS = ("fp32", "bf16")
 LR_SCHEDULES = ("none", "step", "cosine", "onecycle")
 STOP_METRICS = ("val_loss", "val_acc")
 BACKENDS = ("auto", "gloo", "nccl")
+DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
 
 # Presets: field values applied over the defaults, under any TOML key or flag the user gives.
 # "strong" stays a pure MLP; each ingredient was kept because it paid on CIFAR-10 (README).
@@ -154,6 +156,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise :class:`UserError` naming the first impossible value and how to fix it."""
+        self._check_finite()
+        _check(0 <= self.seed < 2**32, "--seed", self.seed, "in [0, 2**32 - 1]", "e.g. --seed 0")
         _check(self.epochs >= 1, "--epochs", self.epochs, ">= 1", "pass a positive number of epochs")
         _check(self.batch_size >= 1, "--batch-size", self.batch_size, ">= 1", "try 256")
         _check(self.eval_batch_size >= 1, "--eval-batch-size", self.eval_batch_size, ">= 1", "try 1024")
@@ -163,6 +167,13 @@ class TrainConfig:
         _check(self.lr > 0, "--lr", self.lr, "> 0", "pass a positive learning rate such as 1e-3")
         _check(0 <= self.momentum < 1, "--momentum", self.momentum, "in [0, 1)", "try 0.9")
         _check(self.weight_decay >= 0, "--weight-decay", self.weight_decay, ">= 0", "try 1e-4")
+        _check(
+            self.momentum > 0 or not self.nesterov,
+            "--momentum",
+            self.momentum,
+            "> 0 with --nesterov",
+            "Nesterov momentum needs momentum: pass --momentum 0.9, or --no-nesterov",
+        )
         _check(len(self.mean) >= 1, "--mean", self.mean, "non-empty", "e.g. --mean 0.5")
         _check(len(self.std) >= 1 and all(s > 0 for s in self.std), "--std", self.std, "all > 0", "e.g. --std 0.5")
         _check(
@@ -197,7 +208,7 @@ class TrainConfig:
         )
         _check(self.overfit_batches >= 0, "--overfit-batches", self.overfit_batches, ">= 0", "try 2")
         _check(
-            re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
+            re.fullmatch(DEVICE_PATTERN, self.device) is not None,
             "--device",
             self.device,
             "auto, cpu, cuda or cuda:N",
@@ -225,6 +236,35 @@ class TrainConfig:
             self.backend,
             "gloo or auto with --device cpu",
             "NCCL only connects GPUs",
+        )
+
+    def _check_finite(self) -> None:
+        # NaN fails every range check below, but infinity passes "> 0" and ">= 0".
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            numbers = value if isinstance(value, list) else [value]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+                example = " ".join(map(str, default)) if isinstance(default, list) else default
+                raise UserError(
+                    f"{_flag(f.name)} must be a finite number (got {value!r}); e.g. {_flag(f.name)} {example}"
+                )
+
+    def check_data(self, image_shape: tuple[int, int, int]) -> None:
+        """The checks that need the data's image shape ``(C, H, W)``, made once it is loaded.
+
+        >>> TrainConfig(augment="crop", crop_padding=8).check_data((3, 8, 8))
+        Traceback (most recent call last):
+        ...
+        ignite_mlp.errors.UserError: --crop-padding must be below the image size 8x8 (got 8); try --crop-padding 1
+        """
+        _, height, width = image_shape
+        _check(
+            "crop" not in self.augment or self.crop_padding < min(height, width),
+            "--crop-padding",
+            self.crop_padding,
+            f"below the image size {height}x{width}",
+            f"try --crop-padding {max(1, min(height, width) // 8)}",
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -302,6 +342,8 @@ def resolve_device(spec: str) -> torch.device:
     >>> resolve_device("cpu")
     device(type='cpu')
     """
+    known = re.fullmatch(DEVICE_PATTERN, spec) is not None
+    _check(known, "--device", spec, "auto, cpu, cuda or cuda:N", "e.g. --device cpu")
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(spec)

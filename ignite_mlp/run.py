@@ -270,6 +270,7 @@ def train(
         with dist.main_first():  # one download and decode per machine; the others read the cache
             dataset = load_dataset(config.data, config.cache_dir, config.download, progress=config.progress and main)
     write(summarize(dataset, config.batch_size))
+    config.check_data(dataset.image_shape)  # the option checks that need the image shape
     if distributed:
         size = dist.world_size()
         write(
@@ -305,7 +306,7 @@ def train(
     stepped, optimizer = dist.wrap(model, build_optimizer(model, config), device)
     if distributed:
         # Same weights everywhere (the wrapper copied rank 0's), but each rank its own dropout.
-        manual_seed(config.seed + dist.rank())
+        manual_seed((config.seed + dist.rank()) % 2**32)  # numpy takes seeds below 2**32
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     if saved is None and not list_handlers and main:
         # Created only now, so bad data or options leave no half-made run directory behind.
