@@ -82,10 +82,6 @@ def config_from_namespace(ns: argparse.Namespace) -> TrainConfig:
     With ``--resume RUN_DIR|auto`` the run's saved config replaces the defaults.
     """
     values = {k: v for k, v in vars(ns).items() if k not in ("command", "config_file", "list_handlers")}
-    if values.get("resume"):
-        from ignite_mlp.checkpoints import find_run
-
-        values["resume"] = str(find_run(values["resume"]))
     return config_from_sources(values, ns.config_file)
 
 

@@ -362,7 +362,8 @@ def resolve_device(spec: str) -> torch.device:
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
-    """Read a ``run.toml`` whose keys are TrainConfig fields (``-`` or ``_`` both accepted)."""
+    """Read a ``run.toml`` whose keys are the train flags' names without ``--`` (``hidden-sizes``,
+    ``handler``) or TrainConfig's field names (``hidden_sizes``, ``handlers``)."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"--config {path}: no such file; give the path of a TOML file")
@@ -370,11 +371,22 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raw = tomllib.loads(p.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"--config {path}: not valid TOML ({e}); fix the file") from None
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = {k.replace("-", "_"): v for k, v in raw.items()}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise UserError(f"--config {path}: unknown key(s) {unknown}; valid keys are the train flags, e.g. lr, epochs")
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    hints = typing.get_type_hints(TrainConfig)
+    # A repeatable flag is singular (--handler) and its field plural (handlers): both name it.
+    aliases = {f.metadata["flag"].replace("-", "_"): name for name, f in fields.items() if "flag" in f.metadata}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        name = aliases.get(name, name)
+        if name in values:
+            raise UserError(f"--config {path}: {key} is given twice (as flag and field name); keep one")
+        negated = name.removeprefix("no_")
+        if negated != name and negated in fields and hints[negated] is bool:  # --no-progress
+            raise UserError(f"--config {path}: write {negated.replace('_', '-')} = false, not {key} = true")
+        if name not in fields:
+            raise UserError(f"--config {path}: unknown key {key!r}; valid keys are the train flags, e.g. lr, epochs")
+        values[name] = value
     return values
 
 
@@ -421,7 +433,9 @@ def config_from_sources(cli_values: dict[str, Any], toml_path: str | None = None
     values: dict[str, Any] = load_toml(toml_path) if toml_path else {}
     values.update(cli_values)
     if values.get("resume"):  # the run's saved config already holds its recipe's values
-        run_dir = values.pop("resume")
+        from ignite_mlp.checkpoints import find_run  # (imports Ignite: only a resume needs it)
+
+        run_dir = find_run(str(values.pop("resume")))  # "auto" from the flag or the file alike
         values.pop("run_dir", None)
         return TrainConfig.from_run(run_dir, **values)
     return TrainConfig.from_recipe(values.pop("recipe", "tutorial"), **values)

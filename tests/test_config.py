@@ -126,3 +126,33 @@ def test_checks_that_need_the_image_shape() -> None:
     TrainConfig(augment="flip", crop_padding=8).check_data((3, 8, 8))  # no crop: the padding is unused
     with pytest.raises(UserError, match="--device must be auto, cpu, cuda or cuda:N"):
         resolve_device("tpu")  # evaluate takes a device without a TrainConfig
+
+
+def test_toml_keys_are_the_flag_names(tmp_path: Path) -> None:
+    toml = tmp_path / "run.toml"
+    toml.write_text('handler = ["my_module:attach", "extra.py:attach"]\nhidden-sizes = 64\neval_batch_size = 10\n')
+    c = config_from_sources({}, str(toml))  # --handler is the flag; handlers the field
+    assert (c.handlers, c.hidden_sizes, c.eval_batch_size) == (["my_module:attach", "extra.py:attach"], [64], 10)
+    toml.write_text('handlers = "my_module:attach"\n')
+    assert config_from_sources({}, str(toml)).handlers == ["my_module:attach"]
+    toml.write_text('handler = ["a:b"]\nhandlers = ["c:d"]\n')
+    with pytest.raises(UserError, match="given twice"):
+        config_from_sources({}, str(toml))
+    toml.write_text("no-progress = true\n")
+    with pytest.raises(UserError, match="write progress = false"):
+        config_from_sources({}, str(toml))
+
+
+def test_toml_resume_auto_is_resolved_like_the_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "runs" / "20260101-000000"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps(TrainConfig(epochs=3, lr=0.02).to_dict()))
+    (run / "checkpoints" / "last_checkpoint_10.pt").write_bytes(b"")
+    toml = tmp_path / "run.toml"
+    toml.write_text('resume = "auto"\nepochs = 6\n')
+    c = config_from_sources({}, str(toml))
+    found = Path("runs") / run.name
+    assert (Path(c.resume), Path(c.run_dir), c.epochs, c.lr) == (found, found, 6, 0.02)

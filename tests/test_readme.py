@@ -36,3 +36,14 @@ def test_extend_it_example_runs_as_written(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     assert re.search(r"^lr 0\.001 at epoch 2$", out.stdout, flags=re.M)
     assert "new best" in out.stdout and (work / "runs" / "extend-demo" / "history.json").is_file()
+
+
+def test_the_readmes_run_toml_is_accepted_as_written(tmp_path: Path) -> None:
+    from ignite_mlp.config import config_from_sources
+
+    (block,) = _blocks("toml")
+    toml = tmp_path / "run.toml"
+    toml.write_text(block)
+    config = config_from_sources({}, str(toml))
+    assert (config.epochs, config.hidden_sizes, config.lr) == (20, [512, 256], 0.01)
+    assert config.handlers == ["scripts/custom_handler.py:attach"]
