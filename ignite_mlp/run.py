@@ -31,6 +31,7 @@ from ignite_mlp.checkpoints import (
     EpochMetricsState,
     RandomState,
     check_model_shapes,
+    data_record,
     latest_checkpoint,
     remove_orphans,
     restore,
@@ -352,6 +353,7 @@ def train(
     attach_validation(trainer, evaluator, val_loader, epoch_length=2 if config.dry_run else None)
     history.attach(trainer, evaluator)
     run_info = {**config.to_dict(), "resolved_device": str(device)}
+    run_info.update(data_record(dataset))  # the classes and image shape its checkpoints fit
     if distributed:
         run_info["world_size"] = dist.world_size()
     tb = None

@@ -1,5 +1,6 @@
 """ignite_mlp.evaluate: evaluating a run's best checkpoint agrees with its training history."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -69,3 +70,49 @@ def test_evaluate_picks_the_best_file_by_its_recorded_score_not_its_name(tmp_pat
     assert files("best_model_4_val_acc=70.0000.pt", "best_model_11_val_acc=70.0000.pt").name.startswith("best_model_4_")
     with pytest.raises(UserError, match="no best checkpoint"):
         files("best_notes.pt")  # not a file the best-model checkpoint writes
+
+
+def test_a_run_records_its_classes_and_evaluate_refuses_other_data(tree: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from ignite_mlp.data import load_dataset
+
+    run = tmp_path / "run"
+    train(TrainConfig(data=str(tree), run_dir=str(run), epochs=1, progress=False), write=lambda s: None)
+    saved = json.loads((run / "config.json").read_text())
+    assert (saved["classes"], saved["image_shape"]) == (["ant", "bee", "cat"], [3, 8, 8])  # the folders, the PNGs
+    # Same count and shape, another name: the scores would be against the wrong labels.
+    renamed = tmp_path / "renamed"
+    shutil.copytree(tree, renamed)
+    for split in ("train", "test"):
+        (renamed / split / "cat").rename(renamed / split / "dog")
+    with pytest.raises(UserError, match=r"only in the run: \['cat'\]; only in the data: \['dog'\]"):
+        evaluate(run, data=str(renamed))
+    # Same names in another label order, and another image shape with as many inputs (3x16x4 = 3x8x8).
+    own = load_dataset(str(tree))
+    swapped = dataclasses.replace(own, classes=["bee", "ant", "cat"])
+    with pytest.raises(UserError, match="in another order"):
+        evaluate(run, dataset=swapped)
+    reshaped = dataclasses.replace(
+        own, train_images=own.train_images.reshape(-1, 3, 16, 4), test_images=own.test_images.reshape(-1, 3, 16, 4)
+    )
+    with pytest.raises(UserError, match="its images are 3x16x4 but .* was trained on 3x8x8 images"):
+        evaluate(run, dataset=reshaped)
+    assert evaluate(run, data=str(tree)).accuracy >= 0  # its own data passes
+
+
+def test_evaluate_shape_mismatch_speaks_of_the_run_not_of_resuming(tree: Path, tmp_path: Path) -> None:
+    from conftest import make_tree
+
+    run = tmp_path / "run"
+    train(TrainConfig(data=str(tree), run_dir=str(run), epochs=1, progress=False), write=lambda s: None)
+    # A run written before runs recorded their data: only the weights' shapes can tell.
+    saved = json.loads((run / "config.json").read_text())
+    for key in ("classes", "image_shape"):
+        del saved[key]
+    (run / "config.json").write_text(json.dumps(saved))
+    small = make_tree(tmp_path / "small", size=4)
+    with pytest.raises(UserError, match="architecture differs") as caught:
+        evaluate(run, data=str(small))
+    assert "--hidden-sizes" not in str(caught.value) and "resume" not in str(caught.value)
+    assert f"{run}/config.json" in str(caught.value)
