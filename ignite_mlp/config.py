@@ -376,17 +376,18 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     # A repeatable flag is singular (--handler) and its field plural (handlers): both name it.
     aliases = {f.metadata["flag"].replace("-", "_"): name for name, f in fields.items() if "flag" in f.metadata}
     values: dict[str, Any] = {}
+    keys: dict[str, str] = {}  # field name -> the key that set it
     for key, value in raw.items():
         name = key.replace("-", "_")
         name = aliases.get(name, name)
         if name in values:
-            raise UserError(f"--config {path}: {key} is given twice (as flag and field name); keep one")
+            raise UserError(f"--config {path}: {keys[name]} and {key} set the same option; keep one")
         negated = name.removeprefix("no_")
         if negated != name and negated in fields and hints[negated] is bool:  # --no-progress
             raise UserError(f"--config {path}: write {negated.replace('_', '-')} = false, not {key} = true")
         if name not in fields:
             raise UserError(f"--config {path}: unknown key {key!r}; valid keys are the train flags, e.g. lr, epochs")
-        values[name] = value
+        values[name], keys[name] = value, key
     return values
 
 

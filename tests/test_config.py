@@ -136,7 +136,7 @@ def test_toml_keys_are_the_flag_names(tmp_path: Path) -> None:
     toml.write_text('handlers = "my_module:attach"\n')
     assert config_from_sources({}, str(toml)).handlers == ["my_module:attach"]
     toml.write_text('handler = ["a:b"]\nhandlers = ["c:d"]\n')
-    with pytest.raises(UserError, match="given twice"):
+    with pytest.raises(UserError, match="handler and handlers set the same option"):
         config_from_sources({}, str(toml))
     toml.write_text("no-progress = true\n")
     with pytest.raises(UserError, match="write progress = false"):
