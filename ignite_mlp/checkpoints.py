@@ -11,7 +11,7 @@ import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ignite.distributed as idist
 import torch
@@ -23,8 +23,13 @@ from torch import nn
 from ignite_mlp.errors import UserError
 from ignite_mlp.ignite_compat import saved_filenames
 
+if TYPE_CHECKING:
+    from ignite_mlp.data import Dataset
+
 # Written at each epoch's end (last_*) and when Ctrl-C stops a run mid-epoch (interrupted_*).
 _RESUMABLE = re.compile(r"^(last_checkpoint|interrupted_checkpoint)_(\d+)\.pt$")
+# Written by the best-model checkpoint (see ignite_mlp.handlers.attach_checkpoints).
+_BEST = re.compile(r"^best_model_(\d+)_val_acc=(-?\d+(?:\.\d+)?)\.pt$")
 
 
 def safe_load(path: str | Path) -> dict[str, Any]:
@@ -32,6 +37,8 @@ def safe_load(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such checkpoint file") from None
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
         if found is None:  # not a forbidden object: the bytes are simply not a valid checkpoint
@@ -77,8 +84,34 @@ def latest_checkpoint(run_dir: str | Path, required: bool = True) -> Path | None
     return max(found)[2]
 
 
-def check_model_shapes(model: nn.Module, saved: Mapping[str, torch.Tensor], source: Path) -> None:
-    """Name every parameter whose shape differs between ``model`` and a saved state dict."""
+def best_checkpoint(run_dir: str | Path) -> Path | None:
+    """The best-model file in ``run_dir/checkpoints``: the highest recorded score, and of equal
+    scores the earliest epoch (what Ignite's ``Checkpoint`` keeps), never the names' sort order
+    (``best_model_9_...`` sorts after ``best_model_10_...``). Normally there is one file; two
+    are left when a run was killed between writing a new best and deleting the old one.
+
+    >>> import tempfile, pathlib
+    >>> run = pathlib.Path(tempfile.mkdtemp()); (run / "checkpoints").mkdir()
+    >>> for name in ("best_model_9_val_acc=50.0000.pt", "best_model_10_val_acc=61.2500.pt"):
+    ...     _ = (run / "checkpoints" / name).write_bytes(b"")
+    >>> best_checkpoint(run).name
+    'best_model_10_val_acc=61.2500.pt'
+    """
+    found = []
+    for path in (Path(run_dir) / "checkpoints").glob("best_*.pt"):
+        match = _BEST.match(path.name)
+        if match:
+            found.append((float(match.group(2)), -int(match.group(1)), path))
+    return max(found)[2] if found else None
+
+
+def check_model_shapes(
+    model: nn.Module,
+    saved: Mapping[str, torch.Tensor],
+    source: Path,
+    fix: str = "resume with the run's own --hidden-sizes (drop the flag) or start a new run",
+) -> None:
+    """Name every parameter whose shape differs between ``model`` and a saved state dict, and ``fix``."""
     own = model.state_dict()
     problems = [
         f"{k}: checkpoint {tuple(saved[k].shape)} vs model {tuple(v.shape)}"
@@ -89,9 +122,61 @@ def check_model_shapes(model: nn.Module, saved: Mapping[str, torch.Tensor], sour
     problems += [f"{k}: not in model" for k in saved if k not in own]
     if problems:
         raise UserError(
-            f"{source}: the checkpoint's architecture differs from this run's ({'; '.join(problems)}); "
-            "resume with the run's own --hidden-sizes (drop the flag) or start a new run"
+            f"{source}: the checkpoint's architecture differs from this run's ({'; '.join(problems)}); {fix}"
         )
+
+
+# ------------------------------------------------------------- which data a run's checkpoints fit
+
+
+def data_record(dataset: Dataset) -> dict[str, Any]:
+    """What a run records of its data in ``config.json``: the class names in label order and
+    the image shape ``[C, H, W]``. A checkpoint's outputs mean these classes, its inputs these
+    pixels; other data of the same counts would be scored against the wrong labels."""
+    return {"classes": list(dataset.classes), "image_shape": list(dataset.image_shape)}
+
+
+def check_same_data(record: Mapping[str, Any], dataset: Dataset, run_dir: Path, data: str) -> None:
+    """Refuse ``dataset`` (read from ``data``) when its classes or image shape differ from the
+    ``record`` of the run in ``run_dir`` (see :func:`data_record`; an older run without one
+    is not checked).
+
+    >>> from types import SimpleNamespace as Data
+    >>> record = {"classes": ["ant", "bee"], "image_shape": [3, 8, 8]}
+    >>> check_same_data(record, Data(classes=["bee", "ant"], image_shape=(3, 8, 8)), Path("run"), "d")
+    ... # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ignite_mlp.errors.UserError: d: its classes are the run's in another order (['bee', 'ant'], the run: ...
+    """
+    saved = record.get("classes")
+    if saved is not None and list(saved) != list(dataset.classes):
+        raise UserError(
+            f"{data}: {_class_difference(list(saved), list(dataset.classes))}; labels would be mixed up: "
+            f"use data with the class folders of {run_dir} (see its config.json)"
+        )
+    shape = record.get("image_shape")
+    if shape is not None and list(shape) != list(dataset.image_shape):
+        raise UserError(
+            f"{data}: its images are {'x'.join(map(str, dataset.image_shape))} but {run_dir} was trained on "
+            f"{'x'.join(map(str, shape))} images; use data of that shape"
+        )
+
+
+def _class_difference(saved: list[str], found: list[str], show: int = 5) -> str:
+    """How the data's class names differ from the run's, briefly."""
+
+    def names(items: list[str]) -> str:
+        return repr(items[:show])[:-1] + (", ...]" if len(items) > show else "]")
+
+    if sorted(saved) == sorted(found):
+        return f"its classes are the run's in another order ({names(found)}, the run: {names(saved)})"
+    missing = [c for c in saved if c not in found]
+    extra = [c for c in found if c not in saved]
+    return (
+        f"its {len(found)} classes are not the run's {len(saved)} "
+        f"(only in the run: {names(missing)}; only in the data: {names(extra)})"
+    )
 
 
 class RandomState:
@@ -170,8 +255,15 @@ def restore(objects: Mapping[str, Any], state: Mapping[str, Any]) -> None:
 
 
 def remove_orphans(best: Checkpoint, dirname: Path, prefix: str = "best_") -> None:
-    """Delete best-model files the restored tracker does not know (written after the checkpoint)."""
+    """Delete best-model files the restored tracker does not know (written after the checkpoint).
+
+    Only while every file the tracker knows is on disk: otherwise (a run killed mid-update by
+    an older version, or a file deleted by hand) an unknown file may be the only best model
+    left, and it stays.
+    """
     known = set(saved_filenames(best))
+    if not all((dirname / name).is_file() for name in known):
+        return
     for path in dirname.glob(f"{prefix}*.pt"):
         if path.name not in known:
             path.unlink()

@@ -136,6 +136,8 @@ def _export(ns: argparse.Namespace) -> int:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 1
     print(result.report())
+    if not 0 <= ns.seed < 2**32:
+        raise UserError(f"--seed must be in [0, 2**32 - 1] (got {ns.seed}); e.g. --seed 0")
     return 0
 
 
@@ -145,10 +147,6 @@ def config_from_namespace(ns: argparse.Namespace) -> TrainConfig:
     With ``--resume RUN_DIR|auto`` the run's saved config replaces the defaults.
     """
     values = {k: v for k, v in vars(ns).items() if k not in ("command", "config_file", "list_handlers")}
-    if values.get("resume"):
-        from ignite_mlp.checkpoints import find_run
-
-        values["resume"] = str(find_run(values["resume"]))
     return config_from_sources(values, ns.config_file)
 
 

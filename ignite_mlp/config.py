@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import re
 import tomllib
 import typing
@@ -22,6 +23,8 @@ from ignite_mlp.rules import per_process_batch, require_cuda
 
 if TYPE_CHECKING:
     import torch
+
+DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
 
 # Presets: field values applied over the defaults, under any TOML key or flag the user gives.
 # "strong" stays a pure MLP; each ingredient was kept because it paid on CIFAR-10 (README).
@@ -153,6 +156,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise :class:`UserError` naming the first impossible value and how to fix it."""
+        self._check_finite()
+        _check(0 <= self.seed < 2**32, "--seed", self.seed, "in [0, 2**32 - 1]", "e.g. --seed 0")
         _check(self.epochs >= 1, "--epochs", self.epochs, ">= 1", "pass a positive number of epochs")
         _check(self.batch_size >= 1, "--batch-size", self.batch_size, ">= 1", "try 256")
         _check(self.eval_batch_size >= 1, "--eval-batch-size", self.eval_batch_size, ">= 1", "try 1024")
@@ -164,6 +169,13 @@ class TrainConfig:
             _check(self.lr > 0, "--lr", self.lr, "> 0", "pass a positive learning rate such as 1e-3")
         _check(0 <= self.momentum < 1, "--momentum", self.momentum, "in [0, 1)", "try 0.9")
         _check(self.weight_decay >= 0, "--weight-decay", self.weight_decay, ">= 0", "try 1e-4")
+        _check(
+            self.momentum > 0 or not self.nesterov,
+            "--momentum",
+            self.momentum,
+            "> 0 with --nesterov",
+            "Nesterov momentum needs momentum: pass --momentum 0.9, or --no-nesterov",
+        )
         _check(len(self.mean) >= 1, "--mean", self.mean, "non-empty", "e.g. --mean 0.5")
         _check(len(self.std) >= 1 and all(s > 0 for s in self.std), "--std", self.std, "all > 0", "e.g. --std 0.5")
         _check(
@@ -198,7 +210,7 @@ class TrainConfig:
         )
         _check(self.overfit_batches >= 0, "--overfit-batches", self.overfit_batches, ">= 0", "try 2")
         _check(
-            re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
+            re.fullmatch(DEVICE_PATTERN, self.device) is not None,
             "--device",
             self.device,
             "auto, cpu, cuda or cuda:N",
@@ -221,6 +233,35 @@ class TrainConfig:
             self.backend,
             "gloo or auto with --device cpu",
             "NCCL only connects GPUs",
+        )
+
+    def _check_finite(self) -> None:
+        # NaN fails every range check below, but infinity passes "> 0" and ">= 0".
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            numbers = value if isinstance(value, list) else [value]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+                example = " ".join(map(str, default)) if isinstance(default, list) else default
+                raise UserError(
+                    f"{_flag(f.name)} must be a finite number (got {value!r}); e.g. {_flag(f.name)} {example}"
+                )
+
+    def check_data(self, image_shape: tuple[int, int, int]) -> None:
+        """The checks that need the data's image shape ``(C, H, W)``, made once it is loaded.
+
+        >>> TrainConfig(augment="crop", crop_padding=8).check_data((3, 8, 8))
+        Traceback (most recent call last):
+        ...
+        ignite_mlp.errors.UserError: --crop-padding must be below the image size 8x8 (got 8); try --crop-padding 1
+        """
+        _, height, width = image_shape
+        _check(
+            "crop" not in self.augment or self.crop_padding < min(height, width),
+            "--crop-padding",
+            self.crop_padding,
+            f"below the image size {height}x{width}",
+            f"try --crop-padding {max(1, min(height, width) // 8)}",
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -306,6 +347,8 @@ def resolve_device(spec: str) -> torch.device:
     """
     import torch  # here, not at the top: the CLI's --help builds the parser from this module
 
+    known = re.fullmatch(DEVICE_PATTERN, spec) is not None
+    _check(known, "--device", spec, "auto, cpu, cuda or cuda:N", "e.g. --device cpu")
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(spec)
@@ -320,7 +363,8 @@ def resolve_device(spec: str) -> torch.device:
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
-    """Read a ``run.toml`` whose keys are TrainConfig fields (``-`` or ``_`` both accepted)."""
+    """Read a ``run.toml`` whose keys are the train flags' names without ``--`` (``hidden-sizes``,
+    ``handler``) or TrainConfig's field names (``hidden_sizes``, ``handlers``)."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"--config {path}: no such file; give the path of a TOML file")
@@ -328,11 +372,23 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raw = tomllib.loads(p.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"--config {path}: not valid TOML ({e}); fix the file") from None
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = {k.replace("-", "_"): v for k, v in raw.items()}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise UserError(f"--config {path}: unknown key(s) {unknown}; valid keys are the train flags, e.g. lr, epochs")
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    hints = typing.get_type_hints(TrainConfig)
+    # A repeatable flag is singular (--handler) and its field plural (handlers): both name it.
+    aliases = {f.metadata["flag"].replace("-", "_"): name for name, f in fields.items() if "flag" in f.metadata}
+    values: dict[str, Any] = {}
+    keys: dict[str, str] = {}  # field name -> the key that set it
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        name = aliases.get(name, name)
+        if name in values:
+            raise UserError(f"--config {path}: {keys[name]} and {key} set the same option; keep one")
+        negated = name.removeprefix("no_")
+        if negated != name and negated in fields and hints[negated] is bool:  # --no-progress
+            raise UserError(f"--config {path}: write {negated.replace('_', '-')} = false, not {key} = true")
+        if name not in fields:
+            raise UserError(f"--config {path}: unknown key {key!r}; valid keys are the train flags, e.g. lr, epochs")
+        values[name], keys[name] = value, key
     return values
 
 
@@ -393,7 +449,9 @@ def config_from_sources(cli_values: dict[str, Any], toml_path: str | None = None
     values: dict[str, Any] = load_toml(toml_path) if toml_path else {}
     values.update(cli_values)
     if values.get("resume"):  # the run's saved config already holds its recipe's values
-        run_dir = values.pop("resume")
+        from ignite_mlp.checkpoints import find_run  # (imports Ignite: only a resume needs it)
+
+        run_dir = find_run(str(values.pop("resume")))  # "auto" from the flag or the file alike
         values.pop("run_dir", None)
         return TrainConfig.from_run(run_dir, **values)
     return TrainConfig.from_recipe(values.pop("recipe", "tutorial"), **values)

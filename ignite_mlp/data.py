@@ -579,7 +579,8 @@ class TensorLoader:
             # A shuffled rank gathers from the whole set; an ordered one reads its shard only.
             self._normalized = self._normalize_all(self.images if self.shuffle else self._shard_images)
         start, self.start = self.start, 0  # a resume offset applies to one pass only
-        shape = (self.batch_size, *self.images.shape[1:])
+        # No batch is larger than the shard: a --batch-size beyond it must not size the buffers.
+        shape = (min(self.batch_size, self._shard_size), *self.images.shape[1:])
         ring = [torch.empty(shape, device=self.device) for _ in range(self.buffers)]
         for i in range(start, len(self)):
             lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, self._shard_size)

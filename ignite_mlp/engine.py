@@ -252,7 +252,7 @@ def build_engines(plan: RunPlan, data: RunData) -> Engines:
     stepped, optimizer = ranks.wrap(model, build_optimizer(model, config), device)
     if plan.distributed:
         # Same weights everywhere (the wrapper copied rank 0's), but each rank its own dropout.
-        manual_seed(config.seed + ranks.rank())
+        manual_seed((config.seed + ranks.rank()) % 2**32)  # numpy takes seeds below 2**32
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     trainer = create_trainer(stepped, optimizer, loss_fn, device, config.precision)
     train_metrics = attach_train_metrics(trainer, device)

@@ -13,6 +13,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from ignite.engine import Engine, Events
 from ignite.metrics import ConfusionMatrix
 from torch import nn
 
-from ignite_mlp.checkpoints import check_model_shapes, safe_load
+from ignite_mlp.checkpoints import best_checkpoint, check_model_shapes, check_same_data, safe_load
 from ignite_mlp.config import TrainConfig, resolve_device
 from ignite_mlp.data import Dataset, TensorLoader, denormalize, load_dataset
 from ignite_mlp.engine import create_evaluator
@@ -62,18 +63,26 @@ def find_checkpoint(target: str | Path) -> tuple[Path, Path]:
         return run_dir, path
     if not (path / "config.json").is_file():
         raise UserError(f"{target}: neither a run directory (no config.json) nor a checkpoint file")
-    best = sorted((path / "checkpoints").glob("best_*.pt"))
-    if not best:
+    best = best_checkpoint(path)
+    if best is None:
         raise UserError(f"{target}: no best checkpoint in {path / 'checkpoints'}; has an epoch finished?")
-    return path, best[-1]
+    return path, best
 
 
-def run_config(run_dir: Path) -> TrainConfig:
-    """The configuration a run was trained with (its config.json)."""
+def run_info(run_dir: Path) -> dict[str, Any]:
+    """A run's ``config.json``: its configuration, and what it recorded of its data and device."""
     try:
         saved = json.loads((run_dir / "config.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"{run_dir}: cannot read config.json ({e}); evaluate needs the run's configuration") from None
+    if not isinstance(saved, dict):
+        raise UserError(f"{run_dir}: config.json holds no configuration; evaluate needs the run's configuration")
+    return saved
+
+
+def run_config(run_dir: Path, saved: dict[str, Any] | None = None) -> TrainConfig:
+    """The configuration a run was trained with (its config.json, or ``saved`` read from it)."""
+    saved = run_info(run_dir) if saved is None else saved
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in saved.items() if k in known and k != "resume"})
 
@@ -83,15 +92,18 @@ def evaluate(
 ) -> Evaluation:
     """Evaluate the checkpoint of ``target`` on the validation split of the run's data (or ``data``)."""
     run_dir, checkpoint = find_checkpoint(target)
-    config = run_config(run_dir)
+    saved = run_info(run_dir)
+    config = run_config(run_dir, saved)
     state = safe_load(checkpoint)
     weights = state.get("model", state)  # best checkpoints hold the weights; last ones a dict with "model"
     if dataset is None:
         dataset = load_dataset(data or config.data, config.cache_dir, download=False)
+    check_same_data(saved, dataset, run_dir, f"--data {data}" if data else f"the run's data {config.data}")
     model = MLP(
         dataset.in_features, dataset.num_classes, config.hidden_sizes, config.dropout, config.norm, config.activation
     )
-    check_model_shapes(model, weights, checkpoint)
+    fix = f"evaluate a checkpoint with its own run directory ({run_dir}/config.json) and data of its image shape"
+    check_model_shapes(model, weights, checkpoint, fix)
     model.load_state_dict(weights)
     torch_device = resolve_device(device)
     model.to(torch_device)

@@ -30,7 +30,10 @@ class TrainEvents(EventEnum):
     """Events of ignite_mlp's own, fired on the trainer.
 
     ``NEW_BEST``: a validation score beat every earlier one; fired right after the best
-    checkpoint was written, so ``context.run_dir / "checkpoints"`` already holds it.
+    checkpoint was written, so ``context.run_dir / "checkpoints"`` already holds it. The
+    superseded best file is still there until the epoch's last checkpoint is written (see
+    :func:`ignite_mlp.handlers.attach_checkpoints`): the new one is the highest score,
+    :func:`ignite_mlp.checkpoints.best_checkpoint`.
     """
 
     NEW_BEST = "new_best"

@@ -106,10 +106,13 @@ class SaveThenRemove(DiskSaver):
     Ignite's ``Checkpoint`` asks its saver to remove the old file *before* writing the new one,
     so with ``n_saved=1`` a ``kill -9`` between the two leaves no checkpoint at all to resume
     from. Here ``remove`` only notes the file, and the next save deletes it after writing.
+    With ``deferred=True`` the next save deletes nothing: :meth:`drop_superseded` does, when
+    the caller says the replacement is recorded elsewhere too (see :func:`attach_checkpoints`).
     """
 
-    def __init__(self, dirname: str | Path, **kwargs: Any) -> None:
+    def __init__(self, dirname: str | Path, deferred: bool = False, **kwargs: Any) -> None:
         super().__init__(str(dirname), require_empty=False, atomic=True, **kwargs)
+        self.deferred = deferred
         self._superseded: list[str] = []
 
     def remove(self, filename: str) -> None:
@@ -117,10 +120,16 @@ class SaveThenRemove(DiskSaver):
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
         super().__call__(checkpoint, filename, metadata)
+        # A name written again (the same epoch and score) is current, not superseded.
+        self._superseded = [old for old in self._superseded if old != filename]
+        if not self.deferred:
+            self.drop_superseded()
+
+    def drop_superseded(self) -> None:
+        """Delete the files superseded since the last call (rank 0 only, like every write)."""
         for old in self._superseded:
-            if old != filename:
-                with contextlib.suppress(FileNotFoundError):
-                    super().remove(old)
+            with contextlib.suppress(FileNotFoundError):
+                super().remove(old)
         self._superseded = []
 
 
@@ -139,10 +148,16 @@ def attach_checkpoints(
     Both through Ignite's ``Checkpoint`` with an atomic saver, so a crash mid-write never
     leaves a half file, and the previous file stays until its replacement is written (see
     :class:`SaveThenRemove`).
+
+    A kill can come between any two of these writes and deletions, so they go in this order:
+    the new best file, the new last checkpoint (whose tracker names that best file), then the
+    superseded last and best files. Whichever last checkpoint a resume finds, the best file
+    its tracker names is still on disk.
     """
+    best_saver = SaveThenRemove(dirname, deferred=True)
     best = Checkpoint(
         {"model": model},
-        SaveThenRemove(dirname),
+        best_saver,
         filename_prefix="best",
         score_function=val_accuracy,
         score_name="val_acc",
@@ -152,6 +167,12 @@ def attach_checkpoints(
     evaluator.add_event_handler(Events.COMPLETED, best)
     last = Checkpoint({**to_save, "best_checkpoint": best}, SaveThenRemove(dirname), filename_prefix="last", n_saved=1)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, last)
+
+    def drop_superseded_best(_: Engine) -> None:
+        # Only now: the last checkpoint just written is the first to name the new best file.
+        best_saver.drop_superseded()
+
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, drop_superseded_best)
     return best, last
 
 

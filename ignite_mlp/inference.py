@@ -17,23 +17,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ignite_mlp.checkpoints import check_model_shapes, safe_load
+from ignite_mlp.checkpoints import check_model_shapes, data_record, safe_load
 from ignite_mlp.config import TrainConfig
-from ignite_mlp.data import Dataset, load_dataset, normalization
+from ignite_mlp.data import load_dataset, normalization
 from ignite_mlp.errors import UserError
 from ignite_mlp.evaluate import find_checkpoint, run_config
 from ignite_mlp.model import MLP
-
-
-def model_card(dataset: Dataset) -> dict[str, Any]:
-    """What a run records about its data in config.json, so its model can be used without them:
-    the class names (in label order) and the image shape ``[C, H, W]``.
-
-    >>> data = Dataset(torch.zeros(1, 1, 4, 6, dtype=torch.uint8), torch.zeros(1), None, None, ["a", "b"], "")
-    >>> model_card(data)
-    {'classes': ['a', 'b'], 'image_shape': [1, 4, 6]}
-    """
-    return {"classes": list(dataset.classes), "image_shape": list(dataset.image_shape)}
 
 
 class Preprocess(nn.Module):
@@ -135,7 +124,7 @@ def _card(run_dir: Path, config: TrainConfig) -> dict[str, Any]:
             f"{run_dir}: its config.json names no classes and its data cannot be read ({e}); "
             "retrain the run with this version of ignite_mlp"
         ) from None
-    return model_card(dataset)
+    return data_record(dataset)
 
 
 def validation_images(classifier: Classifier, count: int = 256, data: str | None = None) -> tuple[torch.Tensor, str]:

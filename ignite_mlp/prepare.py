@@ -36,6 +36,7 @@ def prepare_data(plan: RunPlan, dataset: Dataset | None = None) -> RunData:
         with ranks.main_first():  # one download and decode per machine; the others read the cache
             dataset = load_dataset(config.data, config.cache_dir, config.download, config.progress and plan.main)
     write(summarize(dataset, config.batch_size))
+    config.check_data(dataset.image_shape)  # the option checks that need the image shape
     if plan.distributed:
         size = ranks.world_size()
         write(

@@ -16,7 +16,7 @@ from typing import Any
 from ignite.handlers import Checkpoint, EarlyStopping, TensorboardLogger
 
 from ignite_mlp import ranks
-from ignite_mlp.checkpoints import EpochMetricsState, RandomState
+from ignite_mlp.checkpoints import EpochMetricsState, RandomState, data_record
 from ignite_mlp.controls import attach_early_stopping, attach_lr_schedule, attach_new_best_event
 from ignite_mlp.engine import Engines
 from ignite_mlp.guardrails import attach_initial_loss_check, attach_overfitting_watch
@@ -30,7 +30,6 @@ from ignite_mlp.handlers import (
     attach_terminate_on_nan,
     attach_validation,
 )
-from ignite_mlp.inference import model_card
 from ignite_mlp.plan import RunPlan
 from ignite_mlp.prepare import RunData
 from ignite_mlp.tb_images import attach_confusion_matrix
@@ -85,7 +84,7 @@ def attach_builtins(plan: RunPlan, data: RunData, engines: Engines) -> Hooks:
     attach_validation(trainer, evaluator, data.val_loader, epoch_length=2 if config.dry_run else None)
     history.attach(trainer, evaluator)
     # With the classes and image shape, so predict and export need nothing but the run directory.
-    run_info = {**config.to_dict(), "resolved_device": str(plan.device), **model_card(data.dataset)}
+    run_info = {**config.to_dict(), "resolved_device": str(plan.device), **data_record(data.dataset)}
     if plan.distributed:
         run_info["world_size"] = ranks.world_size()
     tb = _attach_tensorboard(plan, data, engines, history, run_info, lr_per_iteration=scheduler is not None)

@@ -23,14 +23,14 @@ root = Path(tempfile.mkdtemp(prefix="bad-input-tour-"))
 os.environ["IGNITE_MLP_CACHE"] = str(root / "cache")
 
 
-def make_tree(folder: Path) -> Path:
-    """3 classes of 8x8 PNG images, 12 for training and 4 for validation each."""
+def make_tree(folder: Path, size: int = 8) -> Path:
+    """3 classes of size x size PNG images, 12 for training and 4 for validation each."""
     rng = np.random.default_rng(0)
     for split, n in (("train", 12), ("test", 4)):
         for k, cls in enumerate(("ant", "bee", "cat")):
             (folder / split / cls).mkdir(parents=True)
             for i in range(n):
-                pixels = np.clip(rng.normal(40 + 80 * k, 30, (8, 8, 3)), 0, 255).astype(np.uint8)
+                pixels = np.clip(rng.normal(40 + 80 * k, 30, (size, size, 3)), 0, 255).astype(np.uint8)
                 Image.fromarray(pixels).save(folder / split / cls / f"{i:04d}.png")
     return folder
 
@@ -74,6 +74,12 @@ run("hidden sizes not integers", [*base, "--hidden-sizes", "wide"])
 run("lr <= 0", [*base, "--lr", "0"])
 run("batch size 0", [*base, "--batch-size", "0"])
 run("epochs 0", [*base, "--epochs", "0"])
+run("seed below 0", [*base, "--seed", "-1"])
+run("seed of 2**32", [*base, "--seed", str(2**32)])
+run("Nesterov without momentum", [*base, "--recipe", "strong", "--momentum", "0"])
+run("infinite learning rate", [*base, "--lr", "inf"])
+run("infinite std", [*base, "--std", "0.5", "inf", "0.5"])
+run("crop padding the images cannot hold", [*base, "--data", str(tree), "--augment", "crop", "--crop-padding", "8"])
 run("unknown device", [*base, "--device", "tpu"])
 run("CUDA without one", [*base, "--device", "cuda", "--data", str(tree)])
 run(
@@ -120,6 +126,23 @@ run(
 )
 run("resume of a finished run", ["train", "--no-progress", "--resume", str(root / "done")])
 run("handler spec that does not import", [*base, "--handler", "no_such_module:attach"])
+(root / "negated.toml").write_text("no-progress = true\n")
+run("switch written as no-progress in run.toml", [*base, "--config", str(root / "negated.toml")])
+(root / "twice.toml").write_text('handler = ["a:attach"]\nhandlers = ["b:attach"]\n')
+run("handler and handlers both in run.toml", [*base, "--config", str(root / "twice.toml")])
+(root / "auto.toml").write_text('resume = "auto"\n')
+here = os.getcwd()
+os.chdir(root)  # resume = "auto" looks in ./runs/: here, none
+run('resume = "auto" in run.toml, nothing to resume', ["train", "--config", str(root / "auto.toml")])
+os.chdir(here)
+shutil.copytree(tree, root / "t_renamed")
+make_tree(root / "t_small", size=4)
+for split in ("train", "test"):
+    (root / "t_renamed" / split / "cat").rename(root / "t_renamed" / split / "dog")
+run("evaluate on data with other class names", ["evaluate", str(root / "done"), "--data", str(root / "t_renamed")])
+run("evaluate on images of another shape", ["evaluate", str(root / "done"), "--data", str(root / "t_small")])
+run("evaluate on an unknown device", ["evaluate", str(root / "done"), "--device", "tpu"])
+run("samples with seed below 0", ["samples", "--data", str(tree), "--seed", "-1", "--out", str(root / "s.png")])
 run("resume of a missing run", ["train", "--resume", str(root / "nope")])
 run("--lr neither a number nor auto", [*base, "--lr", "fast"])
 run("--lr auto on a resumed run", ["train", "--resume", str(root / "done"), "--epochs", "2", "--lr", "auto"])

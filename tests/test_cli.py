@@ -34,6 +34,9 @@ def test_cli_trains_with_toml_and_flags(tarball: Path, tmp_path: Path, capsys: p
         (["--device", "gpu"], "--device must be auto, cpu, cuda or cuda:N"),
         (["--data", "/nonexistent/pack.tar.gz"], "no such file"),
         (["--config", "/nonexistent.toml"], "no such file"),
+        (["--seed", "-1"], "--seed must be in [0, 2**32 - 1]"),
+        (["--recipe", "strong", "--momentum", "0"], "--momentum must be > 0 with --nesterov"),
+        (["--lr", "inf"], "--lr must be a finite number"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(
@@ -217,6 +220,10 @@ def test_evaluate_and_samples_commands(tree: Path, tmp_path: Path, capsys: pytes
         assert img.format == "PNG" and img.width > 6 * 8
     assert _run(["evaluate", str(tmp_path / "nothing")]) == 2
     assert "neither a run directory" in capsys.readouterr().err
+    assert _run(["evaluate", str(run), "--device", "tpu"]) == 2
+    assert "--device must be auto, cpu, cuda or cuda:N" in capsys.readouterr().err
+    assert _run(["samples", "--data", str(tree), "--out", str(grid), "--seed", "-1"]) == 2
+    assert "--seed must be in [0, 2**32 - 1]" in capsys.readouterr().err
 
 
 def test_samples_prints_the_one_hot_line_of_the_first_image(

@@ -41,6 +41,13 @@ def test_defaults_are_the_tutorials_recipe() -> None:
         ({"precision": "fp8"}, "--precision"),
         ({"epochs": "ten"}, "--epochs"),
         ({"tb_images_every": -1}, "--tb-images-every"),
+        ({"seed": -1}, r"--seed must be in \[0, 2\*\*32 - 1\]"),
+        ({"seed": 2**32}, "--seed"),
+        ({"nesterov": True, "momentum": 0.0}, "--momentum must be > 0 with --nesterov"),
+        ({"lr": float("inf")}, "--lr must be a finite number"),
+        ({"weight_decay": float("inf")}, "--weight-decay must be a finite number"),
+        ({"mean": [float("nan")]}, "--mean must be a finite number"),
+        ({"std": [0.5, float("inf"), 0.5]}, "--std must be a finite number"),
     ],
 )
 def test_invalid_values_name_the_flag(kwargs: dict, flag: str) -> None:
@@ -102,3 +109,50 @@ def test_recipes_are_presets_under_explicit_values(tmp_path: Path) -> None:
     assert config_from_sources({}) == TrainConfig()  # the tutorial recipe is the default
     with pytest.raises(UserError, match="--recipe"):
         config_from_sources({"recipe": "magic"})
+
+
+def test_every_option_of_a_recipe_is_checked_at_the_start() -> None:
+    # The strong recipe turns Nesterov on; momentum 0 on top used to fail inside SGD.
+    with pytest.raises(UserError, match="--no-nesterov"):
+        config_from_sources({"recipe": "strong", "momentum": 0.0})
+    assert TrainConfig(seed=2**32 - 1).seed == 2**32 - 1  # the whole range numpy accepts
+
+
+def test_checks_that_need_the_image_shape() -> None:
+    crop = TrainConfig(augment="flip+crop", crop_padding=8)
+    with pytest.raises(UserError, match="--crop-padding must be below the image size 8x8"):
+        crop.check_data((3, 8, 8))
+    crop.check_data((3, 32, 32))
+    TrainConfig(augment="flip", crop_padding=8).check_data((3, 8, 8))  # no crop: the padding is unused
+    with pytest.raises(UserError, match="--device must be auto, cpu, cuda or cuda:N"):
+        resolve_device("tpu")  # evaluate takes a device without a TrainConfig
+
+
+def test_toml_keys_are_the_flag_names(tmp_path: Path) -> None:
+    toml = tmp_path / "run.toml"
+    toml.write_text('handler = ["my_module:attach", "extra.py:attach"]\nhidden-sizes = 64\neval_batch_size = 10\n')
+    c = config_from_sources({}, str(toml))  # --handler is the flag; handlers the field
+    assert (c.handlers, c.hidden_sizes, c.eval_batch_size) == (["my_module:attach", "extra.py:attach"], [64], 10)
+    toml.write_text('handlers = "my_module:attach"\n')
+    assert config_from_sources({}, str(toml)).handlers == ["my_module:attach"]
+    toml.write_text('handler = ["a:b"]\nhandlers = ["c:d"]\n')
+    with pytest.raises(UserError, match="handler and handlers set the same option"):
+        config_from_sources({}, str(toml))
+    toml.write_text("no-progress = true\n")
+    with pytest.raises(UserError, match="write progress = false"):
+        config_from_sources({}, str(toml))
+
+
+def test_toml_resume_auto_is_resolved_like_the_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "runs" / "20260101-000000"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps(TrainConfig(epochs=3, lr=0.02).to_dict()))
+    (run / "checkpoints" / "last_checkpoint_10.pt").write_bytes(b"")
+    toml = tmp_path / "run.toml"
+    toml.write_text('resume = "auto"\nepochs = 6\n')
+    c = config_from_sources({}, str(toml))
+    found = Path("runs") / run.name
+    assert (Path(c.resume), Path(c.run_dir), c.epochs, c.lr) == (found, found, 6, 0.02)

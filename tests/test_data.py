@@ -292,3 +292,10 @@ def test_kept_batches_survive_an_engine_that_stops_at_len() -> None:
     first = list(itertools.islice(loader, len(loader)))  # like Ignite: never asks past the last batch
     again = list(itertools.islice(loader, len(loader)))
     assert [x.data_ptr() for x, _ in first] == [x.data_ptr() for x, _ in again]
+
+
+def test_a_batch_size_beyond_the_data_sizes_no_buffer_by_it() -> None:
+    images = torch.randint(0, 256, (5, 3, 4, 4), dtype=torch.uint8)
+    huge = TensorLoader(images, torch.arange(5), 10**20, [0.0], [1 / 255], shuffle=True, buffers=3)
+    ((x, y),) = list(huge)  # one batch of everything (the buffers used to be sized by 10**20)
+    assert sorted(y.tolist()) == [0, 1, 2, 3, 4] and torch.equal(x, images[y].float())

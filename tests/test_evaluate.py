@@ -1,5 +1,6 @@
 """ignite_mlp.evaluate: evaluating a run's best checkpoint agrees with its training history."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -72,3 +73,72 @@ def test_predictions_and_misclassified_grid_match_plain_pytorch(tree: Path, tmp_
     assert grid.shape == (cell + 2 * TITLE_LINE_PX + 2 * GRID_PAD_PX, 2 * cell + 3 * GRID_PAD_PX, 3)
     perfect = Evaluation(report.checkpoint, 1, 0.0, 100.0, report.per_class, report.confusion, dataset.test_labels)
     assert misclassified_grid(perfect, dataset) is None
+
+
+def test_evaluate_picks_the_best_file_by_its_recorded_score_not_its_name(tmp_path: Path) -> None:
+    from ignite_mlp.evaluate import find_checkpoint
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "config.json").write_text("{}")
+
+    def files(*names: str) -> Path:
+        for old in (tmp_path / "checkpoints").iterdir():
+            old.unlink()
+        for name in names:
+            (tmp_path / "checkpoints" / name).write_bytes(b"")
+        return find_checkpoint(tmp_path)[1]
+
+    # By name, epoch 9 sorts after epoch 10; by score, epoch 10 is the better one.
+    assert files("best_model_9_val_acc=50.0000.pt", "best_model_10_val_acc=60.0000.pt").name.startswith("best_model_10")
+    # Killed between writing a new best and deleting the old one: the higher score wins, whatever the epoch.
+    assert files("best_model_3_val_acc=70.0000.pt", "best_model_12_val_acc=65.5000.pt").name.startswith("best_model_3_")
+    # Equal scores: the earliest epoch, the one Ignite's Checkpoint keeps.
+    assert files("best_model_4_val_acc=70.0000.pt", "best_model_11_val_acc=70.0000.pt").name.startswith("best_model_4_")
+    with pytest.raises(UserError, match="no best checkpoint"):
+        files("best_notes.pt")  # not a file the best-model checkpoint writes
+
+
+def test_a_run_records_its_classes_and_evaluate_refuses_other_data(tree: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from ignite_mlp.data import load_dataset
+
+    run = tmp_path / "run"
+    train(TrainConfig(data=str(tree), run_dir=str(run), epochs=1, progress=False), write=lambda s: None)
+    saved = json.loads((run / "config.json").read_text())
+    assert (saved["classes"], saved["image_shape"]) == (["ant", "bee", "cat"], [3, 8, 8])  # the folders, the PNGs
+    # Same count and shape, another name: the scores would be against the wrong labels.
+    renamed = tmp_path / "renamed"
+    shutil.copytree(tree, renamed)
+    for split in ("train", "test"):
+        (renamed / split / "cat").rename(renamed / split / "dog")
+    with pytest.raises(UserError, match=r"only in the run: \['cat'\]; only in the data: \['dog'\]"):
+        evaluate(run, data=str(renamed))
+    # Same names in another label order, and another image shape with as many inputs (3x16x4 = 3x8x8).
+    own = load_dataset(str(tree))
+    swapped = dataclasses.replace(own, classes=["bee", "ant", "cat"])
+    with pytest.raises(UserError, match="in another order"):
+        evaluate(run, dataset=swapped)
+    reshaped = dataclasses.replace(
+        own, train_images=own.train_images.reshape(-1, 3, 16, 4), test_images=own.test_images.reshape(-1, 3, 16, 4)
+    )
+    with pytest.raises(UserError, match="its images are 3x16x4 but .* was trained on 3x8x8 images"):
+        evaluate(run, dataset=reshaped)
+    assert evaluate(run, data=str(tree)).accuracy >= 0  # its own data passes
+
+
+def test_evaluate_shape_mismatch_speaks_of_the_run_not_of_resuming(tree: Path, tmp_path: Path) -> None:
+    from conftest import make_tree
+
+    run = tmp_path / "run"
+    train(TrainConfig(data=str(tree), run_dir=str(run), epochs=1, progress=False), write=lambda s: None)
+    # A run written before runs recorded their data: only the weights' shapes can tell.
+    saved = json.loads((run / "config.json").read_text())
+    for key in ("classes", "image_shape"):
+        del saved[key]
+    (run / "config.json").write_text(json.dumps(saved))
+    small = make_tree(tmp_path / "small", size=4)
+    with pytest.raises(UserError, match="architecture differs") as caught:
+        evaluate(run, data=str(small))
+    assert "--hidden-sizes" not in str(caught.value) and "resume" not in str(caught.value)
+    assert f"{run}/config.json" in str(caught.value)

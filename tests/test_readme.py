@@ -67,3 +67,14 @@ def test_onnx_example_runs_with_onnxruntime_alone_and_agrees_with_predict(tmp_pa
     (prediction,), _ = predict(load_classifier(run), [str(tmp_path / "my_pictures" / "ship.png")])
     assert [c for c, _ in printed] == [c for c, _ in prediction.top]
     assert [float(p.rstrip("%")) for _, p in printed] == pytest.approx([100 * v for _, v in prediction.top], abs=0.06)
+
+
+def test_the_readmes_run_toml_is_accepted_as_written(tmp_path: Path) -> None:
+    from ignite_mlp.config import config_from_sources
+
+    (block,) = _blocks("toml")
+    toml = tmp_path / "run.toml"
+    toml.write_text(block)
+    config = config_from_sources({}, str(toml))
+    assert (config.epochs, config.hidden_sizes, config.lr) == (20, [512, 256], 0.01)
+    assert config.handlers == ["scripts/custom_handler.py:attach"]
