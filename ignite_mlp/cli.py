@@ -97,6 +97,8 @@ def _samples(ns: argparse.Namespace) -> int:
 
     if ns.count < 1:
         raise UserError(f"--count must be >= 1 (got {ns.count})")
+    if not 0 <= ns.seed < 2**32:
+        raise UserError(f"--seed must be in [0, 2**32 - 1] (got {ns.seed}); e.g. --seed 0")
     samples = draw_samples(ns.data, ns.count, ns.seed)
     out = save_png(samples.grid(), ns.out)
     print(f"{len(samples.labels)} samples: {out}")
