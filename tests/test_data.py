@@ -13,8 +13,7 @@ from conftest import CLASSES, make_cifar_pickles, make_tarball, make_tree
 from PIL import Image
 from torchvision import transforms
 
-from ignite_mlp import data
-from ignite_mlp.data import Dataset, TensorLoader, check_labels, load_dataset, normalization, summarize
+from ignite_mlp.data import Dataset, TensorLoader, check_labels, load, load_dataset, normalization, sources, summarize
 from ignite_mlp.errors import UserError
 
 
@@ -44,8 +43,8 @@ def test_second_load_uses_cache_and_changed_source_invalidates(
 ) -> None:
     first = load_dataset(tarball)
     calls = []
-    real_decode = data.decode
-    monkeypatch.setattr(data, "decode", lambda b, n: calls.append(n) or real_decode(b, n))
+    real_read = load.read_source
+    monkeypatch.setattr(load, "read_source", lambda *a: calls.append(a) or real_read(*a))
     second = load_dataset(tarball)
     assert calls == [], "second load must not decode again"
     assert torch.equal(first.train_images, second.train_images)
@@ -53,7 +52,7 @@ def test_second_load_uses_cache_and_changed_source_invalidates(
     Image.new("RGB", (8, 8), (1, 2, 3)).save(tree / "test" / "ant" / "9999.png")
     make_tarball(tree, tarball)
     third = load_dataset(tarball)
-    assert len(calls) == 48 + 1 and len(third.test_labels) == 13
+    assert len(calls) == 1 and len(third.test_labels) == 13
 
 
 def test_cifar_pickles_folder(tmp_path: Path) -> None:
@@ -95,25 +94,29 @@ def serve(tmp_path: Path):
     server.shutdown()
 
 
-def test_download_fetches_checks_and_unpacks(tmp_path: Path, serve: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_download_fetches_checks_and_reads_in_place(
+    tmp_path: Path, serve: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     archive = _official_archive(tmp_path)
     # torchvision verifies the official MD5; our fake archive has its own, so point both at it.
-    monkeypatch.setattr(data, "CIFAR10_URL", f"{serve}/{archive.name}")
-    monkeypatch.setattr(data, "CIFAR10_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
+    monkeypatch.setattr(sources, "CIFAR10_URL", f"{serve}/{archive.name}")
+    monkeypatch.setattr(sources, "CIFAR10_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
     ds = load_dataset(tmp_path / "fresh")
-    assert (tmp_path / "fresh" / "cifar-10-batches-py" / "data_batch_1").is_file()
+    # The archive is kept as downloaded (byte for byte) and read in place: nothing unpacked.
+    assert [p.name for p in (tmp_path / "fresh").iterdir()] == ["cifar-10-python.tar.gz"]
+    assert (tmp_path / "fresh" / "cifar-10-python.tar.gz").read_bytes() == archive.read_bytes()
     assert len(ds.train_labels) == 30
 
 
 def test_download_with_wrong_checksum_is_refused(tmp_path: Path, serve: str, monkeypatch: pytest.MonkeyPatch) -> None:
     archive = _official_archive(tmp_path)
-    monkeypatch.setattr(data, "CIFAR10_URL", f"{serve}/{archive.name}")
+    monkeypatch.setattr(sources, "CIFAR10_URL", f"{serve}/{archive.name}")
     with pytest.raises(UserError, match="could not download"):
         load_dataset(tmp_path / "fresh")  # the real MD5 does not match the fake archive
 
 
 def test_offline_download_says_how_to_use_a_local_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data, "CIFAR10_URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")  # nothing listens
+    monkeypatch.setattr(sources, "CIFAR10_URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")  # nothing listens
     with pytest.raises(UserError, match="point --data at a local copy"):
         load_dataset(tmp_path / "empty")
 
