@@ -100,7 +100,12 @@ def test_jpeg_header_reads_the_frame_size() -> None:
 
 
 @pytest.mark.parametrize("packed", [False, True])
-def test_parallel_decoding_equals_the_serial_decoder(tmp_path: Path, packed: bool) -> None:
+def test_parallel_decoding_equals_the_serial_decoder(
+    tmp_path: Path, packed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ignite_mlp.data import parallel
+
+    monkeypatch.setattr(parallel, "CHUNK", 3)  # 10 chunks: 2 decoded here, 8 by the pool
     tree = _jpeg_tree(tmp_path / "t")
     kind, source = ("tarball", make_tarball(tree, tmp_path / "t.tar.gz")) if packed else ("tree", tree)
     serial = read_class_folders_serial(source, kind)

@@ -28,6 +28,7 @@ from ignite_mlp.data.images import check_classes, decode_arrays, iter_tarball, i
 from ignite_mlp.progress import Progress
 
 CHUNK = 256
+IN_PROCESS_CHUNKS = 2
 
 
 def default_workers() -> int:
@@ -44,20 +45,29 @@ def decode_chunk(items: list[tuple[str, bytes]]) -> np.ndarray | list[np.ndarray
     return np.stack(arrays)
 
 
-class _InProcess(Executor):
-    """The executor for one worker: decode right here, no process to start."""
+class _Pool(Executor):
+    """A process pool started only for a third chunk: a small source (a test's, a tiny data
+    set's) is decoded right here, sparing the fraction of a second that starting processes takes."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.pool: ProcessPoolExecutor | None = None
+        self.submitted = 0
 
     def submit(self, fn: Callable, /, *args: object, **kwargs: object) -> Future:  # type: ignore[override]
+        self.submitted += 1
+        if self.workers > 1 and self.submitted > IN_PROCESS_CHUNKS:
+            if self.pool is None:
+                method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+                self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context(method))
+            return self.pool.submit(fn, *args, **kwargs)
         future: Future = Future()
         future.set_result(fn(*args, **kwargs))
         return future
 
-
-def _executor(workers: int) -> Executor:
-    if workers <= 1:
-        return _InProcess()
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=wait, cancel_futures=cancel_futures)
 
 
 def read_class_folders(path: Path, kind: str, progress: str = "off", workers: int | None = None) -> Decoded:
@@ -83,7 +93,7 @@ def read_class_folders(path: Path, kind: str, progress: str = "off", workers: in
         decoded[split][1].extend(names)
         report.update(len(names))
 
-    executor = _executor(workers)
+    executor = _Pool(workers)
     try:
         for split, chunk in _chunks(entries, class_dirs):
             names = [(cls, name) for cls, name, _ in chunk]
@@ -99,7 +109,8 @@ def read_class_folders(path: Path, kind: str, progress: str = "off", workers: in
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
     seconds = time.perf_counter() - start
-    report.close(f"decoded {report.done} images from {path} in {seconds:.1f} s ({workers} processes)")
+    processes = f"{workers} processes" if executor.pool is not None else "1 process"
+    report.close(f"decoded {report.done} images from {path} in {seconds:.1f} s ({processes})")
     counts = {split: Counter(cls for cls, _ in decoded[split][1]) for split in decoded}
     classes = check_classes(path, class_dirs, counts)
     index = {c: i for i, c in enumerate(classes)}
