@@ -295,3 +295,31 @@ def test_kept_batches_survive_an_engine_that_stops_at_len() -> None:
     first = list(itertools.islice(loader, len(loader)))  # like Ignite: never asks past the last batch
     again = list(itertools.islice(loader, len(loader)))
     assert [x.data_ptr() for x, _ in first] == [x.data_ptr() for x, _ in again]
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_batches_streamed_from_the_host_equal_resident_ones(shuffle: bool, world_size: int) -> None:
+    """Data too large for the GPU stays in the mapped file and each batch is copied over:
+    the same batches, in the same order, as from a resident copy."""
+    images = torch.randint(0, 256, (53, 3, 2, 2), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    labels = torch.arange(53)
+    for rank in range(world_size):
+        common = dict(shuffle=shuffle, seed=4, buffers=3, rank=rank, world_size=world_size)
+        resident = TensorLoader(images, labels, 8, [0.5], [0.5], resident=True, **common)
+        streamed = TensorLoader(images, labels, 8, [0.5], [0.5], resident=False, keep_normalized=True, **common)
+        assert not streamed.keep_normalized  # a float copy of data that does not fit would fit less
+        for epoch in (1, 2):
+            resident.set_epoch(epoch)
+            streamed.set_epoch(epoch)
+            for (a, ya), (b, yb) in zip(resident, streamed, strict=True):
+                assert torch.equal(a, b) and torch.equal(ya, yb)
+
+
+def test_images_stay_resident_when_they_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ignite_mlp.data import loader
+
+    assert loader.fits_on_device(10**15, torch.device("cpu"))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1000, 4000))
+    cuda = torch.device("cuda")
+    assert loader.fits_on_device(500, cuda) and not loader.fits_on_device(501, cuda)

@@ -7,6 +7,7 @@ the GPU); each batch is gathered, converted and normalised as whole-batch tensor
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,8 +64,26 @@ def denormalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) ->
     return ((x - shift) / scale).round_().clamp_(0, 255).to(torch.uint8)
 
 
+# The share of a GPU's free memory the uint8 images may take and still move onto it; the rest
+# stays for the model, its activations and the normalised validation copy.
+RESIDENT_SHARE = 0.5
+
+
+def fits_on_device(nbytes: int, device: torch.device) -> bool:
+    """Do ``nbytes`` of images move onto ``device``? Always on the CPU (host memory is where they
+    are mapped); on CUDA when they take at most :data:`RESIDENT_SHARE` of its free memory.
+
+    >>> fits_on_device(10**12, torch.device("cpu"))
+    True
+    """
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes <= RESIDENT_SHARE * free
+
+
 class TensorLoader:
-    """Batches ``(float images, labels)`` straight from a uint8 tensor held on the training device.
+    """Batches ``(float images, labels)`` straight from a uint8 tensor, without per-sample work.
 
     Each epoch gets a fresh shuffle seeded by ``(seed, epoch)``, so a resumed run sees exactly
     the order an uninterrupted run would. Normalisation is a whole-batch tensor op: no
@@ -83,6 +102,12 @@ class TensorLoader:
     without shuffling, a gather from it with. Validation images never change, so normalising
     them again each epoch would be wasted work. (For shuffled training data the copy saves
     little: gathering floats moves four times the bytes of gathering uint8.)
+
+    ``resident`` says where the uint8 images live while batches are drawn: on the training
+    device (one copy, made once; on CUDA batches then never cross the bus), or where they are
+    (the memory-mapped data file on the host), each batch being gathered there and copied
+    over through a pinned buffer. The default, None, keeps them resident when
+    :func:`fits_on_device`. ``keep_normalized`` applies to resident images only.
 
     ``rank`` and ``world_size`` make this the loader of one process of a data-parallel run.
     Every rank draws the same permutation for ``(seed, epoch)`` and takes every
@@ -123,6 +148,7 @@ class TensorLoader:
         rank: int = 0,
         world_size: int = 1,
         even_shards: bool = True,
+        resident: bool | None = None,
     ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
@@ -133,9 +159,11 @@ class TensorLoader:
         if batch_size % world_size:
             raise ValueError(f"batch size {batch_size} does not split evenly over {world_size} processes")
         self.device = torch.device(device)
-        # One copy on the device, made once: on CUDA, batches never cross the bus again.
-        self.images = images.to(self.device)
+        self.resident = fits_on_device(images.numel(), self.device) if resident is None else resident
+        # Resident: one copy on the device, made once (none on the CPU: the mapping is used as it is).
+        self.images = images.to(self.device) if self.resident else images
         self.labels = labels.to(self.device)
+        self._staging: list[tuple[torch.Tensor, Any]] = []  # pinned host buffers, when not resident
         # What this rank yields; the ranks' batches together make the global ``batch_size``.
         self.batch_size = batch_size // world_size
         self.rank, self.world_size = rank, world_size
@@ -159,7 +187,7 @@ class TensorLoader:
         self.epoch = 1
         self.start = 0
         self.scale, self.shift = (t.to(self.device) for t in normalization(mean, std, images.shape[1]))
-        self.keep_normalized = keep_normalized
+        self.keep_normalized = keep_normalized and self.resident
         self._normalized: torch.Tensor | None = None  # made on the first pass
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
@@ -184,11 +212,35 @@ class TensorLoader:
         generator = self._generator(epoch, device=torch.device("cpu"))
         return torch.randperm(len(self.labels), generator=generator).to(self.device)
 
+    def _from_host(self, rows: torch.Tensor | slice, slot: int) -> torch.Tensor:
+        """Images ``rows`` (indices into all images, or a slice of this rank's shard), gathered
+        on the host into staging buffer ``slot`` and copied to the device. On CUDA the buffer is
+        pinned and the copy asynchronous; the buffer's next use waits for that copy."""
+        n = len(range(self._shard_size)[rows]) if isinstance(rows, slice) else len(rows)
+        if len(self._staging) <= slot:
+            cuda = self.device.type == "cuda"
+            shape = (self.batch_size, *self.images.shape[1:])
+            buffer = torch.empty(shape, dtype=torch.uint8, pin_memory=cuda)
+            self._staging.append((buffer, torch.cuda.Event() if cuda else None))
+        buffer, copied = self._staging[slot]
+        if copied is not None:
+            copied.synchronize()
+        staged = buffer[:n]
+        if isinstance(rows, slice):
+            staged.copy_(self._shard_images[rows])
+        else:
+            torch.index_select(self.images, 0, rows, out=staged)
+        x = staged.to(self.device, non_blocking=True)
+        if copied is not None:
+            copied.record()
+        return x
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         # A generator: the permutation is drawn at the first next(), after the trainer's
         # EPOCH_STARTED handler has set the epoch, however early the engine calls iter().
         # Every rank draws the whole permutation and keeps its own positions of it.
         order = self.permutation(self.epoch)[self.rank : self._used : self.world_size] if self.shuffle else None
+        host_order = order.cpu() if order is not None and not self.resident else None  # once per epoch
         if self.keep_normalized and self._normalized is None:
             # A shuffled rank gathers from the whole set; an ordered one reads its shard only.
             self._normalized = self._normalize_all(self.images if self.shuffle else self._shard_images)
@@ -203,14 +255,17 @@ class TensorLoader:
                 if self._normalized is not None:
                     yield self._normalized[lo:hi], y
                     continue
-                x = self._shard_images[lo:hi]
+                x = self._shard_images[lo:hi] if self.resident else self._from_host(slice(lo, hi), i % 2)
             else:
                 idx = order[lo:hi]
                 y = self.labels.index_select(0, idx)
                 if self._normalized is not None:
                     yield torch.index_select(self._normalized, 0, idx, out=out) if ring else self._normalized[idx], y
                     continue
-                x = self.images.index_select(0, idx)
+                if host_order is None:
+                    x = self.images.index_select(0, idx)
+                else:
+                    x = self._from_host(host_order[lo:hi], i % 2)
             if self.augment is not None:
                 x = self.augment(x, self._generator(self.epoch, i, *self._augment_key))
             yield self.normalize(x, out), y
