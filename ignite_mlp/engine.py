@@ -29,6 +29,8 @@ def forward_fn(precision: str, device: torch.device) -> Callable[[nn.Module, tor
     """
     if precision == "fp32":
         return lambda model, x: model(x)
+    if precision != "bf16":  # "auto" must be resolved first (ignite_mlp.precision)
+        raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
 
     def autocast_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16):

@@ -25,6 +25,7 @@ from ignite_mlp.engine import create_evaluator
 from ignite_mlp.errors import UserError
 from ignite_mlp.model import MLP
 from ignite_mlp.plots import image_grid
+from ignite_mlp.precision import run_precision
 
 
 @dataclass
@@ -63,12 +64,17 @@ def find_checkpoint(target: str | Path) -> tuple[Path, Path]:
     return path, best[-1]
 
 
-def run_config(run_dir: Path) -> TrainConfig:
-    """The configuration a run was trained with (its config.json)."""
+def saved_config(run_dir: Path) -> dict[str, Any]:
+    """A run's config.json as it was written (with what the run resolved: device, precision)."""
     try:
-        saved = json.loads((run_dir / "config.json").read_text())
+        return json.loads((run_dir / "config.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"{run_dir}: cannot read config.json ({e}); evaluate needs the run's configuration") from None
+
+
+def run_config(run_dir: Path) -> TrainConfig:
+    """The configuration a run was trained with (its config.json)."""
+    saved = saved_config(run_dir)
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in saved.items() if k in known and k != "resume"})
 
@@ -93,7 +99,7 @@ def evaluate(
     loader = TensorLoader(
         dataset.test_images, dataset.test_labels, config.eval_batch_size, config.mean, config.std, device=torch_device
     )
-    evaluator = create_evaluator(model, nn.CrossEntropyLoss(), torch_device, config.precision)
+    evaluator = create_evaluator(model, nn.CrossEntropyLoss(), torch_device, run_precision(saved_config(run_dir)))
     ConfusionMatrix(dataset.num_classes, device=torch_device).attach(evaluator, "confusion")
     metrics = evaluator.run(loader).metrics
     confusion = metrics["confusion"].cpu().long()

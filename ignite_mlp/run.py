@@ -60,6 +60,8 @@ from ignite_mlp.handlers import (
     attach_validation,
 )
 from ignite_mlp.model import MLP
+from ignite_mlp.precision import resolve_precision
+from ignite_mlp.progress import progress_mode
 from ignite_mlp.tensorboard import attach_confusion_matrix, attach_tensorboard, environment, run_text
 
 
@@ -268,8 +270,12 @@ def train(
 
     if dataset is None:
         with dist.main_first():  # one download and decode per machine; the others read the cache
-            dataset = load_dataset(config.data, config.cache_dir, config.download, progress=config.progress and main)
+            progress = progress_mode(config.progress) if main else "off"
+            dataset = load_dataset(config.data, config.cache_dir, config.download, progress=progress)
     write(summarize(dataset, config.batch_size))
+    # --precision auto: bf16 only where native and measured faster (ignite_mlp/precision.py).
+    precision = resolve_precision(config, dataset.in_features, dataset.num_classes, device)
+    write(precision.line())
     if distributed:
         size = dist.world_size()
         write(
@@ -310,13 +316,13 @@ def train(
     if saved is None and not list_handlers and main:
         # Created only now, so bad data or options leave no half-made run directory behind.
         prepare_run_dir(run_dir, config.overwrite)
-    trainer = create_trainer(stepped, optimizer, loss_fn, device, config.precision)
+    trainer = create_trainer(stepped, optimizer, loss_fn, device, precision.name)
     train_metrics = attach_train_metrics(trainer, device)
     stop = _StopRequest()
     should_stop = dist.attach_agreement(trainer, lambda: stop.requested) if distributed else lambda: stop.requested
     # Validation loss stays the plain cross-entropy, comparable across recipes and runs. It runs
     # the model itself, not its wrapper: no collective per batch, so validation shards may differ.
-    evaluator = create_evaluator(model, nn.CrossEntropyLoss(), device, config.precision)
+    evaluator = create_evaluator(model, nn.CrossEntropyLoss(), device, precision.name)
 
     def start_epoch(engine: Engine) -> None:
         # A fresh shuffle per epoch; on a resume mid-epoch, the epoch goes on where it stopped.
@@ -351,6 +357,7 @@ def train(
     attach_validation(trainer, evaluator, val_loader, epoch_length=2 if config.dry_run else None)
     history.attach(trainer, evaluator)
     run_info = {**config.to_dict(), "resolved_device": str(device)}
+    run_info.update(resolved_precision=precision.name, precision_reason=precision.reason)
     if distributed:
         run_info["world_size"] = dist.world_size()
     tb = None
@@ -394,7 +401,7 @@ def train(
     to_save.update({k: v for k, v in (("lr_scheduler", scheduler), ("early_stopping", stopper)) if v is not None})
     best, last = attach_checkpoints(trainer, evaluator, model, to_save, files["checkpoints"])
     attach_new_best_event(trainer, evaluator, best)
-    bar = attach_progress_bar(trainer) if config.progress and main else None
+    bar = attach_progress_bar(trainer) if progress_mode(config.progress) == "bar" and main else None
     log = bar.log_message if bar else write
     attach_epoch_summary(trainer, history, log)
     attach_overfitting_watch(trainer, history, log)

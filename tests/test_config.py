@@ -20,7 +20,8 @@ def test_defaults_are_the_tutorials_recipe() -> None:
         1e-4,
         256,
     )
-    assert (c.mean, c.std, c.data, c.device, c.precision) == ([0.5], [0.5], "./data", "auto", "fp32")
+    assert (c.mean, c.std, c.data) == ([0.5], [0.5], "./data")
+    assert (c.device, c.precision, c.progress) == ("auto", "auto", "auto")
     assert TrainConfig().hidden_sizes is not c.hidden_sizes  # no shared mutable default
 
 
@@ -41,6 +42,7 @@ def test_defaults_are_the_tutorials_recipe() -> None:
         ({"precision": "fp8"}, "--precision"),
         ({"epochs": "ten"}, "--epochs"),
         ({"tb_images_every": -1}, "--tb-images-every"),
+        ({"progress": "sometimes"}, "--progress"),
     ],
 )
 def test_invalid_values_name_the_flag(kwargs: dict, flag: str) -> None:
@@ -67,6 +69,18 @@ def test_cli_flags_come_from_the_dataclass_and_override_toml(tmp_path: Path) -> 
     assert cli == {"epochs": 3, "hidden_sizes": [64, 32], "tensorboard": False}  # unset flags absent
     c = config_from_sources(cli, str(toml))
     assert (c.epochs, c.lr, c.hidden_sizes, c.data, c.tensorboard) == (3, 0.01, [64, 32], "from-file", False)
+
+
+def test_progress_takes_a_mode_and_the_old_switches(tmp_path: Path) -> None:
+    assert [_parse(argv)["progress"] for argv in (["--progress"], ["--no-progress"], ["--progress", "auto"])] == [
+        "on",
+        "off",
+        "auto",
+    ]
+    toml = tmp_path / "run.toml"
+    toml.write_text("progress = false\n")  # a file written for the former on/off flag
+    assert config_from_sources({}, str(toml)).progress == "off"
+    assert TrainConfig(progress=True).progress == "on"
 
 
 def test_bad_toml_files(tmp_path: Path) -> None:
