@@ -11,6 +11,8 @@
 * ``memory``: train 2 epochs in one process, then in two (``--nproc-per-node 2``), each in a
   fresh process tree, sampling every process's ``/proc/PID/smaps_rollup``: the peak summed
   proportional set size (PSS) and anonymous memory of each, and their ratio.
+
+Also here: the start-up time and peak memory helpers of the default ``compare`` mode.
 """
 
 from __future__ import annotations
@@ -29,14 +31,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from ignite.engine import Engine, Events
 from PIL import Image
 
-from ignite_mlp import TrainConfig
+from ignite_mlp import TrainConfig, train
 from ignite_mlp.data import Dataset
 from ignite_mlp.data.cache import SUFFIX, DataFileWriter
 from ignite_mlp.data.images import IMAGE_EXTENSIONS, read_class_folders_serial
 from ignite_mlp.data.parallel import default_workers, read_class_folders
 from ignite_mlp.precision import ProbeModel, choose_precision, probe_step_times
+from ignite_mlp.run import RunContext
 
 # Children import this checkout's ignite_mlp, as the benchmark itself does.
 _ROOT = str(Path(__file__).resolve().parents[1])
@@ -122,6 +126,48 @@ def decode_mode(source: Path, rounds: int) -> None:
     for label, slow in (("old", old), ("naive", naive)):
         ratio = statistics.median(s / n for s, n in zip(slow, new, strict=True))
         print(f"  {label}/new = {ratio:.2f}x (median of per-round ratios)")
+
+
+# ------------------------------------------------------------------------ start-up and memory
+
+
+def startup_child(data: str, cache: str, t0: float, run_dir: str) -> None:
+    """Run inside a fresh interpreter: report seconds from launch to the first training iteration."""
+
+    def first_iteration(trainer: Engine, evaluator: Engine, context: RunContext) -> None:
+        def report(engine: Engine) -> None:
+            print(f"FIRST_ITERATION {time.time() - t0:.3f}", flush=True)
+            engine.terminate()
+
+        trainer.add_event_handler(Events.ITERATION_STARTED(once=1), report)
+
+    config = TrainConfig(data=data, cache_dir=cache, run_dir=run_dir, epochs=1, progress=False, overwrite=True)
+    train(config, extra_handlers=[first_iteration], write=lambda s: None)
+
+
+def time_to_first_iteration(data: str, cache: str, run_dir: str, script: str) -> float:
+    """Seconds from launch to the first training iteration of ``script --startup-child``."""
+    t0 = time.time()
+    cmd = [sys.executable, script, "--startup-child", data, cache, str(t0), run_dir]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return float(next(line.split()[1] for line in out.splitlines() if line.startswith("FIRST_ITERATION")))
+
+
+def peak_rss_of_default_run(data: str, cache: str, run_dir: str, epochs: int) -> float:
+    """Peak resident memory (GB) of `ignite-mlp train` with default options, in its own process."""
+    args = ["train", "--data", data, "--cache-dir", cache, "--run-dir", run_dir, "--epochs", str(epochs)]
+    args += ["--no-progress", "--overwrite"]
+    # The child reports its own high-water mark (VmHWM) at exit. Not ru_maxrss: Linux carries
+    # that across fork+exec, so a child would inherit this big benchmark process's peak.
+    code = (
+        "import atexit, re, sys\n"
+        "hwm = lambda: re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
+        "atexit.register(lambda: print('PEAK_KB', hwm()))\n"
+        "from ignite_mlp.cli import main\n"
+        f"sys.exit(main({args!r}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return int(next(line.split()[1] for line in out.splitlines() if line.startswith("PEAK_KB"))) / 1024**2
 
 
 # ------------------------------------------------------------------------ memory of a process tree

@@ -31,7 +31,6 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -226,47 +225,6 @@ def ignite_epochs(
     return clock.epoch_times(), result.best_val_acc or 0.0
 
 
-# ------------------------------------------------------------------------ start-up and memory
-
-
-def startup_child(data: str, cache: str, t0: float, run_dir: str) -> None:
-    """Run inside a fresh interpreter: report seconds from launch to the first training iteration."""
-
-    def first_iteration(trainer: Engine, evaluator: Engine, context: RunContext) -> None:
-        def report(engine: Engine) -> None:
-            print(f"FIRST_ITERATION {time.time() - t0:.3f}", flush=True)
-            engine.terminate()
-
-        trainer.add_event_handler(Events.ITERATION_STARTED(once=1), report)
-
-    config = TrainConfig(data=data, cache_dir=cache, run_dir=run_dir, epochs=1, progress=False, overwrite=True)
-    train(config, extra_handlers=[first_iteration], write=lambda s: None)
-
-
-def time_to_first_iteration(data: str, cache: str, run_dir: str) -> float:
-    t0 = time.time()
-    cmd = [sys.executable, __file__, "--startup-child", data, cache, str(t0), run_dir]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    return float(next(line.split()[1] for line in out.splitlines() if line.startswith("FIRST_ITERATION")))
-
-
-def peak_rss_of_default_run(data: str, cache: str, run_dir: str, epochs: int) -> float:
-    """Peak resident memory (GB) of `ignite-mlp train` with default options, in its own process."""
-    args = ["train", "--data", data, "--cache-dir", cache, "--run-dir", run_dir, "--epochs", str(epochs)]
-    args += ["--no-progress", "--overwrite"]
-    # The child reports its own high-water mark (VmHWM) at exit. Not ru_maxrss: Linux carries
-    # that across fork+exec, so a child would inherit this big benchmark process's peak.
-    code = (
-        "import atexit, re, sys\n"
-        "hwm = lambda: re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
-        "atexit.register(lambda: print('PEAK_KB', hwm()))\n"
-        "from ignite_mlp.cli import main\n"
-        f"sys.exit(main({args!r}))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    return int(next(line.split()[1] for line in out.splitlines() if line.startswith("PEAK_KB"))) / 1024**2
-
-
 # ------------------------------------------------------------------------ report
 
 
@@ -311,7 +269,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.startup_child:
         data, cache, t0, run_dir = args.startup_child
-        startup_child(data, cache, float(t0), run_dir)
+        bench_modes.startup_child(data, cache, float(t0), run_dir)
         return 0
     print(f"hardware: {hardware()}")
     if args.mode == "compare":
@@ -423,10 +381,10 @@ def also_measured(ds: Dataset, args: argparse.Namespace, tmp: Path) -> None:
 
     if args.data:
         cache = str(tmp / "startup-cache")
-        first = time_to_first_iteration(args.data, cache, str(tmp / "s1"))
-        second = time_to_first_iteration(args.data, cache, str(tmp / "s2"))
+        first = bench_modes.time_to_first_iteration(args.data, cache, str(tmp / "s1"), __file__)
+        second = bench_modes.time_to_first_iteration(args.data, cache, str(tmp / "s2"), __file__)
         print(f"start to first iteration: first (decoding) {first:.2f} s, second (cached) {second:.2f} s")
-        peak = peak_rss_of_default_run(args.data, cache, str(tmp / "mem"), epochs=2)
+        peak = bench_modes.peak_rss_of_default_run(args.data, cache, str(tmp / "mem"), epochs=2)
         print(f"peak resident memory of a default run (2 epochs): {peak:.2f} GB")
     peak_here = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     print(f"peak resident memory of this benchmark process: {peak_here:.2f} GB")

@@ -152,3 +152,14 @@ def test_the_writer_discards_its_partial_file_on_error(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError), DataFileWriter(tmp_path / "w.mlpdata", ["a"], (2, 1, 2, 2), (1, 1, 2, 2)):
         raise RuntimeError
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_cache_that_holds_the_entry_serves_it_even_when_it_cannot_be_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tree = make_tree(tmp_path / "t")
+    expected = load_dataset(tree, tmp_path / "c")
+    monkeypatch.setattr(load, "usable_cache_dir", lambda cache, note: note("unusable") or None)  # say read-only
+    notes: list[str] = []
+    _assert_same(load_dataset(tree, tmp_path / "c", note=notes.append), expected)
+    assert notes == []

@@ -71,13 +71,13 @@ def read_source(kind: str, path: Path, progress: str | bool = "off") -> Decoded:
 
 
 def _through_cache(kind: str, path: Path, cache_dir: str | Path | None, progress: str | bool, note: Note) -> Dataset:
-    cache = usable_cache_dir(Path(cache_dir).expanduser() if cache_dir else default_cache_dir(), note)
-    if cache is None:
-        return read_source(kind, path, progress).to_dataset(str(path))
+    cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     entry = cache / f"{path.name}-{sources.fingerprint(kind, path)}{SUFFIX}"
-    dataset = _open_entry(entry)
+    dataset = _open_entry(entry)  # a read-only cache that holds the entry still serves it
     if dataset is not None:
         return dataset
+    if usable_cache_dir(cache, note) is None:
+        return read_source(kind, path, progress).to_dataset(str(path))
     lock = FileLock(entry.with_name(entry.name + ".lock"))
     try:
         lock.acquire(timeout=0)

@@ -49,10 +49,13 @@ CACHE_VERSION = 2
 def identify(path: Path, download: bool) -> tuple[str, Path]:
     """Return ``(kind, path)`` (kinds in the module docstring); download CIFAR-10 if allowed."""
     if path.is_file():
-        if is_data_file(path):
-            return "datafile", path
-        if not tarfile.is_tarfile(path) or not _is_gzip(path):
-            raise UserError(f"--data {path}: not a gzip tarball; give a .tar.gz of train/ and test/ or a folder")
+        try:
+            if is_data_file(path):
+                return "datafile", path
+            if not tarfile.is_tarfile(path) or not _is_gzip(path):
+                raise UserError(f"--data {path}: not a gzip tarball; give a .tar.gz of train/ and test/ or a folder")
+        except OSError as e:
+            raise UserError(f"--data {path}: cannot read it ({e.strerror or e}); check its permissions") from None
         return ("pickles-tar" if _tar_has_cifar_pickles(path) else "tarball"), path
     if path.name == CIFAR10_FOLDER and path.is_dir():
         return "pickles", path
