@@ -17,7 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ignite_mlp.choices import ACTIVATIONS, AUGMENTS, BACKENDS, LR_SCHEDULES, NORMS, PRECISIONS, STOP_METRICS
+from ignite_mlp.choices import (
+    ACTIVATIONS,
+    AUGMENTS,
+    BACKENDS,
+    LR_SCHEDULES,
+    NORMS,
+    PRECISIONS,
+    PROGRESS_MODES,
+    STOP_METRICS,
+)
 from ignite_mlp.errors import UserError
 from ignite_mlp.rules import per_process_batch, require_cuda
 
@@ -45,7 +54,6 @@ RECIPES: dict[str, dict[str, Any]] = {
         "lr_schedule": "onecycle",
         "batch_size": 512,
         "epochs": 40,
-        "precision": "bf16",
     },
 }
 
@@ -128,14 +136,23 @@ class TrainConfig:
 
     seed: int = _opt(0, "random seed (weights, shuffling)")
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N (auto takes CUDA when present)")
-    # bf16 autocast: several times faster matrix work on CPUs and GPUs that support it.
-    precision: str = _opt("fp32", "fp32 | bf16 (autocast for the forward pass)")
+    # bf16 autocast: several times faster matrix work where the hardware computes bf16 natively,
+    # several times slower where it does not; "auto" measures (see ignite_mlp/precision.py).
+    precision: str = _opt(
+        "auto", "auto | fp32 | bf16: bf16 autocast for the forward pass (auto: where native and measured faster)"
+    )
     # Data-parallel processes started through ignite.distributed (see ignite_mlp/distributed.py);
     # --batch-size stays the global batch, split evenly between them.
     nproc_per_node: int = _opt(1, "training processes on this machine (data-parallel; the batch is split between them)")
     backend: str = _opt("auto", "auto | gloo | nccl: how processes talk (auto: nccl on CUDA, gloo on CPU)")
 
-    progress: bool = _opt(True, "show a progress bar")
+    # A redrawn bar in a log file is a line per redraw: "auto" draws it only on a terminal.
+    progress: str = _opt(
+        "auto",
+        "auto | on | off: Ignite's progress bar (auto: only when stderr is a terminal; "
+        "otherwise epoch lines only); --no-progress is off",
+        switch=("on", "off"),
+    )
     tensorboard: bool = _opt(True, "write TensorBoard event files in the run directory")
     # Off by default: histograms of every layer cost milliseconds per epoch and fill the logs.
     tb_histograms: bool = _opt(False, "also log weight and gradient histograms and norms per layer to TensorBoard")
@@ -152,6 +169,8 @@ class TrainConfig:
         hints = typing.get_type_hints(TrainConfig)
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if "switch" in f.metadata and isinstance(value, bool):  # a former on/off flag: true / false
+                value = f.metadata["switch"][0 if value else 1]
             setattr(self, f.name, _coerce(f.name, value, hints[f.name]))
 
     def validate(self) -> None:
@@ -181,7 +200,8 @@ class TrainConfig:
         _check(
             self.tb_images_every >= 0, "--tb-images-every", self.tb_images_every, ">= 0", "pass 0 for no images, or N"
         )
-        _check(self.precision in PRECISIONS, "--precision", self.precision, f"one of {PRECISIONS}", "use fp32 or bf16")
+        _check(self.precision in PRECISIONS, "--precision", self.precision, f"one of {PRECISIONS}", "auto picks")
+        _check(self.progress in PROGRESS_MODES, "--progress", self.progress, f"one of {PROGRESS_MODES}", "")
         _check(0 <= self.dropout < 1, "--dropout", self.dropout, "in [0, 1)", "try 0.2")
         _check(self.norm in NORMS, "--norm", self.norm, f"one of {NORMS}", "")
         _check(self.activation in ACTIVATIONS, "--activation", self.activation, f"one of {ACTIVATIONS}", "")
@@ -408,6 +428,11 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         )
         if base is bool:
             parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, help=help_text, **kwargs)
+            continue
+        if "switch" in f.metadata:  # --progress [MODE] (bare: on) and --no-progress (off)
+            on, off = f.metadata["switch"]
+            parser.add_argument(_flag(f.name), nargs="?", const=on, metavar="MODE", help=help_text, **kwargs)
+            parser.add_argument(f"--no-{f.name.replace('_', '-')}", action="store_const", const=off, **kwargs)
             continue
         if "flag" in f.metadata:  # a repeatable flag whose name is singular: --handler A --handler B
             kwargs.update(action="append", metavar="SPEC")

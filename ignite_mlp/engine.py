@@ -25,26 +25,8 @@ from ignite_mlp import ranks
 from ignite_mlp.config import TrainConfig
 from ignite_mlp.model import MLP
 from ignite_mlp.plan import RunPlan
+from ignite_mlp.precision import forward_fn
 from ignite_mlp.prepare import RunData
-
-
-def forward_fn(precision: str, device: torch.device) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
-    """How the engines call the model: plainly, or under bf16 autocast with fp32 logits out.
-
-    Only the forward pass is autocast; the loss and the optimiser step stay in fp32.
-
-    >>> forward = forward_fn("bf16", torch.device("cpu"))
-    >>> forward(nn.Linear(4, 2), torch.ones(3, 4)).dtype
-    torch.float32
-    """
-    if precision == "fp32":
-        return lambda model, x: model(x)
-
-    def autocast_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
-            return model(x).float()
-
-    return autocast_forward
 
 
 def _step_output(x: torch.Tensor, y: torch.Tensor, y_pred: torch.Tensor, loss: torch.Tensor) -> dict[str, Any]:
@@ -254,7 +236,7 @@ def build_engines(plan: RunPlan, data: RunData) -> Engines:
         # Same weights everywhere (the wrapper copied rank 0's), but each rank its own dropout.
         manual_seed((config.seed + ranks.rank()) % 2**32)  # numpy takes seeds below 2**32
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    trainer = create_trainer(stepped, optimizer, loss_fn, device, config.precision)
+    trainer = create_trainer(stepped, optimizer, loss_fn, device, data.precision.name)
     train_metrics = attach_train_metrics(trainer, device)
     stop = StopRequest()
     if plan.distributed:
@@ -263,6 +245,6 @@ def build_engines(plan: RunPlan, data: RunData) -> Engines:
         should_stop = lambda: stop.requested  # noqa: E731 - the one-process answer
     # Validation loss stays the plain cross-entropy, comparable across recipes and runs. It runs
     # the model itself, not its wrapper: no collective per batch, so validation shards may differ.
-    evaluator = create_evaluator(model, nn.CrossEntropyLoss(), device, config.precision)
+    evaluator = create_evaluator(model, nn.CrossEntropyLoss(), device, data.precision.name)
     data.train_loader.attach(trainer, data.epoch_length)
     return Engines(model, optimizer, trainer, evaluator, train_metrics, stop, should_stop)

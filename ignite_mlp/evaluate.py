@@ -29,6 +29,7 @@ from ignite_mlp.engine import create_evaluator
 from ignite_mlp.errors import UserError
 from ignite_mlp.model import MLP
 from ignite_mlp.plots import image_grid
+from ignite_mlp.precision import run_precision
 
 
 @dataclass
@@ -110,7 +111,7 @@ def evaluate(
     loader = TensorLoader(
         dataset.test_images, dataset.test_labels, config.eval_batch_size, config.mean, config.std, device=torch_device
     )
-    evaluator = create_evaluator(model, nn.CrossEntropyLoss(), torch_device, config.precision)
+    evaluator = create_evaluator(model, nn.CrossEntropyLoss(), torch_device, run_precision(saved))
     ConfusionMatrix(dataset.num_classes, device=torch_device).attach(evaluator, "confusion")
     predictions = _collect_predictions(evaluator)
     metrics = evaluator.run(loader).metrics

@@ -13,6 +13,8 @@ from ignite_mlp.config import TrainConfig
 from ignite_mlp.data import Dataset, TensorLoader, channel_stats, load_dataset, summarize
 from ignite_mlp.guardrails import setup_warnings
 from ignite_mlp.plan import RunPlan
+from ignite_mlp.precision import Precision, resolve_precision
+from ignite_mlp.progress import progress_mode
 
 
 @dataclass
@@ -26,6 +28,8 @@ class RunData:
     train_loader: TensorLoader
     val_loader: TensorLoader
     epoch_length: int
+    # What --precision resolved to on this machine, and why.
+    precision: Precision
 
 
 def prepare_data(plan: RunPlan, dataset: Dataset | None = None) -> RunData:
@@ -34,9 +38,14 @@ def prepare_data(plan: RunPlan, dataset: Dataset | None = None) -> RunData:
     config, write = plan.config, plan.write
     if dataset is None:
         with ranks.main_first():  # one download and decode per machine; the others read the cache
-            dataset = load_dataset(config.data, config.cache_dir, config.download, config.progress and plan.main)
+            progress = progress_mode(config.progress) if plan.main else "off"
+            dataset = load_dataset(config.data, config.cache_dir, config.download, progress=progress)
     write(summarize(dataset, config.batch_size))
     config.check_data(dataset.image_shape)  # the option checks that need the image shape
+    # --precision auto: bf16 only where native and measured faster (precision.py). Every rank
+    # resolves it: rank 0 broadcasts its choice.
+    precision = resolve_precision(config, dataset.in_features, dataset.num_classes, plan.device)
+    write(precision.line())
     if plan.distributed:
         size = ranks.world_size()
         write(
@@ -56,7 +65,7 @@ def prepare_data(plan: RunPlan, dataset: Dataset | None = None) -> RunData:
         config.batch_size, config.hidden_sizes, plan.device, train_loader, val_loader, fixed_order=fixed_order
     ):
         write(warning)
-    return RunData(config, dataset, train_loader, val_loader, epoch_length)
+    return RunData(config, dataset, train_loader, val_loader, epoch_length, precision)
 
 
 def build_loaders(

@@ -34,7 +34,7 @@ HPARAMS_MARKER = ".hparams."
 # Config fields that say how a run is run or logged, not what it learns: left out of HParams.
 # ("device" is the request, such as "auto"; "resolved_device" the device used, is kept.)
 NOT_HPARAMS = frozenset(
-    {"run_dir", "resume", "overwrite", "cache_dir", "download", "progress", "device"}
+    {"run_dir", "resume", "overwrite", "cache_dir", "download", "progress", "device", "precision_reason"}
     | {"tensorboard", "tb_histograms", "tb_images_every", "nproc_per_node", "backend", "world_size"}
 )
 

@@ -32,6 +32,7 @@ from ignite_mlp.handlers import (
 )
 from ignite_mlp.plan import RunPlan
 from ignite_mlp.prepare import RunData
+from ignite_mlp.progress import progress_mode
 from ignite_mlp.tb_images import attach_confusion_matrix
 from ignite_mlp.tensorboard import attach_tensorboard, environment, run_text
 
@@ -85,6 +86,7 @@ def attach_builtins(plan: RunPlan, data: RunData, engines: Engines) -> Hooks:
     history.attach(trainer, evaluator)
     # With the classes and image shape, so predict and export need nothing but the run directory.
     run_info = {**config.to_dict(), "resolved_device": str(plan.device), **data_record(data.dataset)}
+    run_info.update(resolved_precision=data.precision.name, precision_reason=data.precision.reason)
     if plan.distributed:
         run_info["world_size"] = ranks.world_size()
     tb = _attach_tensorboard(plan, data, engines, history, run_info, lr_per_iteration=scheduler is not None)
@@ -102,7 +104,7 @@ def attach_builtins(plan: RunPlan, data: RunData, engines: Engines) -> Hooks:
     to_save.update({k: v for k, v in (("lr_scheduler", scheduler), ("early_stopping", stopper)) if v is not None})
     best, last = attach_checkpoints(trainer, evaluator, engines.model, to_save, files["checkpoints"])
     attach_new_best_event(trainer, evaluator, best)
-    bar = attach_progress_bar(trainer) if config.progress and plan.main else None
+    bar = attach_progress_bar(trainer) if progress_mode(config.progress) == "bar" and plan.main else None
     log = bar.log_message if bar else plan.write
     attach_epoch_summary(trainer, history, log)
     attach_overfitting_watch(trainer, history, log)

@@ -8,9 +8,12 @@ Everything happens in a temporary folder, on a tiny generated data set (no downl
 import contextlib
 import io
 import os
+import pickle
 import shutil
+import struct
 import sys
 import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -153,4 +156,40 @@ run("predict --top-k 0", ["predict", str(root / "done"), str(tree), "--top-k", "
 run("export to a missing folder", ["export", str(root / "done"), "--format", "onnx", "--out", str(root / "no/m.onnx")])
 sys.modules["onnxruntime"] = None  # as if the export extra were not installed
 run("export --format onnx without the export extra", ["export", str(root / "done"), "--format", "onnx"])
+run("unknown progress mode", [*base, "--progress", "sometimes"])
+run("unknown precision", [*base, "--precision", "fp16"])
+
+# Data files that try to run code, or to exhaust memory.
+cifar = root / "cifar" / "cifar-10-batches-py"
+cifar.mkdir(parents=True)
+for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+    batch = {b"data": np.zeros((2, 3072), dtype=np.uint8), b"labels": [0, 1]}
+    (cifar / name).write_bytes(pickle.dumps(Payload() if name == "data_batch_1" else batch))
+(cifar / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"a", b"b"]}))
+run("CIFAR-10 batch that would run code", [*base, "--data", str(root / "cifar")])
+print("  payload ran:", (root / "PWNED").exists())
+shutil.copytree(tree, root / "t_bomb")
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+# A PNG declaring 40000x40000 pixels: 4.8 GB once decoded, 45 bytes on disk.
+ihdr = struct.pack(">IIBBBBB", 40000, 40000, 8, 2, 0, 0, 0)
+(root / "t_bomb" / "train" / "ant" / "0003.png").write_bytes(
+    b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IEND", b"")
+)
+run("image declaring 40000x40000 pixels", [*base, "--data", str(root / "t_bomb")])
+shutil.copytree(tree, root / "t_huge")
+with open(root / "t_huge" / "test" / "bee" / "0002.png", "r+b") as f:
+    f.truncate(100 * 2**20)  # 100 MB (sparse: nothing is written)
+run("image file of 100 MB", [*base, "--data", str(root / "t_huge")])
+bad_file = root / "damaged.mlpdata"
+bad_file.write_bytes(b"IGNITE-MLP-DATA1" + bytes(100))
+run("damaged data file", [*base, "--data", str(bad_file)])
+err = io.StringIO()
+with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+    code = main(["train", *base[1:], "--data", str(tree), "--cache-dir", str(root / "afile" / "cache"), "--dry-run"])
+print(f"- unusable cache folder (the run goes on): exit {code}: `{err.getvalue().strip()}`")
 shutil.rmtree(root)

@@ -14,6 +14,13 @@ Per epoch (training plus validation) it times, interleaved over several rounds:
 It prints medians and the ratios a/c, c/b, c/d; then bf16 against fp32 (speed and accuracy),
 the time to the first iteration of a fresh and a second (cached) start, and peak memory of a
 default run. Without --data it generates random data of CIFAR-10's size.
+
+Other measurements, one command each (see scripts/bench_modes.py):
+
+    python scripts/benchmark.py --mode precision            # strong-recipe step fp32 vs bf16, what auto picks
+    python scripts/benchmark.py --mode decode --data PACK   # naive loop vs old vs new decoder
+    python scripts/benchmark.py --mode synthetic --images 2000000   # a 6 GB data file, one epoch
+    python scripts/benchmark.py --mode memory --data PACK   # summed PSS: one process vs two
 """
 
 from __future__ import annotations
@@ -24,13 +31,13 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import bench_modes
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
@@ -218,47 +225,6 @@ def ignite_epochs(
     return clock.epoch_times(), result.best_val_acc or 0.0
 
 
-# ------------------------------------------------------------------------ start-up and memory
-
-
-def startup_child(data: str, cache: str, t0: float, run_dir: str) -> None:
-    """Run inside a fresh interpreter: report seconds from launch to the first training iteration."""
-
-    def first_iteration(trainer: Engine, evaluator: Engine, context: RunContext) -> None:
-        def report(engine: Engine) -> None:
-            print(f"FIRST_ITERATION {time.time() - t0:.3f}", flush=True)
-            engine.terminate()
-
-        trainer.add_event_handler(Events.ITERATION_STARTED(once=1), report)
-
-    config = TrainConfig(data=data, cache_dir=cache, run_dir=run_dir, epochs=1, progress=False, overwrite=True)
-    train(config, extra_handlers=[first_iteration], write=lambda s: None)
-
-
-def time_to_first_iteration(data: str, cache: str, run_dir: str) -> float:
-    t0 = time.time()
-    cmd = [sys.executable, __file__, "--startup-child", data, cache, str(t0), run_dir]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    return float(next(line.split()[1] for line in out.splitlines() if line.startswith("FIRST_ITERATION")))
-
-
-def peak_rss_of_default_run(data: str, cache: str, run_dir: str, epochs: int) -> float:
-    """Peak resident memory (GB) of `ignite-mlp train` with default options, in its own process."""
-    args = ["train", "--data", data, "--cache-dir", cache, "--run-dir", run_dir, "--epochs", str(epochs)]
-    args += ["--no-progress", "--overwrite"]
-    # The child reports its own high-water mark (VmHWM) at exit. Not ru_maxrss: Linux carries
-    # that across fork+exec, so a child would inherit this big benchmark process's peak.
-    code = (
-        "import atexit, re, sys\n"
-        "hwm = lambda: re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
-        "atexit.register(lambda: print('PEAK_KB', hwm()))\n"
-        "from ignite_mlp.cli import main\n"
-        f"sys.exit(main({args!r}))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    return int(next(line.split()[1] for line in out.splitlines() if line.startswith("PEAK_KB"))) / 1024**2
-
-
 # ------------------------------------------------------------------------ report
 
 
@@ -287,19 +253,48 @@ def generated_dataset() -> Dataset:
     )
 
 
+MODES = ("compare", "precision", "decode", "synthetic", "memory")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=MODES, default="compare", help="what to measure (default: compare)")
     parser.add_argument("--data", help="data source (default: generated data of CIFAR-10's size)")
-    parser.add_argument("--rounds", type=int, default=30, help="interleaved rounds, one epoch of each method")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (compare: 30, others: 5)")
     parser.add_argument("--accuracy-epochs", type=int, default=50, help="epochs for the fp32-vs-bf16 accuracy run")
+    parser.add_argument("--epochs", type=int, default=None, help="precision: strong epochs each (3); memory: 2")
+    parser.add_argument("--images", type=int, default=2_000_000, help="synthetic: training images to generate")
+    parser.add_argument("--out", help="synthetic: keep the data file here (for --mode memory --data FILE)")
     parser.add_argument("--startup-child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.startup_child:
         data, cache, t0, run_dir = args.startup_child
-        startup_child(data, cache, float(t0), run_dir)
+        bench_modes.startup_child(data, cache, float(t0), run_dir)
         return 0
-
     print(f"hardware: {hardware()}")
+    if args.mode == "compare":
+        return compare(args)
+    tmp = Path(tempfile.mkdtemp(prefix="ignite-mlp-bench-"))
+    rounds = args.rounds or 5
+    if args.mode == "precision":
+        ds = load_dataset(args.data) if args.data else generated_dataset()
+        bench_modes.precision_mode(ds, rounds, 3 if args.epochs is None else args.epochs, ignite_epochs, tmp)
+    elif args.mode == "decode":
+        if not args.data or Path(args.data).suffix == bench_modes.SUFFIX:
+            parser.error("--mode decode needs --data: a class-folder tree or its .tar.gz")
+        bench_modes.decode_mode(Path(args.data), rounds)
+    elif args.mode == "synthetic":
+        bench_modes.synthetic_mode(args.images, args.out, tmp)
+    else:
+        if not args.data:
+            parser.error("--mode memory needs --data (the pack, or a data file from --mode synthetic --out)")
+        bench_modes.memory_mode(args.data, args.epochs or 2, tmp)
+    return 0
+
+
+def compare(args: argparse.Namespace) -> int:
+    """The side-by-side epoch comparison of the module docstring, and what it also measures."""
+    args.rounds = args.rounds or 30
     ds = load_dataset(args.data) if args.data else generated_dataset()
     print(f"data: {args.data or 'generated random data'}: {len(ds.train_labels)} train, {len(ds.test_labels)} val")
     eval_batch = TrainConfig().eval_batch_size
@@ -352,6 +347,12 @@ def main() -> int:
             f"{min(times[top]) / min(times[bottom]):.3f} |"
         )
 
+    also_measured(ds, args, tmp)
+    return 0
+
+
+def also_measured(ds: Dataset, args: argparse.Namespace, tmp: Path) -> None:
+    """bf16 against fp32, augmentation's share, start-up times and peak memory."""
     n = args.accuracy_epochs
     fp32_times, fp32_acc = ignite_epochs(ds, n, tmp / "fp32")
     bf16_times, bf16_acc = ignite_epochs(ds, n, tmp / "bf16", precision="bf16")
@@ -380,14 +381,13 @@ def main() -> int:
 
     if args.data:
         cache = str(tmp / "startup-cache")
-        first = time_to_first_iteration(args.data, cache, str(tmp / "s1"))
-        second = time_to_first_iteration(args.data, cache, str(tmp / "s2"))
+        first = bench_modes.time_to_first_iteration(args.data, cache, str(tmp / "s1"), __file__)
+        second = bench_modes.time_to_first_iteration(args.data, cache, str(tmp / "s2"), __file__)
         print(f"start to first iteration: first (decoding) {first:.2f} s, second (cached) {second:.2f} s")
-        peak = peak_rss_of_default_run(args.data, cache, str(tmp / "mem"), epochs=2)
+        peak = bench_modes.peak_rss_of_default_run(args.data, cache, str(tmp / "mem"), epochs=2)
         print(f"peak resident memory of a default run (2 epochs): {peak:.2f} GB")
     peak_here = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     print(f"peak resident memory of this benchmark process: {peak_here:.2f} GB")
-    return 0
 
 
 if __name__ == "__main__":

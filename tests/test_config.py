@@ -20,7 +20,8 @@ def test_defaults_are_the_tutorials_recipe() -> None:
         1e-4,
         256,
     )
-    assert (c.mean, c.std, c.data, c.device, c.precision) == ([0.5], [0.5], "./data", "auto", "fp32")
+    assert (c.mean, c.std, c.data) == ([0.5], [0.5], "./data")
+    assert (c.device, c.precision, c.progress) == ("auto", "auto", "auto")
     assert TrainConfig().hidden_sizes is not c.hidden_sizes  # no shared mutable default
 
 
@@ -48,6 +49,7 @@ def test_defaults_are_the_tutorials_recipe() -> None:
         ({"weight_decay": float("inf")}, "--weight-decay must be a finite number"),
         ({"mean": [float("nan")]}, "--mean must be a finite number"),
         ({"std": [0.5, float("inf"), 0.5]}, "--std must be a finite number"),
+        ({"progress": "sometimes"}, "--progress"),
     ],
 )
 def test_invalid_values_name_the_flag(kwargs: dict, flag: str) -> None:
@@ -74,6 +76,18 @@ def test_cli_flags_come_from_the_dataclass_and_override_toml(tmp_path: Path) -> 
     assert cli == {"epochs": 3, "hidden_sizes": [64, 32], "tensorboard": False}  # unset flags absent
     c = config_from_sources(cli, str(toml))
     assert (c.epochs, c.lr, c.hidden_sizes, c.data, c.tensorboard) == (3, 0.01, [64, 32], "from-file", False)
+
+
+def test_progress_takes_a_mode_and_the_old_switches(tmp_path: Path) -> None:
+    assert [_parse(argv)["progress"] for argv in (["--progress"], ["--no-progress"], ["--progress", "auto"])] == [
+        "on",
+        "off",
+        "auto",
+    ]
+    toml = tmp_path / "run.toml"
+    toml.write_text("progress = false\n")  # a file written for the former on/off flag
+    assert config_from_sources({}, str(toml)).progress == "off"
+    assert TrainConfig(progress=True).progress == "on"
 
 
 def test_bad_toml_files(tmp_path: Path) -> None:

@@ -13,8 +13,7 @@ from conftest import CLASSES, make_cifar_pickles, make_tarball, make_tree
 from PIL import Image
 from torchvision import transforms
 
-from ignite_mlp import data
-from ignite_mlp.data import Dataset, TensorLoader, check_labels, load_dataset, normalization, summarize
+from ignite_mlp.data import Dataset, TensorLoader, check_labels, load, load_dataset, normalization, sources, summarize
 from ignite_mlp.errors import UserError
 
 
@@ -44,8 +43,8 @@ def test_second_load_uses_cache_and_changed_source_invalidates(
 ) -> None:
     first = load_dataset(tarball)
     calls = []
-    real_decode = data.decode
-    monkeypatch.setattr(data, "decode", lambda b, n: calls.append(n) or real_decode(b, n))
+    real_read = load.read_source
+    monkeypatch.setattr(load, "read_source", lambda *a: calls.append(a) or real_read(*a))
     second = load_dataset(tarball)
     assert calls == [], "second load must not decode again"
     assert torch.equal(first.train_images, second.train_images)
@@ -53,7 +52,7 @@ def test_second_load_uses_cache_and_changed_source_invalidates(
     Image.new("RGB", (8, 8), (1, 2, 3)).save(tree / "test" / "ant" / "9999.png")
     make_tarball(tree, tarball)
     third = load_dataset(tarball)
-    assert len(calls) == 48 + 1 and len(third.test_labels) == 13
+    assert len(calls) == 1 and len(third.test_labels) == 13
 
 
 def test_cifar_pickles_folder(tmp_path: Path) -> None:
@@ -95,25 +94,29 @@ def serve(tmp_path: Path):
     server.shutdown()
 
 
-def test_download_fetches_checks_and_unpacks(tmp_path: Path, serve: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_download_fetches_checks_and_reads_in_place(
+    tmp_path: Path, serve: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     archive = _official_archive(tmp_path)
     # torchvision verifies the official MD5; our fake archive has its own, so point both at it.
-    monkeypatch.setattr(data, "CIFAR10_URL", f"{serve}/{archive.name}")
-    monkeypatch.setattr(data, "CIFAR10_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
+    monkeypatch.setattr(sources, "CIFAR10_URL", f"{serve}/{archive.name}")
+    monkeypatch.setattr(sources, "CIFAR10_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
     ds = load_dataset(tmp_path / "fresh")
-    assert (tmp_path / "fresh" / "cifar-10-batches-py" / "data_batch_1").is_file()
+    # The archive is kept as downloaded (byte for byte) and read in place: nothing unpacked.
+    assert [p.name for p in (tmp_path / "fresh").iterdir()] == ["cifar-10-python.tar.gz"]
+    assert (tmp_path / "fresh" / "cifar-10-python.tar.gz").read_bytes() == archive.read_bytes()
     assert len(ds.train_labels) == 30
 
 
 def test_download_with_wrong_checksum_is_refused(tmp_path: Path, serve: str, monkeypatch: pytest.MonkeyPatch) -> None:
     archive = _official_archive(tmp_path)
-    monkeypatch.setattr(data, "CIFAR10_URL", f"{serve}/{archive.name}")
+    monkeypatch.setattr(sources, "CIFAR10_URL", f"{serve}/{archive.name}")
     with pytest.raises(UserError, match="could not download"):
         load_dataset(tmp_path / "fresh")  # the real MD5 does not match the fake archive
 
 
 def test_offline_download_says_how_to_use_a_local_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data, "CIFAR10_URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")  # nothing listens
+    monkeypatch.setattr(sources, "CIFAR10_URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")  # nothing listens
     with pytest.raises(UserError, match="point --data at a local copy"):
         load_dataset(tmp_path / "empty")
 
@@ -299,3 +302,31 @@ def test_a_batch_size_beyond_the_data_sizes_no_buffer_by_it() -> None:
     huge = TensorLoader(images, torch.arange(5), 10**20, [0.0], [1 / 255], shuffle=True, buffers=3)
     ((x, y),) = list(huge)  # one batch of everything (the buffers used to be sized by 10**20)
     assert sorted(y.tolist()) == [0, 1, 2, 3, 4] and torch.equal(x, images[y].float())
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_batches_streamed_from_the_host_equal_resident_ones(shuffle: bool, world_size: int) -> None:
+    """Data too large for the GPU stays in the mapped file and each batch is copied over:
+    the same batches, in the same order, as from a resident copy."""
+    images = torch.randint(0, 256, (53, 3, 2, 2), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    labels = torch.arange(53)
+    for rank in range(world_size):
+        common = dict(shuffle=shuffle, seed=4, buffers=3, rank=rank, world_size=world_size)
+        resident = TensorLoader(images, labels, 8, [0.5], [0.5], resident=True, **common)
+        streamed = TensorLoader(images, labels, 8, [0.5], [0.5], resident=False, keep_normalized=True, **common)
+        assert not streamed.keep_normalized  # a float copy of data that does not fit would fit less
+        for epoch in (1, 2):
+            resident.set_epoch(epoch)
+            streamed.set_epoch(epoch)
+            for (a, ya), (b, yb) in zip(resident, streamed, strict=True):
+                assert torch.equal(a, b) and torch.equal(ya, yb)
+
+
+def test_images_stay_resident_when_they_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ignite_mlp.data import loader
+
+    assert loader.fits_on_device(10**15, torch.device("cpu"))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1000, 4000))
+    cuda = torch.device("cuda")
+    assert loader.fits_on_device(500, cuda) and not loader.fits_on_device(501, cuda)

@@ -1,0 +1,70 @@
+"""The decoded data set every source becomes, its label check and its printed summary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ignite_mlp.errors import UserError
+
+
+@dataclass
+class Dataset:
+    """Decoded train and test splits as uint8 ``(N, C, H, W)`` images and int64 labels.
+
+    Loaded from the cache, the tensors are views of one read-only memory-mapped file (see
+    :mod:`ignite_mlp.data.cache`): every process on the machine shares its pages.
+    """
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    classes: list[str]
+    source: str
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train_images.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def in_features(self) -> int:
+        c, h, w = self.image_shape
+        return c * h * w
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def check_labels(labels: torch.Tensor, num_classes: int, split: str) -> None:
+    """Refuse labels outside ``[0, num_classes)`` here, not as a device-side assert mid-training.
+
+    >>> check_labels(torch.tensor([0, 3]), 3, "train")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ignite_mlp.errors.UserError: train labels must lie in [0, 2] for 3 classes, found 3; ...
+    """
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        bad = int(labels.max()) if int(labels.max()) >= num_classes else int(labels.min())
+        raise UserError(
+            f"{split} labels must lie in [0, {num_classes - 1}] for {num_classes} classes, found {bad}; "
+            "the number of classes must match the data"
+        )
+
+
+def summarize(dataset: Dataset, batch_size: int) -> str:
+    """A printout like the tutorial's: classes, counts, image shape, batches per epoch."""
+    c, h, w = dataset.image_shape
+    counts = torch.bincount(dataset.train_labels, minlength=dataset.num_classes).tolist()
+    test_counts = torch.bincount(dataset.test_labels, minlength=dataset.num_classes).tolist()
+    per_class = ", ".join(f"{n} {tr}/{te}" for n, tr, te in zip(dataset.classes, counts, test_counts, strict=True))
+    batches = -(-len(dataset.train_labels) // batch_size)
+    return (
+        f"data: {dataset.source}\n"
+        f"  {dataset.num_classes} classes (train/test images): {per_class}\n"
+        f"  train {len(dataset.train_labels)} images, test {len(dataset.test_labels)} images, "
+        f"image shape {c}x{h}x{w} ({dataset.in_features} inputs)\n"
+        f"  {batches} batches of {batch_size} per epoch"
+    )

@@ -1,0 +1,260 @@
+"""Class-folder trees and their tarballs: walking them, and decoding one image file.
+
+Both walkers yield ``(split, class, file name, bytes)`` (bytes ``None`` marks a class folder,
+so empty classes are seen too), skip macOS ``._*`` files alike, and refuse a file or tar
+member larger than :data:`MAX_FILE_BYTES` before reading it. Decoding refuses an image of more
+than :data:`MAX_IMAGE_PIXELS` before allocating it: a small file declaring 40000x40000 pixels
+is one line naming it, not an exhausted memory.
+
+:func:`read_class_folders_serial` is the one-image-at-a-time decoder this package used before
+decoding moved to a process pool (:mod:`ignite_mlp.data.parallel`); the benchmark times both.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+from ignite_mlp.data.dataset import Dataset
+from ignite_mlp.errors import UserError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+# Far beyond any image an MLP trains on, far below what exhausts a machine's memory.
+MAX_FILE_BYTES = 64 * 2**20
+MAX_IMAGE_PIXELS = 2**26
+
+Entry = tuple[str, str, str, bytes | None]
+
+
+# ---------------------------------------------------------------------------- walking a source
+
+
+def iter_tree(root: Path) -> Iterator[Entry]:
+    """Yield (split, class, file name, bytes) for a folder tree; bytes None marks a class folder."""
+    for split in ("train", "test"):
+        split_dir = root / split
+        if not split_dir.is_dir():
+            continue
+        for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
+            yield split, class_dir.name, "", None
+            for file in sorted(class_dir.iterdir()):
+                if _is_image_name(file.name) and file.is_file():
+                    _check_size(file.stat().st_size, str(file))
+                    yield split, class_dir.name, file.name, file.read_bytes()
+
+
+def iter_tarball(path: Path) -> Iterator[Entry]:
+    """Same as :func:`iter_tree` for a .tar.gz, streamed without unpacking to disk."""
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            for member in tar:
+                parts = [p for p in member.name.split("/") if p not in ("", ".")]
+                if member.isdir() and len(parts) >= 2 and parts[-2] in ("train", "test"):
+                    yield parts[-2], parts[-1], "", None
+                elif member.isfile() and len(parts) >= 3 and parts[-3] in ("train", "test"):
+                    if _is_image_name(parts[-1]):
+                        _check_size(member.size, f"{path}:{member.name}")
+                        yield parts[-3], parts[-2], parts[-1], tar.extractfile(member).read()  # type: ignore[union-attr]
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise UserError(f"--data {path}: damaged or truncated tarball ({e}); download or copy it again") from None
+
+
+def _is_image_name(name: str) -> bool:
+    # macOS writes "._<name>" metadata files beside each file it copies: not images.
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("._")
+
+
+def _check_size(size: int, where: str) -> None:
+    if size > MAX_FILE_BYTES:
+        raise UserError(
+            f"{where}: {size} bytes, more than the {MAX_FILE_BYTES // 2**20} MB an image file may have here; "
+            "remove it from the data set"
+        )
+
+
+def where(path: Path, kind: str, split: str, cls: str, name: str) -> str:
+    """How messages name one image of a source."""
+    return f"{path}:{split}/{cls}/{name}" if kind == "tarball" else str(path / split / cls / name)
+
+
+# ---------------------------------------------------------------------------- decoding one image
+
+
+def decode_arrays(items: list[tuple[str, bytes]]) -> list[np.ndarray]:
+    """Decode ``(name, bytes)`` image files to uint8 ``(C, H, W)`` arrays; a bad file is a
+    UserError naming it.
+
+    Grayscale stays 1 channel, RGBA 4; palette and other modes become RGB. Gray and colour
+    JPEGs go through torchvision's decoder, all in one call (libjpeg-turbo: the same pixels as
+    Pillow's, in about 40% of the time); everything else, and any JPEG it refuses, through Pillow.
+    """
+    arrays: list[np.ndarray | None] = [None] * len(items)
+    jpegs = [i for i, (name, data) in enumerate(items) if _plain_jpeg(data, name)]
+    if jpegs:
+        decoded = _decode_jpegs([items[i][1] for i in jpegs])
+        for i, array in zip(jpegs, decoded or [], strict=False):
+            arrays[i] = array
+    return [
+        array if array is not None else _decode_pil(data, name)
+        for array, (name, data) in zip(arrays, items, strict=True)
+    ]
+
+
+def decode_array(data: bytes, name: str) -> np.ndarray:
+    """One image file as :func:`decode_arrays` decodes it."""
+    return decode_arrays([(name, data)])[0]
+
+
+def decode(data: bytes, name: str) -> torch.Tensor:
+    """One image file through Pillow only, as a tensor: the serial path's decoder."""
+    return torch.from_numpy(_decode_pil(data, name))
+
+
+def _decode_pil(data: bytes, name: str) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            _check_pixels(img.width, img.height, name)
+            if img.mode not in ("L", "RGB", "RGBA"):
+                img = img.convert("RGB")
+            array = np.asarray(img)
+    except UnidentifiedImageError:
+        raise UserError(f"{name}: corrupt image (not a format PIL can read); delete or replace this file") from None
+    except Image.DecompressionBombError as e:  # Pillow's own limit, checked as it opens the file
+        raise UserError(f"{name}: {str(e).rstrip('.')}; delete or shrink this file") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise UserError(f"{name}: corrupt or truncated image ({e}); delete or replace this file") from None
+    return np.ascontiguousarray(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
+
+
+def _check_pixels(width: int, height: int, name: str) -> None:
+    if width * height > MAX_IMAGE_PIXELS:
+        raise UserError(
+            f"{name}: declares {width}x{height} pixels, more than the {MAX_IMAGE_PIXELS} an image may have here; "
+            "delete or shrink this file"
+        )
+
+
+def _plain_jpeg(data: bytes, name: str) -> bool:
+    """A gray or colour JPEG (not CMYK), of a size allowed here, for torchvision's decoder."""
+    header = jpeg_header(data) if data[:3] == b"\xff\xd8\xff" else None
+    if header is None or header[2] not in (1, 3):
+        return False
+    _check_pixels(header[1], header[0], name)
+    return True
+
+
+def _decode_jpegs(files: list[bytes]) -> list[np.ndarray] | None:
+    """torchvision's decode of these JPEGs, or None where it cannot (it decodes all or none:
+    a damaged file then goes through Pillow, which names the problem)."""
+    try:
+        from torchvision.io import ImageReadMode, decode_jpeg
+    except ImportError:  # a torchvision without image decoding (deprecated there since 0.29)
+        return None
+    tensors = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in files]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return [t.numpy() for t in decode_jpeg(tensors, ImageReadMode.UNCHANGED)]
+    except RuntimeError:
+        return None
+
+
+def jpeg_header(data: bytes) -> tuple[int, int, int] | None:
+    """(height, width, components) from a JPEG's frame header, or None where there is none.
+
+    >>> jpeg_header(b"\\xff\\xd8\\xff\\xc0\\x00\\x0b\\x08\\x00\\x20\\x00\\x30\\x03")
+    (32, 48, 3)
+    """
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            i += 2
+        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a frame header (SOFn)
+            if i + 10 > len(data):
+                return None
+            return int.from_bytes(data[i + 5 : i + 7], "big"), int.from_bytes(data[i + 7 : i + 9], "big"), data[i + 9]
+        else:
+            i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return None
+
+
+# ---------------------------------------------------------------------------- classes
+
+
+def check_classes(path: Path, class_dirs: dict[str, set[str]], counts: dict[str, Counter]) -> list[str]:
+    """The sorted class names, once both splits have the same non-empty class folders."""
+    for split in ("train", "test"):
+        if not class_dirs[split]:
+            raise UserError(
+                f"--data {path}: no {split}/<class>/ folders found; "
+                "the layout is train/<class>/*.jpg and test/<class>/*.jpg"
+            )
+    if class_dirs["train"] != class_dirs["test"]:
+        only_train = sorted(class_dirs["train"] - class_dirs["test"])
+        only_test = sorted(class_dirs["test"] - class_dirs["train"])
+        raise UserError(
+            f"--data {path}: train/ and test/ hold different classes (only in train: {only_train}, "
+            f"only in test: {only_test}); both must have the same class folders"
+        )
+    classes = sorted(class_dirs["train"])
+    for split in ("train", "test"):
+        empty = [c for c in classes if counts[split][c] == 0]
+        if empty:
+            raise UserError(
+                f"--data {path}: class folder {split}/{empty[0]} holds no images; add images or remove the folder"
+            )
+    return classes
+
+
+def shape_mismatch(name: str, shape: tuple[int, ...], first_shape: tuple[int, ...], first_name: str) -> UserError:
+    return UserError(
+        f"{name}: image shape {shape} differs from {first_shape} of {first_name}; "
+        "all images must share one size and channel count (resize or convert them)"
+    )
+
+
+# ---------------------------------------------------------------------------- the serial decoder
+
+
+def read_class_folders_serial(path: Path, kind: str, progress: bool = False) -> Dataset:
+    """Decode a tree or tarball one image at a time in this process, with Pillow, into tensors
+    (what this package did before decoding went parallel; kept for the benchmark)."""
+    entries = iter_tarball(path) if kind == "tarball" else iter_tree(path)
+    images: dict[str, list[tuple[str, str, torch.Tensor]]] = {"train": [], "test": []}
+    class_dirs: dict[str, set[str]] = {"train": set(), "test": set()}
+    shape: tuple[int, ...] | None = None
+    first_name = ""
+    for split, cls, name, data in tqdm(entries, desc="decoding images", unit="img", disable=not progress):
+        class_dirs[split].add(cls)
+        if data is None:
+            continue
+        image = decode(data, where(path, kind, split, cls, name))
+        if shape is None:
+            shape, first_name = tuple(image.shape), where(path, kind, split, cls, name)
+        elif tuple(image.shape) != shape:
+            raise shape_mismatch(where(path, kind, split, cls, name), tuple(image.shape), shape, first_name)
+        images[split].append((cls, name, image))
+    counts = {split: Counter(cls for cls, _, _ in images[split]) for split in images}
+    classes = check_classes(path, class_dirs, counts)
+    index = {c: i for i, c in enumerate(classes)}
+    tensors = []
+    for split in ("train", "test"):
+        # Sort by (class, file name): tarball member order is arbitrary, the result must not be.
+        ordered = sorted(images[split], key=lambda e: (e[0], e[1]))
+        tensors.append(torch.stack([img for _, _, img in ordered]))
+        tensors.append(torch.tensor([index[cls] for cls, _, _ in ordered], dtype=torch.int64))
+    return Dataset(*tensors, classes=classes, source=str(path))
