@@ -33,13 +33,33 @@ from typing import Any
 import torch
 from torch import nn
 
-from ignite_mlp.engine import forward_fn
 from ignite_mlp.files import write_json_atomic
 from ignite_mlp.model import MLP
 
 MIN_SPEEDUP = 1.1
 PAIR = ("fp32", "bf16")
 PROBE_FILE = "precision-probes.json"
+
+
+def forward_fn(precision: str, device: torch.device) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
+    """How the engines call the model: plainly, or under bf16 autocast with fp32 logits out.
+
+    Only the forward pass is autocast; the loss and the optimiser step stay in fp32.
+
+    >>> forward = forward_fn("bf16", torch.device("cpu"))
+    >>> forward(nn.Linear(4, 2), torch.ones(3, 4)).dtype
+    torch.float32
+    """
+    if precision == "fp32":
+        return lambda model, x: model(x)
+    if precision != "bf16":  # "auto" must be resolved first (resolve_precision)
+        raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
+
+    def autocast_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+            return model(x).float()
+
+    return autocast_forward
 
 
 @dataclass(frozen=True)
