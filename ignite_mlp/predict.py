@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from ignite_mlp.data import IMAGE_EXTENSIONS
+from ignite_mlp.data.images import IMAGE_EXTENSIONS
 from ignite_mlp.inference import Classifier, top_k
 
 FORMATS = ("table", "json", "csv")
