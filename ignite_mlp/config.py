@@ -404,7 +404,8 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         if name in values:
             raise UserError(f"--config {path}: {keys[name]} and {key} set the same option; keep one")
         negated = name.removeprefix("no_")
-        if negated != name and negated in fields and hints[negated] is bool:  # --no-progress
+        switch = negated in fields and (hints[negated] is bool or "switch" in fields[negated].metadata)
+        if negated != name and switch:  # --no-progress
             raise UserError(f"--config {path}: write {negated.replace('_', '-')} = false, not {key} = true")
         if name not in fields:
             raise UserError(f"--config {path}: unknown key {key!r}; valid keys are the train flags, e.g. lr, epochs")

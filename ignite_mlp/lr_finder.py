@@ -93,6 +93,7 @@ def find_lr(
     from ignite_mlp.data import TensorLoader
     from ignite_mlp.engine import build_optimizer, create_trainer
     from ignite_mlp.model import MLP
+    from ignite_mlp.precision import resolve_precision
 
     if not 0 < start_lr < end_lr:
         raise UserError(f"--start-lr {start_lr:g} and --end-lr {end_lr:g}: need 0 < start < end; e.g. 1e-7 and 10")
@@ -111,7 +112,10 @@ def find_lr(
         ).to(device)
         optimizer = build_optimizer(model, dataclasses.replace(config, lr=float(start_lr)))
         loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-        trainer = create_trainer(model, optimizer, loss_fn, device, config.precision)
+        precision = config.precision
+        if precision == "auto":  # what the run will train in (the probe's answer is cached per machine)
+            precision = resolve_precision(config, dataset.in_features, dataset.num_classes, device).name
+        trainer = create_trainer(model, optimizer, loss_fn, device, precision)
         loader = TensorLoader(
             dataset.train_images,
             dataset.train_labels,
