@@ -93,3 +93,19 @@ def pack() -> Path:
     if not path or not Path(path).is_file():
         pytest.skip("real-data test: set IGNITE_MLP_PACK to ../shared/data/cifar10-jpg.tar.gz")
     return Path(path)
+
+
+@pytest.fixture
+def serve(tmp_path: Path):
+    """Serve ``tmp_path`` over HTTP on 127.0.0.1 and yield its base URL."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a: None  # type: ignore[method-assign]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()

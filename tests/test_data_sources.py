@@ -76,22 +76,6 @@ def test_an_archive_member_larger_than_any_batch_is_not_read(tmp_path: Path, mon
         load_dataset(archive)
 
 
-@pytest.fixture
-def serve(tmp_path: Path):
-    """Serve ``tmp_path`` over HTTP on 127.0.0.1 and yield its base URL."""
-    import functools
-    import http.server
-    import threading
-
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
-    handler.log_message = lambda *a: None  # type: ignore[method-assign]
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-
-
 def test_a_failed_download_leaves_nothing_that_looks_finished(
     tmp_path: Path, serve: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
