@@ -29,6 +29,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from ignite_mlp.augment import Mix
 from ignite_mlp.errors import UserError
 
 # The official archive; module constants so tests can point them at a tiny fake copy.
@@ -449,6 +450,11 @@ class TensorLoader:
     ``augment(uint8_batch, generator)`` transforms each training batch before normalisation;
     its generator is seeded by ``(seed, epoch, batch)``, so a resumed run augments alike.
 
+    Float ``images`` count as prepared already (whitened, see :mod:`ignite_mlp.whitening`): they
+    are served as they are, augmented but not normalised. ``mix(batch, labels, generator)``
+    mixes each normalised training batch and turns its labels into class probabilities
+    (:func:`ignite_mlp.augment.make_mix`), from the same generator as ``augment``.
+
     ``keep_normalized=True`` (not with ``augment``) normalises the images once, on the first
     pass, into a float copy (4 bytes per input value) and serves batches from it: views of it
     without shuffling, a gather from it with. Validation images never change, so normalising
@@ -491,12 +497,13 @@ class TensorLoader:
         buffers: int = 0,
         keep_normalized: bool = False,
         augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+        mix: Mix | None = None,
         rank: int = 0,
         world_size: int = 1,
         even_shards: bool = True,
     ) -> None:
-        if images.dtype != torch.uint8 or images.ndim != 4:
-            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        if not (images.dtype == torch.uint8 or images.is_floating_point()) or images.ndim != 4:
+            raise ValueError(f"images must be uint8 or float (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         if not 0 <= rank < world_size:
@@ -527,6 +534,8 @@ class TensorLoader:
             raise ValueError("keep_normalized serves the images as they are; it cannot be combined with augment")
         self.buffers = buffers
         self.augment = augment
+        self.mix = mix
+        self.prepared = images.is_floating_point()  # whitened already: no normalisation
         self.epoch = 1
         self.start = 0
         self.scale, self.shift = (t.to(self.device) for t in normalization(mean, std, images.shape[1]))
@@ -560,7 +569,7 @@ class TensorLoader:
         # EPOCH_STARTED handler has set the epoch, however early the engine calls iter().
         # Every rank draws the whole permutation and keeps its own positions of it.
         order = self.permutation(self.epoch)[self.rank : self._used : self.world_size] if self.shuffle else None
-        if self.keep_normalized and self._normalized is None:
+        if self.keep_normalized and self._normalized is None and not self.prepared:
             # A shuffled rank gathers from the whole set; an ordered one reads its shard only.
             self._normalized = self._normalize_all(self.images if self.shuffle else self._shard_images)
         start, self.start = self.start, 0  # a resume offset applies to one pass only
@@ -582,9 +591,11 @@ class TensorLoader:
                     yield torch.index_select(self._normalized, 0, idx, out=out) if ring else self._normalized[idx], y
                     continue
                 x = self.images.index_select(0, idx)
+            generator = self._generator(self.epoch, i, *self._augment_key) if self.augment or self.mix else None
             if self.augment is not None:
-                x = self.augment(x, self._generator(self.epoch, i, *self._augment_key))
-            yield self.normalize(x, out), y
+                x = self.augment(x, generator)  # type: ignore[arg-type]
+            x = x if self.prepared else self.normalize(x, out)
+            yield self.mix(x, y, generator) if self.mix is not None else (x, y)  # type: ignore[arg-type]
 
     def normalize(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """``(x / 255 - mean) / std`` for a uint8 batch, into ``out`` when given."""
