@@ -37,6 +37,24 @@ def forward_fn(precision: str, device: torch.device) -> Callable[[nn.Module, tor
     return autocast_forward
 
 
+def flip_tta(
+    forward: Callable[[nn.Module, torch.Tensor], torch.Tensor],
+) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
+    """Test-time augmentation: the mean of the logits of each image and of its mirror image.
+
+    For an affine model that is the model of the mean image:
+
+    >>> model, x = nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), torch.randn(3, 1, 2, 2)
+    >>> torch.allclose(flip_tta(forward_fn("fp32", torch.device("cpu")))(model, x), model((x + x.flip(3)) / 2))
+    True
+    """
+
+    def forward_both(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return (forward(model, x) + forward(model, x.flip(-1))) / 2
+
+    return forward_both
+
+
 def _step_output(x: torch.Tensor, y: torch.Tensor, y_pred: torch.Tensor, loss: torch.Tensor) -> dict[str, Any]:
     # Keep tensors (no .item()): on a GPU that would force a sync every iteration.
     return {"loss": loss.detach(), "y_pred": y_pred.detach(), "y": y}
@@ -118,6 +136,8 @@ class TrainAccuracy(_CountedAtIntervals):
     def _reduce(self, outputs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         logits = torch.cat([y_pred for y_pred, _ in outputs])
         labels = torch.cat([y for _, y in outputs])
+        if labels.ndim == 2:  # mixed batches (MixUp, CutMix) carry class probabilities: count the larger
+            labels = labels.argmax(1)
         if logits.ndim != 2 or labels.shape != logits.shape[:1]:
             raise ValueError(
                 f"expected logits (N, C) and labels (N,), got {tuple(logits.shape)} and {tuple(labels.shape)}"
@@ -174,11 +194,15 @@ def attach_train_metrics(trainer: Engine, device: torch.device) -> dict[str, Met
     return metrics
 
 
-def create_evaluator(model: nn.Module, loss_fn: nn.Module, device: torch.device, precision: str = "fp32") -> Engine:
-    """Ignite's supervised evaluator with ``accuracy`` (fraction) and sample-mean ``loss``."""
+def create_evaluator(
+    model: nn.Module, loss_fn: nn.Module, device: torch.device, precision: str = "fp32", tta: bool = False
+) -> Engine:
+    """Ignite's supervised evaluator with ``accuracy`` (fraction) and sample-mean ``loss``; with
+    ``tta`` the logits are those of :func:`flip_tta`."""
+    forward = forward_fn(precision, device)
     return create_supervised_evaluator(
         model,
         metrics={"accuracy": Accuracy(device=device), "loss": Loss(loss_fn, device=device)},
         device=device,
-        model_fn=forward_fn(precision, device),
+        model_fn=flip_tta(forward) if tta else forward,
     )
