@@ -81,6 +81,8 @@ class RunContext:
     optimizer: torch.optim.Optimizer
     dataset: Dataset
     tb_logger: TensorboardLogger | None
+    # The weights validation and the best checkpoint use: the moving average with --ema-momentum.
+    eval_model: nn.Module | None = None
 
 
 # A user handler: receives (trainer, evaluator, context) and attaches what it likes.
@@ -439,7 +441,7 @@ def train(
             )
         write(f"resuming {run_dir} from {checkpoint_path.name} (epoch {trainer.state.epoch} done)")  # type: ignore[union-attr]
 
-    context = RunContext(config, run_dir, model, optimizer, dataset, tb)
+    context = RunContext(config, run_dir, model, optimizer, dataset, tb, eval_model)
     for handler in handlers:
         handler(trainer, evaluator, context)
     if list_handlers:
