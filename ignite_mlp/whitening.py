@@ -143,7 +143,7 @@ def load_whitening(run_dir: str | Path) -> Whitening:
         ) from None
     except Exception as e:  # a corrupt or foreign file: say which, never unpickle it
         raise UserError(
-            f"{path}: not a whitening file ({type(e).__name__}); it belongs to the run's training"
+            f"{path}: not a whitening file ({type(e).__name__}); training writes it: restore it or train again"
         ) from None
     d = len(whitening.mean)
     if whitening.mean.ndim != 1 or whitening.matrix.shape != (d, d):

@@ -110,5 +110,30 @@ run(
 print("  payload ran:", (root / "PWNED").exists())
 last.write_bytes(good)
 run("handler spec that does not import", [*base, "--handler", "no_such_module:attach"])
+run("unknown whitening", [*base, "--whiten", "pca2"])
+run("negative whitening regulariser", [*base, "--whiten", "zca", "--whiten-regularizer", "-1"])
+run("EMA momentum of 1", [*base, "--ema-momentum", "1"])
+run("negative MixUp parameter", [*base, "--mixup", "-0.2"])
+run("unknown optimizer", [*base, "--optimizer", "lion"])
+run("exact ZCA of too few images", [*base, "--data", str(tree), "--whiten", "zca", "--whiten-regularizer", "0"])
+with contextlib.redirect_stdout(io.StringIO()):
+    main(
+        [
+            "train",
+            "--no-progress",
+            "--data",
+            str(tree),
+            "--run-dir",
+            str(root / "white"),
+            "--epochs",
+            "1",
+            "--whiten",
+            "zca",
+        ]
+    )
+(root / "white" / "whitening.pt").write_bytes(b"garbage")
+run("evaluate a whitened run whose whitening.pt is corrupt", ["evaluate", str(root / "white")])
+(root / "white" / "whitening.pt").unlink()
+run("evaluate a whitened run without its whitening.pt", ["evaluate", str(root / "white")])
 run("resume of a missing run", ["train", "--resume", str(root / "nope")])
 shutil.rmtree(root)
