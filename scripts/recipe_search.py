@@ -211,6 +211,7 @@ def train(args: argparse.Namespace) -> None:
         model.train()
         te = time.time()
         perm = torch.randperm(len(xtr), generator=g)
+        hits = seen = 0
         for i in range(steps_per_epoch):
             idx = perm[i * args.batch : (i + 1) * args.batch]
             x, y = xtr[idx], ytr[idx]
@@ -230,6 +231,8 @@ def train(args: argparse.Namespace) -> None:
             with torch.autocast("cpu", torch.bfloat16, enabled=args.bf16):
                 logits = model(x).float()
             loss = torch.sum(-y_soft * F.log_softmax(logits, 1), 1).mean()
+            hits += int((logits.argmax(1) == y_soft.argmax(1)).sum())
+            seen += len(y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -246,7 +249,8 @@ def train(args: argparse.Namespace) -> None:
                 plain, tta = (evaluate(ema, xte, yte, args.bf16, t) for t in (False, True))
                 emas = f" ema {plain:.2f} ema+tta {tta:.2f}"
             print(
-                f"epoch {epoch} loss {float(loss):.3f} acc {acc:.2f} tta {acc_t:.2f}{emas} "
+                f"epoch {epoch} loss {float(loss):.3f} train {100 * hits / seen:.2f} "
+                f"acc {acc:.2f} tta {acc_t:.2f}{emas} "
                 f"train {train_s:.1f}s total {time.time() - start:.0f}s",
                 flush=True,
             )

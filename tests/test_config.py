@@ -102,3 +102,17 @@ def test_recipes_are_presets_under_explicit_values(tmp_path: Path) -> None:
     assert config_from_sources({}) == TrainConfig()  # the tutorial recipe is the default
     with pytest.raises(UserError, match="--recipe"):
         config_from_sources({"recipe": "magic"})
+
+
+def test_best_recipe_is_strong_without_dropout_plus_whitening_and_tta() -> None:
+    from ignite_mlp.config import RECIPES
+
+    best = config_from_sources({"recipe": "best"})
+    for key, value in RECIPES["best"].items():
+        assert getattr(best, key) == value, key
+    strong = TrainConfig.from_recipe("strong")
+    # What the README's ablation table adds to "strong", one row at a time, and nothing else.
+    differ = {k for k in RECIPES["best"] if getattr(best, k) != getattr(strong, k)}
+    assert differ == {"dropout", "whiten", "tta", "epochs"}
+    assert best.normalize == "fixed"  # the whitening replaces --mean/--std
+    assert config_from_sources({"recipe": "best", "ema_momentum": 0.001}).ema_momentum == 0.001
