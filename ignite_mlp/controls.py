@@ -1,17 +1,23 @@
-"""Training controls on Ignite's own pieces: learning-rate schedules, early stopping, and the
-package's NEW_BEST event."""
+"""Training controls on Ignite's own pieces: the optimiser, learning-rate schedules, early
+stopping, the moving average of the weights, and the package's NEW_BEST event."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import (
     Checkpoint,
     CosineAnnealingScheduler,
     EarlyStopping,
+    EMAHandler,
     LRScheduler,
     ParamScheduler,
     PiecewiseLinear,
 )
+from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import StepLR
 
@@ -87,3 +93,50 @@ def attach_new_best_event(trainer: Engine, evaluator: Engine, best: Checkpoint) 
 
     trainer.add_event_handler(Events.STARTED, remember)
     evaluator.add_event_handler(Events.COMPLETED, check)
+
+
+def make_optimizer(
+    model: nn.Module, name: str, lr: float, momentum: float, weight_decay: float, nesterov: bool = False
+) -> Optimizer:
+    """SGD or AdamW, each with PyTorch's fused kernel (one pass per parameter instead of several:
+    a third less time per step for a wide MLP, same arithmetic).
+
+    SGD decays every parameter, as the tutorial does. AdamW's decoupled decay skips biases and
+    normalisation weights (the 1-D parameters), as is usual for it: shrinking a LayerNorm's
+    gain towards zero only fights the next layer.
+
+    >>> opt = make_optimizer(nn.Linear(2, 2), "adamw", 1e-3, 0.9, 0.05)
+    >>> [(len(g["params"]), g["weight_decay"]) for g in opt.param_groups]
+    [(1, 0.05), (1, 0.0)]
+    """
+    if name == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov, fused=True
+        )
+    if name != "adamw":
+        raise ValueError(f"unknown optimizer {name!r}")
+    params = list(model.parameters())
+    groups = [
+        {"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999), fused=True)
+
+
+def attach_ema(trainer: Engine, model: nn.Module, momentum: float) -> EMAHandler | None:
+    """Ignite's ``EMAHandler``: after every training step, ``ema = (1 - momentum) * ema + momentum *
+    weights`` (batch-norm statistics averaged alike). Returns it (its ``ema_model`` is what to
+    validate and checkpoint), or None when ``momentum`` is 0."""
+    if momentum <= 0:
+        return None
+    ema = EMAHandler(model, momentum=momentum, handle_buffers="update")
+    ema.attach(trainer, name="ema_momentum", warn_if_exists=False)  # a resumed trainer has it already
+    return ema
+
+
+def restore_ema(ema: EMAHandler | None, saved: Mapping[str, Any]) -> None:
+    """Load a resumed run's averaged weights; a checkpoint without them (the average newly
+    turned on) starts the average from the restored weights. Call after the model is restored."""
+    if ema is None:
+        return
+    ema.ema_model.load_state_dict(saved["ema_model"] if "ema_model" in saved else ema.model.state_dict())

@@ -30,6 +30,7 @@ from ignite_mlp.errors import UserError
 from ignite_mlp.model import MLP
 from ignite_mlp.plots import image_grid
 from ignite_mlp.precision import run_precision
+from ignite_mlp.whitening import load_whitening, whiten_images
 
 
 @dataclass
@@ -96,22 +97,35 @@ def evaluate(
     saved = run_info(run_dir)
     config = run_config(run_dir, saved)
     state = safe_load(checkpoint)
-    weights = state.get("model", state)  # best checkpoints hold the weights; last ones a dict with "model"
+    # Best checkpoints hold the weights validated (the average, with --ema-momentum); last ones a
+    # dict with "model" and, with --ema-momentum, "ema_model", the weights that were validated.
+    weights = state["ema_model"] if "ema_model" in state else state.get("model", state)
     if dataset is None:
         dataset = load_dataset(data or config.data, config.cache_dir, download=False)
     check_same_data(saved, dataset, run_dir, f"--data {data}" if data else f"the run's data {config.data}")
     model = MLP(
-        dataset.in_features, dataset.num_classes, config.hidden_sizes, config.dropout, config.norm, config.activation
+        dataset.in_features,
+        dataset.num_classes,
+        config.hidden_sizes,
+        config.dropout,
+        config.norm,
+        config.activation,
+        config.blocks,
+        config.expansion,
     )
     fix = f"evaluate a checkpoint with its own run directory ({run_dir}/config.json) and data of its image shape"
     check_model_shapes(model, weights, checkpoint, fix)
     model.load_state_dict(weights)
     torch_device = resolve_device(device)
     model.to(torch_device)
+    # As in training: the run's own whitening (whitening.pt), and TTA if it validated with it.
+    images = dataset.test_images
+    if config.whiten != "none":
+        images = whiten_images(images, load_whitening(run_dir))
     loader = TensorLoader(
-        dataset.test_images, dataset.test_labels, config.eval_batch_size, config.mean, config.std, device=torch_device
+        images, dataset.test_labels, config.eval_batch_size, config.mean, config.std, device=torch_device
     )
-    evaluator = create_evaluator(model, nn.CrossEntropyLoss(), torch_device, run_precision(saved))
+    evaluator = create_evaluator(model, nn.CrossEntropyLoss(), torch_device, run_precision(saved), config.tta)
     ConfusionMatrix(dataset.num_classes, device=torch_device).attach(evaluator, "confusion")
     predictions = _collect_predictions(evaluator)
     metrics = evaluator.run(loader).metrics

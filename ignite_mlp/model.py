@@ -11,9 +11,31 @@ from ignite_mlp.choices import ACTIVATIONS, NORMS
 from ignite_mlp.errors import UserError
 
 
+class ResidualBlock(nn.Module):
+    """An inverted-bottleneck residual block, as in "Scaling MLPs" (Bachmann et al. 2023):
+    ``x + W2 act(W1 LayerNorm(x))``, with ``W1`` widening by ``expansion`` and ``W2`` narrowing back.
+
+    >>> block = ResidualBlock(8, expansion=4)
+    >>> block.expand.weight.shape, block(torch.zeros(2, 8)).shape
+    (torch.Size([32, 8]), torch.Size([2, 8]))
+    """
+
+    def __init__(self, width: int, expansion: int = 4, activation: str = "gelu", dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.expand = nn.Linear(width, width * expansion)
+        self.activation = nn.GELU() if activation == "gelu" else nn.ReLU()
+        self.project = nn.Linear(width * expansion, width)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.dropout(self.project(self.activation(self.expand(self.norm(x)))))
+
+
 class MLP(nn.Module):
     """A plain MLP over flattened images; each hidden layer is Linear, optional BatchNorm or
-    LayerNorm, ReLU or GELU, optional dropout.
+    LayerNorm, ReLU or GELU, optional dropout. ``blocks`` residual blocks (:class:`ResidualBlock`)
+    at the last hidden width may follow, then a LayerNorm before the output layer.
 
     The tutorial's network is ``MLP(3072, 10, [128])``: 3072 -> 128 -> 10 with ReLU.
 
@@ -32,6 +54,8 @@ class MLP(nn.Module):
         dropout: float = 0.0,
         norm: str = "none",
         activation: str = "relu",
+        blocks: int = 0,
+        expansion: int = 4,
     ) -> None:
         super().__init__()
         if not hidden_sizes:
@@ -43,6 +67,8 @@ class MLP(nn.Module):
             )
         if norm not in NORMS or activation not in ACTIVATIONS:
             raise UserError(f"norm must be one of {NORMS} and activation one of {ACTIVATIONS}")
+        if blocks < 0 or expansion < 1:
+            raise UserError(f"--blocks must be >= 0 and --expansion >= 1 (got {blocks}, {expansion})")
         layers: list[nn.Module] = [nn.Flatten()]
         width = in_features
         for h in hidden_sizes:
@@ -56,6 +82,10 @@ class MLP(nn.Module):
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             width = int(h)
+        if blocks:
+            # Pre-norm residual blocks leave the sum unnormalised: normalise it for the output layer.
+            layers += [ResidualBlock(width, expansion, activation, dropout) for _ in range(blocks)]
+            layers.append(nn.LayerNorm(width))
         layers.append(nn.Linear(width, num_classes))
         self.layers = nn.Sequential(*layers)
         self.in_features = in_features

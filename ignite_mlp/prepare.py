@@ -8,13 +8,14 @@ from dataclasses import dataclass
 import torch
 
 from ignite_mlp import ranks
-from ignite_mlp.augment import make_augment
+from ignite_mlp.augment import make_augment, make_mix
 from ignite_mlp.config import TrainConfig
 from ignite_mlp.data import Dataset, TensorLoader, channel_stats, load_dataset, summarize
 from ignite_mlp.guardrails import setup_warnings
 from ignite_mlp.plan import RunPlan
 from ignite_mlp.precision import Precision, resolve_precision
 from ignite_mlp.progress import progress_mode
+from ignite_mlp.whitening import Whitening, prepare_whitening, whiten_dataset
 
 
 @dataclass
@@ -30,6 +31,8 @@ class RunData:
     epoch_length: int
     # What --precision resolved to on this machine, and why.
     precision: Precision
+    # --whiten: the ZCA transform the loaders applied (saved in the run directory), or None.
+    whitening: Whitening | None = None
 
 
 def prepare_data(plan: RunPlan, dataset: Dataset | None = None) -> RunData:
@@ -57,7 +60,11 @@ def prepare_data(plan: RunPlan, dataset: Dataset | None = None) -> RunData:
         mean, std = channel_stats(dataset.train_images)
         config = dataclasses.replace(config, mean=mean, std=std)
         write(f"normalisation from the training set: mean {mean}, std {std}")
-    train_loader, val_loader = build_loaders(dataset, config, plan.device, ranks.rank(), ranks.world_size())
+    # --whiten: measured once (a resumed run reads its whitening.pt); the loaders serve whitened copies.
+    resumed_dir = plan.run_dir if plan.resume is not None else None
+    whitening = prepare_whitening(config.whiten, config.whiten_regularizer, dataset.train_images, resumed_dir)
+    served = whiten_dataset(dataset, whitening)
+    train_loader, val_loader = build_loaders(served, config, plan.device, ranks.rank(), ranks.world_size())
     epoch_length = 2 if config.dry_run else (config.epoch_length or len(train_loader))
     # The overfit check trains on fixed batches on purpose: no shuffle warning then.
     fixed_order = bool(config.overfit_batches)
@@ -65,7 +72,7 @@ def prepare_data(plan: RunPlan, dataset: Dataset | None = None) -> RunData:
         config.batch_size, config.hidden_sizes, plan.device, train_loader, val_loader, fixed_order=fixed_order
     ):
         write(warning)
-    return RunData(config, dataset, train_loader, val_loader, epoch_length, precision)
+    return RunData(config, dataset, train_loader, val_loader, epoch_length, precision, whitening)
 
 
 def build_loaders(
@@ -96,6 +103,7 @@ def build_loaders(
         device=device,
         buffers=3,  # Ignite consumes each batch before drawing the next: recycling is safe
         augment=None if config.overfit_batches else make_augment(config.augment, config.crop_padding),
+        mix=None if config.overfit_batches else make_mix(config.mixup, config.cutmix, len(dataset.classes)),
         rank=rank,
         world_size=world_size,
     )

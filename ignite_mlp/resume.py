@@ -15,16 +15,17 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine
-from ignite.handlers import Checkpoint
+from ignite.handlers import Checkpoint, EMAHandler
 from torch import nn
 
 from ignite_mlp.checkpoints import check_model_shapes, latest_checkpoint, remove_orphans, restore, safe_load
 from ignite_mlp.config import TrainConfig
+from ignite_mlp.controls import restore_ema
 from ignite_mlp.errors import UserError
 from ignite_mlp.files import write_json_atomic
 
 # Restored only when they still apply (see restore_controls); everything else must be there.
-CONTROLS = ("lr_scheduler", "early_stopping")
+CONTROLS = ("lr_scheduler", "early_stopping", "ema_model")
 # What a checkpoint must hold for a run to continue from it.
 REQUIRED = ("model", "optimizer", "trainer", "train_metrics", "history", "random", "best_checkpoint")
 # Changes a resumed run cannot honour: the data, the batches, the model's inputs and layers.
@@ -41,6 +42,8 @@ FIXED = (
     "norm",
     "activation",
     "recipe",
+    "whiten",
+    "whiten_regularizer",
 )
 # Optimizer settings: the checkpoint's optimizer state brings back the old values, so the new
 # ones are set again after it is restored.
@@ -144,6 +147,7 @@ class Resume:
         max_epochs: int,
         main: bool,
         write: Callable[[str], None],
+        ema: EMAHandler | None = None,
     ) -> None:
         """Restore the run's state (``to_save``: what the last checkpoint saves) and the best-model
         tracker, drop best-model files the tracker does not know, then make this resume's
@@ -151,6 +155,7 @@ class Resume:
         controls = {k: to_save.get(k) for k in CONTROLS}
         core = {k: v for k, v in to_save.items() if k not in CONTROLS}
         restore({**core, "best_checkpoint": best}, self.saved)
+        restore_ema(ema, self.saved)  # after the model: a checkpoint without an average starts it from the model
         if main:
             remove_orphans(best, self.checkpoint.parent)
         set_optimizer_settings(core["optimizer"], {k: new for k, (_, new) in self.changes.items() if k in OPTIMIZER})

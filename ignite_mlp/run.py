@@ -49,6 +49,7 @@ from ignite_mlp.lr_finder import record_lr_curve, resolve_auto_lr
 from ignite_mlp.plan import RunPlan, prepare_run_dir, resolve_plan
 from ignite_mlp.prepare import RunData, build_loaders, prepare_data
 from ignite_mlp.rules import loss_is_nan
+from ignite_mlp.whitening import save_whitening
 from ignite_mlp.wiring import Hooks, attach_builtins
 
 # build_loaders and build_optimizer live with their phases; they stay importable from here.
@@ -65,6 +66,8 @@ class RunContext:
     optimizer: torch.optim.Optimizer
     dataset: Dataset
     tb_logger: TensorboardLogger | None
+    # The weights validation and the best checkpoint use: the moving average with --ema-momentum.
+    eval_model: nn.Module | None = None
 
 
 # A user handler: receives (trainer, evaluator, context) and attaches what it likes.
@@ -128,12 +131,18 @@ def train(
     if plan.main and plan.resume is None and not list_handlers:
         # Created only now, so bad data or options leave no half-made run directory behind.
         prepare_run_dir(plan.run_dir, plan.config.overwrite)
+        if data.whitening is not None:
+            save_whitening(data.whitening, plan.run_dir)
     hooks = attach_builtins(plan, data, engines)
     if lr_curve is not None and plan.main:  # lr_finder.png and TensorBoard's lr_finder/loss
         record_lr_curve(lr_curve, plan.run_dir, hooks.tb.writer if hooks.tb is not None else None)
     if plan.resume is not None:
-        plan.resume.apply(hooks.to_save, hooks.best, engines.trainer, plan.max_epochs, plan.main, plan.write)
-    context = RunContext(plan.config, plan.run_dir, engines.model, engines.optimizer, data.dataset, hooks.tb)
+        plan.resume.apply(
+            hooks.to_save, hooks.best, engines.trainer, plan.max_epochs, plan.main, plan.write, engines.ema
+        )
+    context = RunContext(
+        plan.config, plan.run_dir, engines.model, engines.optimizer, data.dataset, hooks.tb, engines.eval_model
+    )
     for handler in plan.handlers:
         handler(engines.trainer, engines.evaluator, context)
     if list_handlers:

@@ -100,9 +100,11 @@ def attach_builtins(plan: RunPlan, data: RunData, engines: Engines) -> Hooks:
         "history": history,
         "random": RandomState(),
     }
+    if engines.ema is not None:
+        to_save["ema_model"] = engines.ema.ema_model
     stopper = attach_early_stopping(trainer, evaluator, config.patience, config.early_stop_metric)
     to_save.update({k: v for k, v in (("lr_scheduler", scheduler), ("early_stopping", stopper)) if v is not None})
-    best, last = attach_checkpoints(trainer, evaluator, engines.model, to_save, files["checkpoints"])
+    best, last = attach_checkpoints(trainer, evaluator, engines.eval_model, to_save, files["checkpoints"])
     attach_new_best_event(trainer, evaluator, best)
     bar = attach_progress_bar(trainer) if progress_mode(config.progress) == "bar" and plan.main else None
     log = bar.log_message if bar else plan.write
@@ -140,7 +142,8 @@ def _attach_tensorboard(
         purge_step=plan.resume.purge_step if plan.resume else None,
         evaluator=engines.evaluator,
         classes=dataset.classes,
-        normalization=(config.mean, config.std),
+        # Whitened images cannot be drawn back from the batch: then no misclassified grid.
+        normalization=None if data.whitening is not None else (config.mean, config.std),
         device=plan.device,
         images_every=config.tb_images_every,
         train_samples=(dataset.train_images, dataset.train_labels),

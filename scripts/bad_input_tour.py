@@ -146,6 +146,31 @@ run("evaluate on data with other class names", ["evaluate", str(root / "done"), 
 run("evaluate on images of another shape", ["evaluate", str(root / "done"), "--data", str(root / "t_small")])
 run("evaluate on an unknown device", ["evaluate", str(root / "done"), "--device", "tpu"])
 run("samples with seed below 0", ["samples", "--data", str(tree), "--seed", "-1", "--out", str(root / "s.png")])
+run("unknown whitening", [*base, "--whiten", "pca2"])
+run("negative whitening regulariser", [*base, "--whiten", "zca", "--whiten-regularizer", "-1"])
+run("EMA momentum of 1", [*base, "--ema-momentum", "1"])
+run("negative MixUp parameter", [*base, "--mixup", "-0.2"])
+run("unknown optimizer", [*base, "--optimizer", "lion"])
+run("exact ZCA of too few images", [*base, "--data", str(tree), "--whiten", "zca", "--whiten-regularizer", "0"])
+with contextlib.redirect_stdout(io.StringIO()):
+    main(
+        [
+            "train",
+            "--no-progress",
+            "--data",
+            str(tree),
+            "--run-dir",
+            str(root / "white"),
+            "--epochs",
+            "1",
+            "--whiten",
+            "zca",
+        ]
+    )
+(root / "white" / "whitening.pt").write_bytes(b"garbage")
+run("evaluate a whitened run whose whitening.pt is corrupt", ["evaluate", str(root / "white")])
+(root / "white" / "whitening.pt").unlink()
+run("evaluate a whitened run without its whitening.pt", ["evaluate", str(root / "white")])
 run("resume of a missing run", ["train", "--resume", str(root / "nope")])
 run("--lr neither a number nor auto", [*base, "--lr", "fast"])
 run("--lr auto on a resumed run", ["train", "--resume", str(root / "done"), "--epochs", "2", "--lr", "auto"])

@@ -3,7 +3,8 @@
 import torch
 import torch.nn.functional as F
 
-from ignite_mlp.augment import make_augment, random_crop, random_flip
+from ignite_mlp.augment import cutmix, make_augment, make_mix, mixup, random_crop, random_flip
+from ignite_mlp.data import TensorLoader
 
 
 def _images(n: int = 64) -> torch.Tensor:
@@ -45,3 +46,66 @@ def test_augment_is_reproducible_per_generator_seed() -> None:
     c = augment(x, torch.Generator().manual_seed(6))
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert make_augment("none") is None
+
+
+def test_mixup_mixes_each_image_and_label_with_the_reversed_batch_by_hand() -> None:
+    x = torch.randn(4, 3, 2, 2, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 2, 1])
+    mixed, soft = mixup(x, y, 0.7, num_classes=3)
+    for i in range(4):
+        j = 3 - i  # the partner: the batch reversed
+        torch.testing.assert_close(mixed[i], 0.7 * x[i] + 0.3 * x[j])
+        expected = [0.0, 0.0, 0.0]
+        expected[int(y[i])] += 0.7
+        expected[int(y[j])] += 0.3
+        torch.testing.assert_close(soft[i], torch.tensor(expected))
+
+
+def test_cutmix_pastes_one_box_of_the_partner_and_mixes_labels_by_its_area() -> None:
+    x = torch.arange(2 * 1 * 8 * 8, dtype=torch.float32).reshape(2, 1, 8, 8)
+    y = torch.tensor([0, 1])
+    for seed in range(10):
+        mixed, soft = cutmix(x, y, 0.75, 2, torch.Generator().manual_seed(seed))
+        from_partner = mixed[0] != x[0]
+        assert torch.equal(mixed[0][from_partner], x[1][from_partner])  # pasted pixels come from image 1
+        rows, cols = from_partner[0].nonzero(as_tuple=True)
+        if len(rows):  # the pasted pixels form one rectangle
+            box = from_partner[0, rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+            assert bool(box.all())
+        share = from_partner.float().mean().item()  # area counted from the pixels themselves
+        torch.testing.assert_close(soft[0], torch.tensor([1 - share, share]))
+        torch.testing.assert_close(soft[1], torch.tensor([share, 1 - share]))
+        assert share <= 0.25 + 1e-6  # at most 1 - lam of the area (less where the box is clipped)
+
+
+def test_make_mix_labels_agree_with_the_images_and_repeat_per_seed() -> None:
+    x = torch.randn(6, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    mix = make_mix(0.4, 0.0, 3)
+    mixed, soft = mix(x, y, torch.Generator().manual_seed(3))
+    # Recover the weight from the images alone: mixed[0] = lam * x[0] + (1 - lam) * x[5].
+    lam = float(((mixed[0] - x[5]) * (x[0] - x[5])).sum() / ((x[0] - x[5]) ** 2).sum())
+    assert 0 < lam < 1
+    torch.testing.assert_close(soft[0], torch.tensor([lam, 0.0, 1 - lam]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(soft.sum(1), torch.ones(6))
+    again, _ = mix(x, y, torch.Generator().manual_seed(3))
+    assert torch.equal(mixed, again)
+    assert make_mix(0.0, 0.0, 3) is None
+    both = make_mix(0.4, 1.0, 3)
+    kinds = set()
+    for seed in range(20):
+        out, _ = both(x, y, torch.Generator().manual_seed(seed))
+        # MixUp changes every pixel of image 0; CutMix leaves the pixels outside its box alone.
+        kinds.add("mixup" if bool((out[0] != x[0]).all()) else "cutmix")
+    assert kinds == {"mixup", "cutmix"}
+
+
+def test_loader_mixes_training_batches_into_class_probabilities() -> None:
+    images, labels = _images(16), torch.arange(16) % 4
+    loader = TensorLoader(images, labels, 8, [0.5], [0.5], shuffle=True, seed=1, mix=make_mix(0.4, 0.0, 4))
+    plain = TensorLoader(images, labels, 8, [0.5], [0.5], shuffle=True, seed=1)
+    for (x, soft), (x0, y0) in zip(loader, plain, strict=True):
+        assert soft.shape == (8, 4) and x.dtype == torch.float32
+        lam = soft[0, y0[0]].item() if y0[0] != y0[-1] else None
+        if lam is not None:
+            torch.testing.assert_close(x[0], lam * x0[0] + (1 - lam) * x0[-1])

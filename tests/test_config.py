@@ -170,3 +170,17 @@ def test_toml_resume_auto_is_resolved_like_the_flag(tmp_path: Path, monkeypatch:
     c = config_from_sources({}, str(toml))
     found = Path("runs") / run.name
     assert (Path(c.resume), Path(c.run_dir), c.epochs, c.lr) == (found, found, 6, 0.02)
+
+
+def test_best_recipe_is_strong_without_dropout_plus_whitening_and_tta() -> None:
+    from ignite_mlp.config import RECIPES
+
+    best = config_from_sources({"recipe": "best"})
+    for key, value in RECIPES["best"].items():
+        assert getattr(best, key) == value, key
+    strong = TrainConfig.from_recipe("strong")
+    # What the README's ablation table adds to "strong", one row at a time, and nothing else.
+    differ = {k for k in RECIPES["best"] if getattr(best, k) != getattr(strong, k)}
+    assert differ == {"dropout", "whiten", "tta", "epochs"}
+    assert best.normalize == "fixed"  # the whitening replaces --mean/--std
+    assert config_from_sources({"recipe": "best", "ema_momentum": 0.001}).ema_momentum == 0.001

@@ -6,7 +6,9 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from ignite_mlp.controls import attach_early_stopping, attach_lr_schedule
+from ignite_mlp.controls import attach_early_stopping, attach_ema, attach_lr_schedule, make_optimizer, restore_ema
+from ignite_mlp.engine import create_trainer
+from ignite_mlp.model import MLP
 
 
 def _lrs(schedule: str, epochs: int = 4, per_epoch: int = 5, **kw) -> list[float]:
@@ -67,3 +69,52 @@ def test_early_stopping_stops_after_patience_epochs(metric: str, values: list[fl
     trainer.run([0], max_epochs=len(values))
     assert trainer.state.epoch == stop_epoch
     assert attach_early_stopping(trainer, evaluator, patience=0, metric=metric) is None
+
+
+def test_ema_of_the_weights_follows_the_formula_step_by_step() -> None:
+    torch.manual_seed(0)
+    model = MLP(12, 3, [6], norm="batch")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    trainer = create_trainer(model, optimizer, torch.nn.CrossEntropyLoss(), torch.device("cpu"))
+    momentum = 0.3
+    ema = attach_ema(trainer, model, momentum)
+    # By hand: start from the initial state, then mix in each step's weights and statistics.
+    expected = {k: v.clone().double() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    def by_hand(_: Engine) -> None:
+        for k, v in model.state_dict().items():
+            if k in expected:
+                expected[k] = (1 - momentum) * expected[k] + momentum * v.double()
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, by_hand)
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(8, 3, 2, 2, generator=g), torch.randint(0, 3, (8,), generator=g)) for _ in range(4)]
+    trainer.run(batches, max_epochs=2)
+    averaged = ema.ema_model.state_dict()
+    for k, v in expected.items():
+        torch.testing.assert_close(averaged[k].double(), v, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(averaged["layers.1.weight"], model.state_dict()["layers.1.weight"])
+    assert attach_ema(trainer, model, 0.0) is None
+
+
+def test_restored_ema_comes_from_the_checkpoint_or_else_the_model() -> None:
+    model = MLP(12, 3, [6])
+    trainer = Engine(lambda e, b: None)
+    ema = attach_ema(trainer, model, 0.1)
+    saved = {k: torch.full_like(v, 2.0) for k, v in model.state_dict().items()}
+    restore_ema(ema, {"ema_model": saved})
+    assert all(bool((v == 2.0).all()) for v in ema.ema_model.state_dict().values())
+    restore_ema(ema, {})  # a checkpoint from before the average was turned on
+    for a, b in zip(ema.ema_model.parameters(), model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_adamw_decays_weights_but_not_biases_and_norms() -> None:
+    model = MLP(12, 3, [6], norm="layer")
+    optimizer = make_optimizer(model, "adamw", 1e-3, 0.9, 0.05)
+    decayed = {id(p) for g in optimizer.param_groups if g["weight_decay"] == 0.05 for p in g["params"]}
+    for name, p in model.named_parameters():
+        assert (id(p) in decayed) == (p.ndim == 2), name
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["betas"][0] == 0.9
+    sgd = make_optimizer(model, "sgd", 0.1, 0.9, 1e-4, nesterov=True)
+    assert sgd.defaults["nesterov"] and sgd.defaults["weight_decay"] == 1e-4

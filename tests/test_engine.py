@@ -147,3 +147,31 @@ def test_build_engines_makes_the_configured_model_and_optimizer(tree, tmp_path) 
     assert not engines.should_stop()
     engines.stop(2, None)  # a Ctrl-C
     assert engines.should_stop()
+
+
+def test_tta_evaluator_equals_averaging_two_forward_passes_by_hand() -> None:
+    torch.manual_seed(4)
+    model = MLP(48, 4, [16], norm="batch").eval()
+    batches = _batches(3, seed=7)
+    metrics = create_evaluator(model, nn.CrossEntropyLoss(), torch.device("cpu"), tta=True).run(batches).metrics
+    with torch.no_grad():
+        x = torch.cat([b[0] for b in batches])
+        y = torch.cat([b[1] for b in batches])
+        mirrored = x[:, :, :, torch.arange(3, -1, -1)]  # each row of pixels reversed, by index
+        logits = (model(x) + model(mirrored)) / 2
+    assert metrics["accuracy"] == (logits.argmax(1) == y).sum().item() / len(y)
+    assert abs(metrics["loss"] - nn.functional.cross_entropy(logits, y).item()) < 1e-6
+    plain = create_evaluator(model, nn.CrossEntropyLoss(), torch.device("cpu")).run(batches).metrics
+    assert plain["loss"] != metrics["loss"]
+
+
+def test_train_accuracy_of_mixed_batches_counts_the_larger_label() -> None:
+    from ignite.engine import Engine
+
+    logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 0.0, 3.0], [1.0, 2.0, 0.0]])
+    soft = torch.tensor([[0.7, 0.3, 0.0], [0.0, 0.6, 0.4], [0.2, 0.0, 0.8]])  # larger labels: 0, 1, 2
+    engine = Engine(lambda e, batch: {"loss": torch.tensor(1.0), "y_pred": logits, "y": soft})
+    metrics = attach_train_metrics(engine, torch.device("cpu"))
+    engine.run([0], max_epochs=1)
+    assert engine.state.metrics["accuracy"] == 1 / 3  # only the first row's argmax matches
+    assert metrics["loss"].compute() == 1.0

@@ -55,3 +55,28 @@ def test_norm_and_activation_options() -> None:
     assert any(isinstance(m, nn.LayerNorm) for m in layer.modules())
     with pytest.raises(UserError, match="norm must be one of"):
         MLP(12, 3, [8], norm="group")
+
+
+def test_residual_blocks_equal_the_formula_by_hand() -> None:
+    torch.manual_seed(1)
+    model = MLP(12, 3, [8], norm="layer", activation="gelu", blocks=2, expansion=3)
+    x = torch.randn(5, 3, 2, 2)
+    first, block1, block2, final_norm, head = (
+        model.layers[1],
+        model.layers[4],
+        model.layers[5],
+        model.layers[6],
+        model.layers[7],
+    )
+    h = nn.functional.gelu(nn.functional.layer_norm(x.flatten(1) @ first.weight.T, (8,), *model.layers[2].parameters()))
+    for block in (block1, block2):
+        inner = nn.functional.layer_norm(h, (8,), block.norm.weight, block.norm.bias)
+        inner = nn.functional.gelu(inner @ block.expand.weight.T + block.expand.bias)  # 8 -> 24
+        h = h + inner @ block.project.weight.T + block.project.bias  # 24 -> 8, plus the skip
+    out = nn.functional.layer_norm(h, (8,), final_norm.weight, final_norm.bias) @ head.weight.T + head.bias
+    torch.testing.assert_close(model(x), out)
+    assert block1.expand.weight.shape == (24, 8)
+    # hidden layer 12*8 (no bias) + LayerNorm 16; each block 8*24+24 + 24*8+8 + LayerNorm 16; final LN 16; head 8*3+3
+    assert sum(p.numel() for p in model.parameters()) == 96 + 16 + 2 * (216 + 200 + 16) + 16 + 27
+    with pytest.raises(UserError, match="--blocks"):
+        MLP(12, 3, [8], blocks=-1)

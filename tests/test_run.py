@@ -267,3 +267,58 @@ def test_cuda_errors_get_advice_and_others_pass_unchanged() -> None:
         raise RuntimeError("CUDA error: device-side assert triggered")
     with pytest.raises(RuntimeError, match="^plain$"), cuda_errors_explained():
         raise RuntimeError("plain")
+
+
+def _best_config(data: Path, run_dir: Path, **kw) -> TrainConfig:
+    """Every ingredient of --recipe best, on tiny data."""
+    best = dict(
+        whiten="zca",
+        hidden_sizes=[32],
+        norm="layer",
+        activation="gelu",
+        blocks=1,
+        mixup=0.2,
+        cutmix=1.0,
+        augment="flip+crop",
+        crop_padding=1,
+        ema_momentum=0.2,
+        tta=True,
+        optimizer="adamw",
+        lr=3e-3,
+        weight_decay=0.05,
+        lr_schedule="onecycle",
+        label_smoothing=0.1,
+    )
+    return _config(data, run_dir, **{**best, **kw})
+
+
+def test_best_ingredients_evaluate_reproduces_the_recorded_best(tree: Path, tmp_path: Path) -> None:
+    from ignite_mlp.evaluate import evaluate
+    from ignite_mlp.whitening import load_whitening, zca
+
+    run = tmp_path / "r"
+    result = train(_best_config(tree, run, epochs=4), write=lambda s: None)
+    # The whitening saved is the one of the training split, and evaluate whitens with it.
+    saved = load_whitening(run)
+    assert torch.equal(saved.matrix, zca(load_dataset(tree).train_images, 0.1).matrix)
+    report = evaluate(run)
+    history = result.history
+    assert report.epoch == result.best_epoch
+    assert report.accuracy == pytest.approx(result.best_val_acc, abs=1e-9)
+    assert report.loss == pytest.approx(history["val_loss"][report.epoch - 1], abs=1e-7)
+    # The best checkpoint holds the averaged weights, not the trained ones; the last one both.
+    last = torch.load(result.last_checkpoint, weights_only=True)
+    assert set(last["ema_model"]) == set(last["model"])
+    assert any(not torch.equal(last["ema_model"][k], last["model"][k]) for k in last["model"])
+    assert evaluate(result.last_checkpoint).accuracy == pytest.approx(history["val_acc_epoch"][-1], abs=1e-9)
+
+
+def test_best_ingredients_ctrl_c_then_resume_equals_an_uninterrupted_run(tree: Path, tmp_path: Path) -> None:
+    from ignite_mlp.errors import TrainingInterrupted
+
+    straight = train(_best_config(tree, tmp_path / "straight", epochs=3), write=lambda s: None).history
+    with pytest.raises(TrainingInterrupted):  # mid-epoch 2: the average, mixing and whitening must carry over
+        train(_best_config(tree, tmp_path / "cut", epochs=3), extra_handlers=[_ctrl_c_at(7)], write=lambda s: None)
+    resumed = train(TrainConfig.from_run(tmp_path / "cut"), write=lambda s: None).history
+    for key in straight:
+        assert resumed[key] == pytest.approx(straight[key], abs=1e-6), key

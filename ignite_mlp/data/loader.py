@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ignite_mlp.augment import Mix
 from ignite_mlp.errors import UserError
 from ignite_mlp.rules import per_process_batch
 
@@ -95,6 +96,11 @@ class TensorLoader:
     the data time. A yielded batch then stays valid only while the next ``k - 1`` are drawn,
     which suits a training loop (the trainer uses 3); ``clone()`` a batch to keep it longer.
 
+    Float ``images`` count as prepared already (whitened, see :mod:`ignite_mlp.whitening`): they
+    are served as they are, augmented but not normalised. ``mix(batch, labels, generator)``
+    mixes each normalised training batch and turns its labels into class probabilities
+    (:func:`ignite_mlp.augment.make_mix`), from the same generator as ``augment``.
+
     ``augment(uint8_batch, generator)`` transforms each training batch before normalisation;
     its generator is seeded by ``(seed, epoch, batch)``, so a resumed run augments alike.
 
@@ -146,13 +152,14 @@ class TensorLoader:
         buffers: int = 0,
         keep_normalized: bool = False,
         augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+        mix: Mix | None = None,
         rank: int = 0,
         world_size: int = 1,
         even_shards: bool = True,
         resident: bool | None = None,
     ) -> None:
-        if images.dtype != torch.uint8 or images.ndim != 4:
-            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        if not (images.dtype == torch.uint8 or images.is_floating_point()) or images.ndim != 4:
+            raise ValueError(f"images must be uint8 or float (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         if not 0 <= rank < world_size:
@@ -183,6 +190,8 @@ class TensorLoader:
             raise ValueError("keep_normalized serves the images as they are; it cannot be combined with augment")
         self.buffers = buffers
         self.augment = augment
+        self.mix = mix
+        self.prepared = images.is_floating_point()  # whitened already: no normalisation
         self.epoch = 1
         self.start = 0
         self.scale, self.shift = (t.to(self.device) for t in normalization(mean, std, images.shape[1]))
@@ -234,7 +243,7 @@ class TensorLoader:
         if len(self._staging) <= slot:
             cuda = self.device.type == "cuda"
             shape = (min(self.batch_size, self._shard_size), *self.images.shape[1:])
-            buffer = torch.empty(shape, dtype=torch.uint8, pin_memory=cuda)
+            buffer = torch.empty(shape, dtype=self.images.dtype, pin_memory=cuda)
             self._staging.append((buffer, torch.cuda.Event() if cuda else None))
         buffer, copied = self._staging[slot]
         if copied is not None:
@@ -255,7 +264,7 @@ class TensorLoader:
         # Every rank draws the whole permutation and keeps its own positions of it.
         order = self.permutation(self.epoch)[self.rank : self._used : self.world_size] if self.shuffle else None
         host_order = order.cpu() if order is not None and not self.resident else None  # once per epoch
-        if self.keep_normalized and self._normalized is None:
+        if self.keep_normalized and self._normalized is None and not self.prepared:
             # A shuffled rank gathers from the whole set; an ordered one reads its shard only.
             self._normalized = self._normalize_all(self.images if self.shuffle else self._shard_images)
         start, self.start = self.start, 0  # a resume offset applies to one pass only
@@ -281,9 +290,11 @@ class TensorLoader:
                     x = self.images.index_select(0, idx)
                 else:
                     x = self._from_host(host_order[lo:hi], i % 2)
+            generator = self._generator(self.epoch, i, *self._augment_key) if self.augment or self.mix else None
             if self.augment is not None:
-                x = self.augment(x, self._generator(self.epoch, i, *self._augment_key))
-            yield self.normalize(x, out), y
+                x = self.augment(x, generator)  # type: ignore[arg-type]
+            x = x if self.prepared else self.normalize(x, out)
+            yield self.mix(x, y, generator) if self.mix is not None else (x, y)  # type: ignore[arg-type]
 
     def normalize(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """``(x / 255 - mean) / std`` for a uint8 batch, into ``out`` when given."""

@@ -1,0 +1,53 @@
+"""A handler for the ablation runs of ``--recipe best``: per epoch, the validation accuracy of
+the trained weights and of their moving average, each with and without the mirrored image.
+
+EMA and TTA change only what is validated, never the training itself, so one run with both
+gives the four rows "neither / TTA / EMA / both" exactly as four runs of the same seed would
+(except for their wall time). Written to ``probe.json`` in the run directory:
+
+    ignite-mlp train --recipe best --handler scripts/ablation_probe.py:attach --data ...
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import torch
+from ignite.engine import Engine, Events
+
+from ignite_mlp.engine import flip_tta, forward_fn
+
+
+def attach(trainer: Engine, evaluator: Engine, context) -> None:  # noqa: ANN001 (a RunContext)
+    device = next(context.model.parameters()).device
+    plain = forward_fn(context.config.precision, device)
+    variants = {"plain": (context.model, plain), "tta": (context.model, flip_tta(plain))}
+    if context.eval_model is not None and context.eval_model is not context.model:
+        variants.update({"ema": (context.eval_model, plain), "ema+tta": (context.eval_model, flip_tta(plain))})
+    path = context.run_dir / "probe.json"
+    records: list[dict[str, float]] = json.loads(path.read_text()) if path.exists() else []
+
+    def probe(engine: Engine) -> None:
+        start = time.perf_counter()
+        loader = evaluator.state.dataloader  # the validation batches the evaluator just ran over
+        row: dict[str, float] = {"epoch": engine.state.epoch}
+        for name, (model, forward) in variants.items():
+            was_training = model.training
+            model.eval()
+            correct = total = 0
+            with torch.no_grad():
+                for x, y in loader:
+                    correct += int((forward(model, x).argmax(1) == y).sum())
+                    total += len(y)
+            model.train(was_training)
+            row[name] = round(100.0 * correct / total, 4)
+        row["probe_seconds"] = round(time.perf_counter() - start, 2)
+        row["elapsed_seconds"] = round(time.perf_counter() - START, 1)
+        records.append(row)
+        path.write_text(json.dumps(records, indent=1) + "\n")
+
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, probe)
+
+
+START = time.perf_counter()
