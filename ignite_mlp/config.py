@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import re
 import tomllib
 import typing
@@ -17,67 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ignite_mlp.choices import (
-    ACTIVATIONS,
-    AUGMENTS,
-    BACKENDS,
-    LR_SCHEDULES,
-    NORMS,
-    OPTIMIZERS,
-    PRECISIONS,
-    PROGRESS_MODES,
-    STOP_METRICS,
-    WHITENINGS,
-)
 from ignite_mlp.errors import UserError
-from ignite_mlp.rules import per_process_batch, require_cuda
+from ignite_mlp.recipes import RECIPES
+from ignite_mlp.rules import require_cuda
+from ignite_mlp.validation import DEVICE_PATTERN, check_data, validate
+from ignite_mlp.validation import check as _check
+from ignite_mlp.validation import flag as _flag
 
 if TYPE_CHECKING:
     import torch
-
-DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
-
-# Presets: field values applied over the defaults, under any TOML key or flag the user gives.
-# "strong" stays a pure MLP; each ingredient was kept because it paid on CIFAR-10 (README).
-RECIPES: dict[str, dict[str, Any]] = {
-    "tutorial": {},
-    "strong": {
-        "hidden_sizes": [2048, 1024, 512],
-        "norm": "batch",
-        "activation": "gelu",
-        "dropout": 0.1,
-        "label_smoothing": 0.1,
-        "augment": "flip+crop",
-        "crop_padding": 2,
-        "normalize": "dataset",
-        "lr": 0.05,
-        "nesterov": True,
-        "weight_decay": 5e-4,
-        "lr_schedule": "onecycle",
-        "batch_size": 512,
-        "epochs": 40,
-    },
-    # "strong" without dropout, on ZCA-whitened images, validated with the mirror image averaged
-    # in, for 60 epochs: above 70% in under 15 minutes on a 2-core CPU (README, "The best recipe").
-    "best": {
-        "hidden_sizes": [2048, 1024, 512],
-        "norm": "batch",
-        "activation": "gelu",
-        "dropout": 0.0,
-        "label_smoothing": 0.1,
-        "augment": "flip+crop",
-        "crop_padding": 2,
-        "whiten": "zca",
-        "whiten_regularizer": 0.1,
-        "tta": True,
-        "lr": 0.05,
-        "nesterov": True,
-        "weight_decay": 5e-4,
-        "lr_schedule": "onecycle",
-        "batch_size": 512,
-        "epochs": 60,
-    },
-}
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -215,98 +162,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise :class:`UserError` naming the first impossible value and how to fix it."""
-        self._check_finite()
-        _check(0 <= self.seed < 2**32, "--seed", self.seed, "in [0, 2**32 - 1]", "e.g. --seed 0")
-        _check(self.epochs >= 1, "--epochs", self.epochs, ">= 1", "pass a positive number of epochs")
-        _check(self.batch_size >= 1, "--batch-size", self.batch_size, ">= 1", "try 256")
-        _check(self.eval_batch_size >= 1, "--eval-batch-size", self.eval_batch_size, ">= 1", "try 1024")
-        _check(len(self.hidden_sizes) >= 1, "--hidden-sizes", self.hidden_sizes, "non-empty", "e.g. --hidden-sizes 128")
-        for h in self.hidden_sizes:
-            _check(h >= 1, "--hidden-sizes", self.hidden_sizes, "all >= 1", "give positive widths such as 128")
-        if self.lr != "auto":
-            _check(isinstance(self.lr, float), "--lr", self.lr, "a number or auto", "e.g. --lr 1e-3 or --lr auto")
-            _check(self.lr > 0, "--lr", self.lr, "> 0", "pass a positive learning rate such as 1e-3")
-        _check(0 <= self.momentum < 1, "--momentum", self.momentum, "in [0, 1)", "try 0.9")
-        _check(self.weight_decay >= 0, "--weight-decay", self.weight_decay, ">= 0", "try 1e-4")
-        _check(
-            self.momentum > 0 or not self.nesterov,
-            "--momentum",
-            self.momentum,
-            "> 0 with --nesterov",
-            "Nesterov momentum needs momentum: pass --momentum 0.9, or --no-nesterov",
-        )
-        _check(len(self.mean) >= 1, "--mean", self.mean, "non-empty", "e.g. --mean 0.5")
-        _check(len(self.std) >= 1 and all(s > 0 for s in self.std), "--std", self.std, "all > 0", "e.g. --std 0.5")
-        _check(
-            self.tb_images_every >= 0, "--tb-images-every", self.tb_images_every, ">= 0", "pass 0 for no images, or N"
-        )
-        _check(self.precision in PRECISIONS, "--precision", self.precision, f"one of {PRECISIONS}", "auto picks")
-        _check(self.progress in PROGRESS_MODES, "--progress", self.progress, f"one of {PROGRESS_MODES}", "")
-        _check(0 <= self.dropout < 1, "--dropout", self.dropout, "in [0, 1)", "try 0.2")
-        _check(self.norm in NORMS, "--norm", self.norm, f"one of {NORMS}", "")
-        _check(self.activation in ACTIVATIONS, "--activation", self.activation, f"one of {ACTIVATIONS}", "")
-        _check(0 <= self.label_smoothing < 1, "--label-smoothing", self.label_smoothing, "in [0, 1)", "try 0.1")
-        _check(self.augment in AUGMENTS, "--augment", self.augment, f"one of {AUGMENTS}", "")
-        _check(self.crop_padding >= 0, "--crop-padding", self.crop_padding, ">= 0", "try 4")
-        _check(self.normalize in ("fixed", "dataset"), "--normalize", self.normalize, "fixed or dataset", "")
-        self._validate_best()
-        _check(self.recipe in RECIPES, "--recipe", self.recipe, f"one of {tuple(RECIPES)}", "")
-        _check(self.lr_schedule in LR_SCHEDULES, "--lr-schedule", self.lr_schedule, f"one of {LR_SCHEDULES}", "")
-        _check(self.lr_step_epochs >= 0, "--lr-step-epochs", self.lr_step_epochs, ">= 0", "try 10")
-        _check(0 < self.lr_gamma <= 1, "--lr-gamma", self.lr_gamma, "in (0, 1]", "try 0.1")
-        _check(self.patience >= 0, "--patience", self.patience, ">= 0", "0 turns early stopping off")
-        _check(
-            self.early_stop_metric in STOP_METRICS,
-            "--early-stop-metric",
-            self.early_stop_metric,
-            f"one of {STOP_METRICS}",
-            "",
-        )
-        _check(
-            self.epoch_length is None or self.epoch_length >= 1,
-            "--epoch-length",
-            self.epoch_length,
-            ">= 1",
-            "or leave it out for a full pass",
-        )
-        _check(self.overfit_batches >= 0, "--overfit-batches", self.overfit_batches, ">= 0", "try 2")
-        _check(
-            re.fullmatch(DEVICE_PATTERN, self.device) is not None,
-            "--device",
-            self.device,
-            "auto, cpu, cuda or cuda:N",
-            "e.g. --device cpu",
-        )
-        _check(self.nproc_per_node >= 1, "--nproc-per-node", self.nproc_per_node, ">= 1", "1 trains in this process")
-        _check(self.backend in BACKENDS, "--backend", self.backend, f"one of {BACKENDS}", "auto picks the right one")
-        if self.nproc_per_node >= 1:
-            per_process_batch(self.batch_size, self.nproc_per_node)
-        _check(
-            self.nproc_per_node == 1 or re.fullmatch(r"cuda:\d+", self.device) is None,
-            "--device",
-            self.device,
-            "auto, cpu or cuda with --nproc-per-node > 1",
-            "each process takes the GPU of its local rank",
-        )
-        _check(
-            self.backend != "nccl" or self.device != "cpu",
-            "--backend",
-            self.backend,
-            "gloo or auto with --device cpu",
-            "NCCL only connects GPUs",
-        )
-
-    def _check_finite(self) -> None:
-        # NaN fails every range check below, but infinity passes "> 0" and ">= 0".
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            numbers = value if isinstance(value, list) else [value]
-            if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
-                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-                example = " ".join(map(str, default)) if isinstance(default, list) else default
-                raise UserError(
-                    f"{_flag(f.name)} must be a finite number (got {value!r}); e.g. {_flag(f.name)} {example}"
-                )
+        validate(self)
 
     def check_data(self, image_shape: tuple[int, int, int]) -> None:
         """The checks that need the data's image shape ``(C, H, W)``, made once it is loaded.
@@ -316,25 +172,7 @@ class TrainConfig:
         ...
         ignite_mlp.errors.UserError: --crop-padding must be below the image size 8x8 (got 8); try --crop-padding 1
         """
-        _, height, width = image_shape
-        _check(
-            "crop" not in self.augment or self.crop_padding < min(height, width),
-            "--crop-padding",
-            self.crop_padding,
-            f"below the image size {height}x{width}",
-            f"try --crop-padding {max(1, min(height, width) // 8)}",
-        )
-
-    def _validate_best(self) -> None:
-        """The checks of --recipe best's ingredients."""
-        _check(self.whiten in WHITENINGS, "--whiten", self.whiten, f"one of {WHITENINGS}", "")
-        _check(self.whiten_regularizer >= 0, "--whiten-regularizer", self.whiten_regularizer, ">= 0", "try 0.1")
-        _check(self.blocks >= 0, "--blocks", self.blocks, ">= 0", "0 keeps the plain stack")
-        _check(self.expansion >= 1, "--expansion", self.expansion, ">= 1", "try 4")
-        _check(self.mixup >= 0, "--mixup", self.mixup, ">= 0", "try 0.2, or 0 for none")
-        _check(self.cutmix >= 0, "--cutmix", self.cutmix, ">= 0", "try 1.0, or 0 for none")
-        _check(0 <= self.ema_momentum < 1, "--ema-momentum", self.ema_momentum, "in [0, 1)", "try 0.002, or 0")
-        _check(self.optimizer in OPTIMIZERS, "--optimizer", self.optimizer, f"one of {OPTIMIZERS}", "")
+        check_data(self, image_shape)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -364,15 +202,6 @@ class TrainConfig:
         values.update(overrides)
         values.update(run_dir=str(run_dir), resume=str(run_dir), overwrite=False)
         return cls(**values)
-
-
-def _check(ok: bool, flag: str, value: Any, rule: str, fix: str) -> None:
-    if not ok:
-        raise UserError(f"{flag} must be {rule} (got {value!r})" + (f"; {fix}" if fix else ""))
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:

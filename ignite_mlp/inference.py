@@ -23,22 +23,37 @@ from ignite_mlp.data import load_dataset, normalization
 from ignite_mlp.errors import UserError
 from ignite_mlp.evaluate import find_checkpoint, run_config
 from ignite_mlp.model import MLP
+from ignite_mlp.whitening import Whitening, load_whitening
 
 
 class Preprocess(nn.Module):
     """uint8 ``(N, C, H, W)`` images to the float inputs the model was trained on:
     ``(x / 255 - mean) / std`` per channel, as ``x * scale + shift`` (the training loader's
-    arithmetic, so the same values)."""
+    arithmetic, so the same values); or, for a run trained on whitened images,
+    ``(x / 255 - mean) @ matrix`` over the flattened image (:mod:`ignite_mlp.whitening`)."""
 
-    def __init__(self, scale: torch.Tensor, shift: torch.Tensor, description: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        scale: torch.Tensor,
+        shift: torch.Tensor,
+        description: dict[str, Any] | None = None,
+        whitening: Whitening | None = None,
+    ) -> None:
         super().__init__()
         # What it does, in the run's own terms (exported files carry it in their metadata).
         self.description = dict(description or {})
         self.register_buffer("scale", scale.float().reshape(1, -1, 1, 1))
         self.register_buffer("shift", shift.float().reshape(1, -1, 1, 1))
+        self.whitened = whitening is not None
+        # Registered either way (empty without a whitening): TorchScript compiles both branches.
+        self.register_buffer("white_mean", whitening.mean.float() if whitening else torch.zeros(0))
+        self.register_buffer("white_matrix", whitening.matrix.float() if whitening else torch.zeros(0, 0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.float() * self.scale + self.shift
+        if not self.whitened:
+            return x.float() * self.scale + self.shift
+        flat = x.flatten(1).float() / 255 - self.white_mean
+        return (flat @ self.white_matrix).reshape(x.shape)
 
 
 def run_preprocessing(
@@ -56,6 +71,9 @@ def run_preprocessing(
     if channels is None:
         channels = _card(Path(run_dir), config)["image_shape"][0]
     scale, shift = normalization(config.mean, config.std, channels)
+    if config.whiten != "none":  # the ZCA transform it trained with, from its whitening.pt
+        description = {"normalize": "(x / 255 - mean) @ matrix over the flattened image", "whiten": config.whiten}
+        return Preprocess(scale, shift, description, load_whitening(run_dir))
     return Preprocess(scale, shift, {"normalize": "(x / 255 - mean) / std", "mean": config.mean, "std": config.std})
 
 
@@ -97,6 +115,8 @@ def load_classifier(target: str | Path, device: str | torch.device = "cpu") -> C
         config.dropout,
         config.norm,
         config.activation,
+        config.blocks,
+        config.expansion,
     )
     check_model_shapes(model, weights, checkpoint)
     model.load_state_dict(weights)

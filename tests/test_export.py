@@ -135,3 +135,23 @@ def test_a_failed_check_leaves_nothing_and_exits_1(
     assert list(tmp_path.iterdir()) == []
     assert _run(["export", str(runs["rgb"]), "--format", "torchscript", "--out", str(tmp_path / "no" / "m.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_whitened_run_exports_its_whitening_inside_the_graph(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    pytest.importorskip("onnx")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from ignite_mlp.evaluate import evaluate
+
+    run = tmp_path / "white"
+    config = TrainConfig(
+        data=str(make_tree(tmp_path / "tree")), run_dir=str(run), whiten="zca", epochs=2, batch_size=8, progress=False
+    )
+    train(config, write=lambda _: None)
+    out = tmp_path / "white.onnx"
+    assert _run(["export", str(run), "--format", "onnx", "--out", str(out)]) == 0
+    assert "same top-1 for 12/12" in capsys.readouterr().out
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    images = _images(run, 12)
+    got = session.run(None, {session.get_inputs()[0].name: images.numpy()})[0]
+    # evaluate whitens through the training code path (whiten_images): the same classes.
+    assert got.argmax(axis=1).tolist() == evaluate(run).predictions.tolist()

@@ -33,9 +33,16 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("predict")
 
 
-def _train(data: Path, run_dir: Path, cache: Path) -> Path:
+def _train(data: Path, run_dir: Path, cache: Path, **kw) -> Path:
     config = TrainConfig(
-        data=str(data), run_dir=str(run_dir), cache_dir=str(cache), epochs=3, batch_size=8, lr=0.05, progress=False
+        data=str(data),
+        run_dir=str(run_dir),
+        cache_dir=str(cache),
+        epochs=3,
+        batch_size=8,
+        lr=0.05,
+        progress=False,
+        **kw,
     )
     train(config, write=_quiet)
     return run_dir
@@ -45,6 +52,14 @@ def _train(data: Path, run_dir: Path, cache: Path) -> Path:
 def rgb_run(root: Path) -> Path:
     """A run on the 8x8 RGB tree (its data in ``root / "tree"``)."""
     return _train(make_tree(root / "tree"), root / "rgb-run", root / "cache")
+
+
+@pytest.fixture(scope="module")
+def white_run(root: Path) -> Path:
+    """A run on the 8x8 RGB tree's ZCA-whitened images, with the weights' moving average and
+    blocks (its data in ``root / "white-tree"``)."""
+    data = make_tree(root / "white-tree")
+    return _train(data, root / "white-run", root / "cache", whiten="zca", ema_momentum=0.2, blocks=1, hidden_sizes=[16])
 
 
 @pytest.fixture(scope="module")
@@ -73,11 +88,15 @@ def _by_hand(run_dir: Path, pixels: np.ndarray) -> torch.Tensor:
         return torch.softmax(model(((x / 255 - 0.5) / 0.5).unsqueeze(0)), dim=1)[0]
 
 
-@pytest.mark.parametrize("which", ["rgb", "gray"])
+@pytest.mark.parametrize("which", ["rgb", "gray", "white"])
 def test_predictions_on_the_validation_images_agree_with_evaluate(
-    which: str, root: Path, rgb_run: Path, gray_run: Path
+    which: str, root: Path, rgb_run: Path, gray_run: Path, white_run: Path
 ) -> None:
-    run, data = (rgb_run, root / "tree") if which == "rgb" else (gray_run, root / "gray")
+    run, data = {
+        "rgb": (rgb_run, root / "tree"),
+        "gray": (gray_run, root / "gray"),
+        "white": (white_run, root / "white-tree"),
+    }[which]
     classifier = load_classifier(run)
     predictions, summary = predict(classifier, [str(data / "test")], top=1, batch_size=5)
     assert summary.exit_status == 0 and summary.classified == 12
