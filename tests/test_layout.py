@@ -12,27 +12,32 @@ def _is_type_checking(node: ast.If) -> bool:
     return isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
 
 
+def _module_name(path: Path, package: Path) -> str:
+    """``ignite_mlp/data/loader.py`` -> ``ignite_mlp.data.loader``; a package's ``__init__`` is the package."""
+    parts = ["ignite_mlp", *path.relative_to(package).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
 def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
     """Module -> the package's modules it imports anywhere (top level or inside a function),
     except under ``if TYPE_CHECKING:``, which never runs."""
-    modules = {f"ignite_mlp.{p.stem}" if p.stem != "__init__" else "ignite_mlp": p for p in package.glob("*.py")}
+    modules = {_module_name(p, package): p for p in package.rglob("*.py")}
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         edges: set[str] = set()
-        skipped = {
-            id(n)
-            for node in ast.walk(ast.parse(path.read_text()))
-            if isinstance(node, ast.If) and _is_type_checking(node)
-            for n in ast.walk(node)
-        }
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        typing_only = [node for node in ast.walk(tree) if isinstance(node, ast.If) and _is_type_checking(node)]
+        skipped = {id(inner) for node in typing_only for inner in ast.walk(node)}
+        for node in ast.walk(tree):
             if id(node) in skipped:
                 continue
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                # "from ignite_mlp import ranks" imports the module ignite_mlp.ranks
-                targets = [f"{node.module}.{a.name}" for a in node.names] + [node.module]
+                # "from ignite_mlp import ranks" imports the module ignite_mlp.ranks; "from
+                # ignite_mlp.config import TrainConfig" the module ignite_mlp.config.
+                submodules = [f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in modules]
+                targets = submodules if len(submodules) == len(node.names) else [*submodules, node.module]
             else:
                 continue
             edges |= {t for t in targets if t in modules and t != name}
