@@ -198,7 +198,9 @@ def build_loaders(
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """SGD or AdamW as the config says (see :func:`ignite_mlp.controls.make_optimizer`)."""
-    return make_optimizer(model, config.optimizer, config.lr, config.momentum, config.weight_decay, config.nesterov)
+    return make_optimizer(
+        model, config.optimizer, config.lr, config.momentum, config.weight_decay, config.nesterov, config.decay_norms
+    )
 
 
 class _StopRequest:
@@ -286,7 +288,7 @@ def train(
         write(f"normalisation from the training set: mean {mean}, std {std}")
     # --whiten: measured once (a resumed run reads its whitening.pt); the loaders serve whitened copies.
     whitening = prepare_whitening(
-        config.whiten, config.whiten_regularizer, dataset.train_images, run_dir if saved is not None else None
+        config.whiten, config.whiten_regularizer, dataset.train_images, run_dir if saved is not None else None, write
     )
     loader_data = whiten_dataset(dataset, whitening)
     train_loader, val_loader = build_loaders(loader_data, config, device, dist.rank(), dist.world_size())
