@@ -104,7 +104,8 @@ class TrainConfig:
     # Ignite's EMAHandler: validation and the best checkpoint use the averaged weights.
     ema_momentum: float = _opt(0.0, "EMA of the weights for validation: weight of the new weights per step (0: off)")
     tta: bool = _opt(False, "validate (and evaluate) on the mean logits of each image and its mirror image")
-    optimizer: str = _opt("sgd", "sgd | adamw (decoupled weight decay; not on biases and norms)")
+    optimizer: str = _opt("sgd", "sgd | adamw (decoupled weight decay)")
+    decay_norms: bool = _opt(True, "weight decay on biases and norm weights too (--no-decay-norms: on weights only)")
 
     # Training controls, on Ignite's own EarlyStopping and parameter schedulers.
     dropout: float = _opt(0.0, "dropout probability after each hidden layer")

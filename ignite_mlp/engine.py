@@ -207,7 +207,9 @@ def create_evaluator(
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """SGD or AdamW as the config says (see :func:`ignite_mlp.controls.make_optimizer`)."""
-    return make_optimizer(model, config.optimizer, config.lr, config.momentum, config.weight_decay, config.nesterov)
+    return make_optimizer(
+        model, config.optimizer, config.lr, config.momentum, config.weight_decay, config.nesterov, config.decay_norms
+    )
 
 
 class StopRequest:

@@ -62,7 +62,7 @@ def prepare_data(plan: RunPlan, dataset: Dataset | None = None) -> RunData:
         write(f"normalisation from the training set: mean {mean}, std {std}")
     # --whiten: measured once (a resumed run reads its whitening.pt); the loaders serve whitened copies.
     resumed_dir = plan.run_dir if plan.resume is not None else None
-    whitening = prepare_whitening(config.whiten, config.whiten_regularizer, dataset.train_images, resumed_dir)
+    whitening = prepare_whitening(config.whiten, config.whiten_regularizer, dataset.train_images, resumed_dir, write)
     served = whiten_dataset(dataset, whitening)
     train_loader, val_loader = build_loaders(served, config, plan.device, ranks.rank(), ranks.world_size())
     epoch_length = 2 if config.dry_run else (config.epoch_length or len(train_loader))

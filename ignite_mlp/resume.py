@@ -44,6 +44,9 @@ FIXED = (
     "recipe",
     "whiten",
     "whiten_regularizer",
+    # The optimizer's kind and its parameter groups: its saved state fits no other.
+    "optimizer",
+    "decay_norms",
 )
 # Optimizer settings: the checkpoint's optimizer state brings back the old values, so the new
 # ones are set again after it is restored.

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,7 +154,11 @@ def load_whitening(run_dir: str | Path) -> Whitening:
 
 
 def prepare_whitening(
-    method: str, regularizer: float, images: torch.Tensor, run_dir: str | Path | None = None
+    method: str,
+    regularizer: float,
+    images: torch.Tensor,
+    run_dir: str | Path | None = None,
+    write: Callable[[str], None] = print,
 ) -> Whitening | None:
     """The run's whitening: None for ``--whiten none``; the saved one of ``run_dir`` (a resumed
     run) when given; else measured on the training ``images``."""
@@ -162,7 +168,10 @@ def prepare_whitening(
         raise ValueError(f"unknown whitening {method!r}; choose one of {WHITENINGS}")
     if run_dir is not None:
         return load_whitening(run_dir)
-    return zca(images, regularizer)
+    start = time.perf_counter()
+    whitening = zca(images, regularizer)
+    write(f"ZCA whitening measured on the {len(images)} training images in {time.perf_counter() - start:.1f}s")
+    return whitening
 
 
 def whiten_dataset(dataset: Dataset, whitening: Whitening | None) -> Dataset:

@@ -109,12 +109,27 @@ def test_restored_ema_comes_from_the_checkpoint_or_else_the_model() -> None:
         assert torch.equal(a, b)
 
 
-def test_adamw_decays_weights_but_not_biases_and_norms() -> None:
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_weight_decay_spares_biases_and_norms_only_when_asked(name: str) -> None:
     model = MLP(12, 3, [6], norm="layer")
-    optimizer = make_optimizer(model, "adamw", 1e-3, 0.9, 0.05)
+    optimizer = make_optimizer(model, name, 1e-3, 0.9, 0.05, nesterov=name == "sgd", decay_norms=False)
     decayed = {id(p) for g in optimizer.param_groups if g["weight_decay"] == 0.05 for p in g["params"]}
-    for name, p in model.named_parameters():
-        assert (id(p) in decayed) == (p.ndim == 2), name
-    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["betas"][0] == 0.9
-    sgd = make_optimizer(model, "sgd", 0.1, 0.9, 1e-4, nesterov=True)
-    assert sgd.defaults["nesterov"] and sgd.defaults["weight_decay"] == 1e-4
+    for param_name, p in model.named_parameters():  # weight matrices are 2-D; biases, LayerNorm 1-D
+        assert (id(p) in decayed) == ("weight" in param_name and "layers.2" not in param_name), param_name
+    every = make_optimizer(model, name, 1e-3, 0.9, 0.05)
+    assert [len(g["params"]) for g in every.param_groups] == [len(list(model.parameters()))]
+    assert every.param_groups[0]["weight_decay"] == 0.05
+    if name == "adamw":
+        assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["betas"][0] == 0.9
+    else:
+        assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["nesterov"]
+
+    # One SGD step by hand: a spared bias moves by its gradient only, a weight also by its decay.
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(2, 1)
+    w0, b0 = lin.weight.detach().clone(), lin.bias.detach().clone()
+    sgd = make_optimizer(lin, "sgd", 0.1, 0.0, 0.5, decay_norms=False)
+    lin(torch.ones(1, 2)).sum().backward()
+    sgd.step()
+    torch.testing.assert_close(lin.weight.detach(), w0 - 0.1 * (torch.ones(1, 2) + 0.5 * w0))
+    torch.testing.assert_close(lin.bias.detach(), b0 - 0.1 * torch.ones(1))
