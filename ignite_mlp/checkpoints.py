@@ -56,6 +56,15 @@ def safe_load(path: str | Path) -> dict[str, Any]:
     return state
 
 
+def validated_weights(state: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The weights a checkpoint's run validated: a best checkpoint holds just them (the moving
+    average, with --ema-momentum); a last one a dict with "model" and, with --ema-momentum,
+    "ema_model", the weights that were validated."""
+    if "ema_model" in state:
+        return state["ema_model"]
+    return state.get("model", state)
+
+
 def find_run(spec: str, runs_root: str | Path = "runs") -> Path:
     """``auto`` means the newest run under ``runs_root``; anything else is a run directory."""
     if spec == "auto":

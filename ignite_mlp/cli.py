@@ -173,19 +173,16 @@ def _train(ns: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
     ns = build_parser().parse_args(argv)
+    commands = {
+        "train": _train,
+        "evaluate": _evaluate,
+        "samples": _samples,
+        "lr-find": _lr_find,
+        "predict": _predict,
+        "export": _export,
+    }
     try:
-        if ns.command == "train":
-            return _train(ns)
-        if ns.command == "evaluate":
-            return _evaluate(ns)
-        if ns.command == "samples":
-            return _samples(ns)
-        if ns.command == "lr-find":
-            return _lr_find(ns)
-        if ns.command == "predict":
-            return _predict(ns)
-        if ns.command == "export":
-            return _export(ns)
+        return commands[ns.command](ns)
     except UserError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
@@ -198,4 +195,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CudaError, RankError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
-    return 2

@@ -247,16 +247,7 @@ def build_engines(plan: RunPlan, data: RunData) -> Engines:
     its training metrics and the evaluator."""
     config, device = plan.config, plan.device
     dataset = data.dataset
-    model = MLP(
-        dataset.in_features,
-        dataset.num_classes,
-        config.hidden_sizes,
-        config.dropout,
-        config.norm,
-        config.activation,
-        config.blocks,
-        config.expansion,
-    ).to(device)
+    model = MLP.from_config(config, dataset.in_features, dataset.num_classes).to(device)
     if plan.resume is not None:
         plan.resume.check_model(model)
     # Across ranks the trainer steps a DistributedDataParallel wrapper (gradients averaged over

@@ -22,7 +22,7 @@ from ignite.engine import Engine, Events
 from ignite.metrics import ConfusionMatrix
 from torch import nn
 
-from ignite_mlp.checkpoints import best_checkpoint, check_model_shapes, check_same_data, safe_load
+from ignite_mlp.checkpoints import best_checkpoint, check_model_shapes, check_same_data, safe_load, validated_weights
 from ignite_mlp.config import TrainConfig, resolve_device
 from ignite_mlp.data import Dataset, TensorLoader, denormalize, load_dataset
 from ignite_mlp.engine import create_evaluator
@@ -97,22 +97,11 @@ def evaluate(
     saved = run_info(run_dir)
     config = run_config(run_dir, saved)
     state = safe_load(checkpoint)
-    # Best checkpoints hold the weights validated (the average, with --ema-momentum); last ones a
-    # dict with "model" and, with --ema-momentum, "ema_model", the weights that were validated.
-    weights = state["ema_model"] if "ema_model" in state else state.get("model", state)
+    weights = validated_weights(state)
     if dataset is None:
         dataset = load_dataset(data or config.data, config.cache_dir, download=False)
     check_same_data(saved, dataset, run_dir, f"--data {data}" if data else f"the run's data {config.data}")
-    model = MLP(
-        dataset.in_features,
-        dataset.num_classes,
-        config.hidden_sizes,
-        config.dropout,
-        config.norm,
-        config.activation,
-        config.blocks,
-        config.expansion,
-    )
+    model = MLP.from_config(config, dataset.in_features, dataset.num_classes)
     fix = f"evaluate a checkpoint with its own run directory ({run_dir}/config.json) and data of its image shape"
     check_model_shapes(model, weights, checkpoint, fix)
     model.load_state_dict(weights)

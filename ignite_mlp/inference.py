@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ignite_mlp.checkpoints import check_model_shapes, data_record, safe_load
+from ignite_mlp.checkpoints import check_model_shapes, data_record, safe_load, validated_weights
 from ignite_mlp.config import TrainConfig
 from ignite_mlp.data import load_dataset, normalization
 from ignite_mlp.errors import UserError
@@ -107,17 +107,8 @@ def load_classifier(target: str | Path, device: str | torch.device = "cpu") -> C
     shape = tuple(int(v) for v in card["image_shape"])
     channels, height, width = shape
     state = safe_load(checkpoint)
-    weights = state.get("model", state)  # best checkpoints hold the weights; last ones a dict with "model"
-    model = MLP(
-        channels * height * width,
-        len(card["classes"]),
-        config.hidden_sizes,
-        config.dropout,
-        config.norm,
-        config.activation,
-        config.blocks,
-        config.expansion,
-    )
+    weights = validated_weights(state)
+    model = MLP.from_config(config, channels * height * width, len(card["classes"]))
     check_model_shapes(model, weights, checkpoint)
     model.load_state_dict(weights)
     torch_device = device if isinstance(device, torch.device) else resolve_device(device)

@@ -102,14 +102,7 @@ def find_lr(
     cuda = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):  # the run's own weights and dropout stay as without it
         torch.manual_seed(config.seed)
-        model = MLP(
-            dataset.in_features,
-            dataset.num_classes,
-            config.hidden_sizes,
-            config.dropout,
-            config.norm,
-            config.activation,
-        ).to(device)
+        model = MLP.from_config(config, dataset.in_features, dataset.num_classes).to(device)
         optimizer = build_optimizer(model, dataclasses.replace(config, lr=float(start_lr)))
         loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         precision = config.precision

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -90,6 +91,22 @@ class MLP(nn.Module):
         self.layers = nn.Sequential(*layers)
         self.in_features = in_features
         self.num_classes = num_classes
+
+    @classmethod
+    def from_config(cls, config: Any, in_features: int, num_classes: int) -> MLP:
+        """The MLP a run's config describes (its hidden sizes, dropout, norm, activation, blocks),
+        for ``in_features`` inputs and ``num_classes`` outputs: training, evaluate, the learning-rate
+        finder and predict all build it here."""
+        return cls(
+            in_features,
+            num_classes,
+            config.hidden_sizes,
+            config.dropout,
+            config.norm,
+            config.activation,
+            config.blocks,
+            config.expansion,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
