@@ -21,10 +21,12 @@ under ``torchrun``, torchrun stops the others.
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -103,7 +105,11 @@ def _spawn(config: TrainConfig, train_fn: Callable[..., Any], kwargs: dict[str, 
             with idist.Parallel(backend=backend, nproc_per_node=config.nproc_per_node, master_port=port) as parallel:
                 parallel.run(_spawned_rank, train_fn, config, kwargs, outbox)
         except (ProcessRaisedException, ProcessExitedException) as e:
-            raise _rank_failure(Path(outbox), e) from None
+            if not _all_finished(Path(outbox), config.nproc_per_node):
+                raise _rank_failure(Path(outbox), e) from None
+            # Every rank had finished and rank 0 had written everything: a process that then
+            # dies on its way out loses nothing, so the run stands.
+            print(f"ignite-mlp: warning: after the run, {str(e).strip()} while exiting", file=sys.stderr)
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
@@ -130,6 +136,7 @@ def _spawned_rank(
         result = train_fn(config, **kwargs)
     except TrainingInterrupted as e:
         _write_outcome(outbox, me, {"kind": "interrupted", "value": e})
+        _settle()
         return
     except BaseException as e:
         _write_outcome(outbox, me, _error_outcome(me, e))
@@ -138,8 +145,17 @@ def _spawned_rank(
             # leave the other ranks waiting; a non-zero status makes it stop them.
             raise SystemExit(130) from None
         raise
-    if me == 0:
-        _write_outcome(outbox, me, {"kind": "result", "value": result})
+    _write_outcome(outbox, me, {"kind": "result", "value": result} if me == 0 else {"kind": "done", "value": None})
+    del result
+    _settle()
+
+
+def _settle() -> None:
+    """Before Ignite destroys the process group: free the run's objects (DistributedDataParallel
+    holds the group and its pending work; left to the interpreter's exit, gloo can abort the
+    process) and wait until every rank is done with the group."""
+    gc.collect()
+    idist.barrier()
 
 
 def _error_outcome(me: int, error: BaseException) -> dict[str, Any]:
@@ -172,6 +188,12 @@ def _read_outcome(path: Path) -> dict[str, Any] | None:
         return pickle.loads(path.read_bytes())
     except (OSError, pickle.UnpicklingError, EOFError):
         return None
+
+
+def _all_finished(outbox: Path, nproc: int) -> bool:
+    """Did every rank leave an outcome that ends its run (a result, done, or the agreed interrupt)?"""
+    outcomes = [_read_outcome(outbox / f"rank-{r}.pkl") for r in range(nproc)]
+    return all(o is not None and o["kind"] != "error" for o in outcomes)
 
 
 def _rank_failure(outbox: Path, failure: ProcessRaisedException | ProcessExitedException) -> BaseException:

@@ -128,12 +128,10 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or idist.get_world_size() == 1:
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         xf = x.float()  # sums of squares in bf16 would lose the variance
         channels = xf.shape[1]
         count = torch.full((1,), float(xf.shape[0]), device=xf.device)
-        totals = all_reduce(torch.cat([xf.sum(0), (xf * xf).sum(0), count]))
+        totals = summed_over_ranks(torch.cat([xf.sum(0), (xf * xf).sum(0), count]))
         n = totals[-1]
         mean = totals[:channels] / n
         var = (totals[channels : 2 * channels] / n - mean * mean).clamp_min(0)
@@ -145,6 +143,27 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
                 self.running_var.lerp_(var.detach() * n / (n - 1).clamp_min(1), m)
         out = (xf - mean) * torch.rsqrt(var + self.eps)
         return out * self.weight + self.bias if self.affine else out
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """All-reduce (sum) whose gradient is the ranks' gradients summed: each rank's input feeds
+    every rank's output. torch's ``torch.distributed.nn.functional.all_reduce`` does the same and
+    is deprecated (it warns on every run)."""
+
+    @staticmethod
+    def forward(ctx: object, tensor: torch.Tensor) -> torch.Tensor:  # noqa: ARG004
+        out = tensor.clone(memory_format=torch.contiguous_format)
+        torch.distributed.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:  # noqa: ARG004
+        return _SumOverRanks.apply(grad)
+
+
+def summed_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` summed over the ranks, differentiably (the backward sums the gradients too)."""
+    return _SumOverRanks.apply(tensor)
 
 
 def to_global_batchnorm(model: nn.Module) -> nn.Module:

@@ -20,7 +20,7 @@ from PIL import Image
 from ignite_mlp import TrainConfig, train
 from ignite_mlp.data import TensorLoader
 from ignite_mlp.distributed import launch
-from ignite_mlp.errors import UserError
+from ignite_mlp.errors import RankError, UserError
 from ignite_mlp.handlers import HISTORY_KEYS
 
 # Generous: two processes import torch and Ignite on a small, busy machine.
@@ -237,8 +237,8 @@ def test_torchrun_launch_trains_one_run(data: Path, tmp_path: Path) -> None:
 
 def test_global_batchnorm_normalises_over_every_ranks_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     import ignite.distributed as idist
-    import torch.distributed.nn.functional as dist_nn
 
+    from ignite_mlp import ranks
     from ignite_mlp.ranks import to_global_batchnorm
 
     torch.manual_seed(0)
@@ -247,7 +247,7 @@ def test_global_batchnorm_normalises_over_every_ranks_batch(monkeypatch: pytest.
     model = to_global_batchnorm(torch.nn.Sequential(torch.nn.BatchNorm1d(3, momentum=0.3)))
     # Two ranks holding the same rows: the all-reduce doubles every sum.
     monkeypatch.setattr(idist, "get_world_size", lambda: 2)
-    monkeypatch.setattr(dist_nn, "all_reduce", lambda t: t * 2)
+    monkeypatch.setattr(ranks, "summed_over_ranks", lambda t: t * 2)
     out = model(x)
     expected = reference(torch.cat([x, x]))[:6]  # BatchNorm1d over the global batch of 12
     assert torch.allclose(out, expected, atol=1e-5)
@@ -275,3 +275,48 @@ def test_two_gloo_processes_with_batchnorm_train_like_one(data: Path, tmp_path: 
         assert abs(history["val_acc_epoch"][epoch] - one["val_acc_epoch"][epoch]) <= 1.5
         assert abs(history["train_acc_epoch"][epoch] - one["train_acc_epoch"][epoch]) <= 1.5
         assert history["loss_epoch"][epoch] == pytest.approx(one["loss_epoch"][epoch], rel=0.02)
+
+
+def _finish(config: TrainConfig) -> str:
+    return f"trained {config.epochs} epochs"
+
+
+@pytest.mark.parametrize("finished", [(0, 1), (0,)])
+def test_a_process_dying_on_its_way_out_fails_the_run_only_if_its_work_was_unfinished(
+    finished: tuple[int, ...], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # A stand-in for idist.Parallel: the ranks in `finished` run the real per-rank code to the
+    # end, then torch reports process 1 killed by a signal (as gloo's teardown once did in CI).
+    import ignite.distributed as idist
+    from torch.multiprocessing import ProcessExitedException
+
+    from ignite_mlp import distributed
+
+    class RanksThenAbort:
+        def __init__(self, **kwargs: object) -> None:
+            pass
+
+        def __enter__(self) -> "RanksThenAbort":
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def run(self, fn, *args) -> None:
+            for r in finished:
+                monkeypatch.setattr(idist, "get_rank", lambda r=r: r)
+                fn(r, *args)
+            raise ProcessExitedException("process 1 terminated with signal SIGABRT", 1, 4242, -6, "SIGABRT")
+
+    monkeypatch.setattr(distributed.idist, "Parallel", RanksThenAbort)
+    monkeypatch.setattr(distributed, "_settle", lambda: None)
+    monkeypatch.setattr(distributed, "set_threads", lambda device: None)
+    config = TrainConfig(data=str(tmp_path), run_dir=str(tmp_path / "r"), epochs=3, nproc_per_node=2)
+    if finished == (0, 1):
+        assert launch(config, train_fn=_finish) == "trained 3 epochs"
+        assert (
+            "warning: after the run, process 1 terminated with signal SIGABRT while exiting" in capsys.readouterr().err
+        )
+    else:
+        with pytest.raises(RankError, match="process 1 failed"):
+            launch(config, train_fn=_finish)
