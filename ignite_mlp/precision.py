@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import statistics
 import time
@@ -221,7 +222,9 @@ def _probe_key(model: ProbeModel, device: torch.device) -> str:
     else:
         caps = getattr(torch.cpu, "get_capabilities", lambda: {})()
         cpu = caps.get("cpu_name") or platform.processor() or platform.machine()
-        where = f"{cpu}|{torch.get_num_threads()} threads"
+        # oneDNN's ISA cap (set to test, or to dodge a buggy kernel) decides whether bf16 is native.
+        isa = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "any ISA"
+        where = f"{cpu}|{torch.get_num_threads()} threads|{isa}"
     text = json.dumps([where, torch.__version__, model.__dict__ | {"hidden_sizes": list(model.hidden_sizes)}])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

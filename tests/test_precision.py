@@ -57,7 +57,9 @@ def test_without_native_bf16_auto_is_fp32_and_nothing_is_timed(tmp_path: Path, m
 
 
 @pytest.mark.usefixtures("native")
-def test_the_probe_runs_once_per_machine_and_model(tmp_path: Path) -> None:
+def test_the_probe_runs_once_per_machine_and_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     probe = _Probe(0.1, 0.05)
     first = choose_precision("auto", MODEL, CPU, tmp_path, probe)
     again = choose_precision("auto", MODEL, CPU, tmp_path, probe)
@@ -67,6 +69,9 @@ def test_the_probe_runs_once_per_machine_and_model(tmp_path: Path) -> None:
     assert probe.calls == 2  # another model is measured afresh
     choose_precision("auto", MODEL, CPU, None, probe)
     assert probe.calls == 3  # no cache folder: measured each time
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE")  # bf16 emulated: another machine, in effect
+    choose_precision("auto", MODEL, CPU, tmp_path, probe)
+    assert probe.calls == 4
 
 
 @pytest.mark.parametrize(
