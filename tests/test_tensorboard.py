@@ -415,3 +415,33 @@ def test_events_are_in_the_file_as_soon_as_flush_returns(tmp_path: Path) -> None
     steps = range(1, 301)
     assert _scalars(_read(tmp_path), "burst") == list(zip(steps, _f32([s / 7 for s in steps]), strict=True))
     tb.close()
+
+
+def test_an_epochs_losses_are_kept_in_one_tensor_and_written_at_their_steps() -> None:
+    # One small tensor kept per step for a whole epoch pinned glibc's heap on long epochs; the
+    # losses now go into one preallocated tensor, written out at the epoch's end (or a stop).
+    from ignite_mlp.tensorboard import EpochScalars
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.file_writer, self.summaries = self, []
+
+        def add_summary(self, summary: Any, step: int) -> None:
+            self.summaries.append((step, summary.value[0].simple_value))
+
+        def flush(self) -> None:
+            pass
+
+    writer = Recorder()
+    scalars = EpochScalars(writer, history=None, evaluator=None, images=None, processes=1)  # type: ignore[arg-type]
+    losses = [0.5 + i / 64 for i in range(30)]
+    trainer = Engine(lambda e, batch: {"loss": torch.tensor(losses[e.state.iteration - 1]), "y": torch.zeros(4)})
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, scalars.keep_loss)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=7), scalars.write_losses)  # as on a stop
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, scalars.write_losses)
+    kept: list[torch.Tensor] = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=20), lambda e: kept.append(scalars.losses))
+    trainer.run(range(10), max_epochs=3)
+    assert writer.summaries == [(i + 1, loss) for i, loss in enumerate(losses)]  # exact in float32
+    assert kept[0] is scalars.losses and scalars.losses.shape == (10,)  # one buffer, reused every epoch
+    assert scalars.samples == 10 * 4 * 3
