@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -116,9 +117,11 @@ def usable_cache_dir(cache: Path, note: Note) -> Path | None:
     after a one-line note saying why and what the run does instead."""
     try:
         cache.mkdir(parents=True, exist_ok=True)
-        probe = cache / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        # A name of its own (not just the pid): two loads in one process, on two threads, each
+        # removing the other's probe would take the cache for unusable.
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=cache)
+        os.close(fd)
+        os.unlink(probe)
         return cache
     except OSError as e:
         note(
