@@ -74,10 +74,12 @@ def _join_torchrun(config: TrainConfig, train_fn: Callable[..., Any], kwargs: di
         try:
             result = train_fn(config, **kwargs)
         except TrainingInterrupted:
+            _settle()
             if idist.get_rank() == 0:  # rank 0 tells the user; the others just stop
                 raise
             result = None
         results.append(result if idist.get_rank() == 0 else None)
+        _settle()
 
     with idist.Parallel(backend=backend) as parallel:
         parallel.run(run_rank)
