@@ -12,6 +12,11 @@ from ignite_mlp.choices import ACTIVATIONS, NORMS
 from ignite_mlp.errors import UserError
 
 
+def make_activation(name: str) -> nn.Module:
+    """The activation layer ``--activation`` names (``gelu`` or ``relu``)."""
+    return nn.GELU() if name == "gelu" else nn.ReLU()
+
+
 class ResidualBlock(nn.Module):
     """An inverted-bottleneck residual block, as in "Scaling MLPs" (Bachmann et al. 2023):
     ``x + W2 act(W1 LayerNorm(x))``, with ``W1`` widening by ``expansion`` and ``W2`` narrowing back.
@@ -25,7 +30,7 @@ class ResidualBlock(nn.Module):
         super().__init__()
         self.norm = nn.LayerNorm(width)
         self.expand = nn.Linear(width, width * expansion)
-        self.activation = nn.GELU() if activation == "gelu" else nn.ReLU()
+        self.activation = make_activation(activation)
         self.project = nn.Linear(width * expansion, width)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
@@ -79,7 +84,7 @@ class MLP(nn.Module):
                 layers.append(nn.BatchNorm1d(int(h)))
             elif norm == "layer":
                 layers.append(nn.LayerNorm(int(h)))
-            layers.append(nn.GELU() if activation == "gelu" else nn.ReLU())
+            layers.append(make_activation(activation))
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             width = int(h)
