@@ -85,10 +85,21 @@ class ProbeModel:
     activation: str = "relu"
     dropout: float = 0.0
     batch_size: int = 256
+    blocks: int = 0
+    expansion: int = 4
 
     def build(self) -> nn.Module:
         sizes = list(self.hidden_sizes)
-        return MLP(self.in_features, self.num_classes, sizes, self.dropout, self.norm, self.activation)
+        return MLP(
+            self.in_features,
+            self.num_classes,
+            sizes,
+            self.dropout,
+            self.norm,
+            self.activation,
+            self.blocks,
+            self.expansion,
+        )
 
 
 def native_bf16(device: torch.device) -> tuple[bool | None, str]:
@@ -206,6 +217,8 @@ def resolve_precision(config: Any, in_features: int, num_classes: int, device: t
         config.activation,
         config.dropout,
         max(1, config.batch_size // idist.get_world_size()),
+        config.blocks,
+        config.expansion,
     )
     cache = Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
     if idist.get_world_size() == 1:

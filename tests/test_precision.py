@@ -114,3 +114,13 @@ def test_a_run_prints_and_records_its_precision(tree: Path, tmp_path: Path, monk
     assert (saved["precision"], saved["resolved_precision"]) == ("auto", "bf16")
     assert saved["precision_reason"].startswith("AVX512-BF16 present; probe: 100.0 ms bf16 vs 200.0 ms fp32")
     assert f"precision: bf16 ({saved['precision_reason']})" in lines
+
+
+def test_the_probe_builds_the_runs_model_residual_blocks_included() -> None:
+    from ignite_mlp.model import MLP, ResidualBlock
+
+    probe = ProbeModel(3072, 10, (512,), "batch", "gelu", 0.0, 64, blocks=2, expansion=4)
+    built = probe.build()
+    expected = MLP(3072, 10, [512], 0.0, "batch", "gelu", 2, 4)
+    assert sum(isinstance(m, ResidualBlock) for m in built.modules()) == 2
+    assert [p.shape for p in built.parameters()] == [p.shape for p in expected.parameters()]
