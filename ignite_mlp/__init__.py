@@ -9,16 +9,16 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ignite_mlp.config import TrainConfig
+from ignite_mlp.config.train_config import TrainConfig
 from ignite_mlp.errors import UserError
 from ignite_mlp.version import __version__
 
 # Public name -> the module that defines it.
 _LAZY = {
     "MLP": "ignite_mlp.model",
-    "RunContext": "ignite_mlp.run",
-    "RunResult": "ignite_mlp.run",
-    "train": "ignite_mlp.run",
+    "RunContext": "ignite_mlp.run.training",
+    "RunResult": "ignite_mlp.run.training",
+    "train": "ignite_mlp.run.training",
 }
 
 __all__ = ["MLP", "RunContext", "RunResult", "TrainConfig", "UserError", "__version__", "train"]

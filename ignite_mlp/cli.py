@@ -1,6 +1,6 @@
-"""``ignite-mlp`` command line: a thin layer over :func:`ignite_mlp.run.train` and the other commands' modules.
+"""``ignite-mlp`` command line: a thin layer over :func:`ignite_mlp.run.training.train` and the other commands' modules.
 
-Every train flag is generated from :class:`ignite_mlp.config.TrainConfig`; a ``--config run.toml``
+Every train flag is generated from :class:`ignite_mlp.config.train_config.TrainConfig`; a ``--config run.toml``
 file may set any of them and the command line wins over the file.
 """
 
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from ignite_mlp.config import TrainConfig, add_config_arguments, config_from_sources
+from ignite_mlp.config.train_config import TrainConfig, add_config_arguments, config_from_sources
 from ignite_mlp.errors import CudaError, RankError, TrainingInterrupted, UserError
 
 PROG = "ignite-mlp"
@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _evaluate(ns: argparse.Namespace) -> int:
-    from ignite_mlp.evaluate import evaluate
+    from ignite_mlp.inference.evaluate import evaluate
     from ignite_mlp.plots import confusion_matrix_figure, save_png
 
     result = evaluate(ns.target, data=ns.data, device=ns.device)
@@ -92,7 +92,7 @@ def _evaluate(ns: argparse.Namespace) -> int:
 
 
 def _samples(ns: argparse.Namespace) -> int:
-    from ignite_mlp.evaluate import draw_samples
+    from ignite_mlp.inference.evaluate import draw_samples
     from ignite_mlp.plots import save_png
 
     if ns.count < 1:
@@ -107,7 +107,7 @@ def _samples(ns: argparse.Namespace) -> int:
 
 
 def _lr_find(ns: argparse.Namespace) -> int:
-    from ignite_mlp.lr_finder import FINDER_FLAGS, lr_find, train_command
+    from ignite_mlp.run.lr_finder import FINDER_FLAGS, lr_find, train_command
 
     given = {k: v for k, v in vars(ns).items() if k not in ("command", "config_file", *FINDER_FLAGS)}
     config = config_from_sources(dict(given), ns.config_file)
@@ -119,8 +119,8 @@ def _lr_find(ns: argparse.Namespace) -> int:
 
 
 def _predict(ns: argparse.Namespace) -> int:
-    from ignite_mlp.inference import load_classifier
-    from ignite_mlp.predict import run_predict
+    from ignite_mlp.inference.classifier import load_classifier
+    from ignite_mlp.inference.predict import run_predict
 
     for flag, value in (("--top-k", ns.top_k), ("--batch-size", ns.batch_size)):
         if value < 1:
@@ -130,7 +130,7 @@ def _predict(ns: argparse.Namespace) -> int:
 
 
 def _export(ns: argparse.Namespace) -> int:
-    from ignite_mlp.export import ExportCheckFailed, export
+    from ignite_mlp.inference.export import ExportCheckFailed, export
 
     try:
         result = export(ns.target, ns.format, ns.out, ns.data)
@@ -152,8 +152,8 @@ def config_from_namespace(ns: argparse.Namespace) -> TrainConfig:
 
 def _train(ns: argparse.Namespace) -> int:
     # Imported here, not at the top: --help imports no torch (tests/test_cli.py checks it).
-    from ignite_mlp.distributed import launch
-    from ignite_mlp.run import train
+    from ignite_mlp.distributed.launcher import launch
+    from ignite_mlp.run.training import train
 
     config = config_from_namespace(ns)
     if ns.list_handlers:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ignite_mlp.choices import ACTIVATIONS, NORMS
+from ignite_mlp.config.choices import ACTIVATIONS, NORMS
 from ignite_mlp.errors import UserError
 
 

@@ -13,7 +13,7 @@ import sys
 import time
 from typing import IO, Any
 
-from ignite_mlp.choices import PROGRESS_MODES
+from ignite_mlp.config.choices import PROGRESS_MODES
 from ignite_mlp.notebook import bar_fits
 
 __all__ = ["PROGRESS_MODES", "Progress", "progress_mode"]

@@ -16,7 +16,7 @@ import time
 import torch
 from ignite.engine import Engine, Events
 
-from ignite_mlp.engine import flip_tta, forward_fn
+from ignite_mlp.engine.trainer import flip_tta, forward_fn
 
 
 def attach(trainer: Engine, evaluator: Engine, context) -> None:  # noqa: ANN001 (a RunContext)

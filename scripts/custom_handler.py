@@ -14,7 +14,7 @@ import sys
 from ignite.engine import Engine, Events
 
 from ignite_mlp import RunContext, TrainConfig, UserError, train
-from ignite_mlp.extensions import TrainEvents
+from ignite_mlp.handlers.extensions import TrainEvents
 
 
 def attach(trainer: Engine, evaluator: Engine, context: RunContext) -> None:

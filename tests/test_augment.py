@@ -1,10 +1,10 @@
-"""ignite_mlp.augment: each augmentation does what it says, checked pixel by pixel."""
+"""ignite_mlp.data.augment: each augmentation does what it says, checked pixel by pixel."""
 
 import torch
 import torch.nn.functional as F
 
-from ignite_mlp.augment import cutmix, make_augment, make_mix, mixup, random_crop, random_flip
 from ignite_mlp.data import TensorLoader
+from ignite_mlp.data.augment import cutmix, make_augment, make_mix, mixup, random_crop, random_flip
 
 
 def _images(n: int = 64) -> torch.Tensor:

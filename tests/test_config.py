@@ -1,4 +1,4 @@
-"""ignite_mlp.config: defaults, validation, TOML file and CLI overrides."""
+"""ignite_mlp.config.train_config: defaults, validation, TOML file and CLI overrides."""
 
 import argparse
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ignite_mlp.config import TrainConfig, add_config_arguments, config_from_sources, resolve_device
+from ignite_mlp.config.train_config import TrainConfig, add_config_arguments, config_from_sources, resolve_device
 from ignite_mlp.errors import UserError
 
 
@@ -111,7 +111,7 @@ def test_resolve_device() -> None:
 
 
 def test_recipes_are_presets_under_explicit_values(tmp_path: Path) -> None:
-    from ignite_mlp.config import RECIPES
+    from ignite_mlp.config.train_config import RECIPES
 
     strong = config_from_sources({"recipe": "strong"})
     for key, value in RECIPES["strong"].items():
@@ -173,7 +173,7 @@ def test_toml_resume_auto_is_resolved_like_the_flag(tmp_path: Path, monkeypatch:
 
 
 def test_best_recipe_is_strong_without_dropout_plus_whitening_and_tta() -> None:
-    from ignite_mlp.config import RECIPES
+    from ignite_mlp.config.train_config import RECIPES
 
     best = config_from_sources({"recipe": "best"})
     for key, value in RECIPES["best"].items():

@@ -1,4 +1,4 @@
-"""ignite_mlp.distributed: sharded loading, and 2 gloo processes that train like one process.
+"""ignite_mlp.distributed.launcher: sharded loading, and 2 gloo processes that train like one process.
 
 The multi-process tests run the CLI in a subprocess with a timeout, so a hang fails the test
 instead of blocking the suite.
@@ -19,9 +19,9 @@ from PIL import Image
 
 from ignite_mlp import TrainConfig, train
 from ignite_mlp.data import TensorLoader
-from ignite_mlp.distributed import launch
+from ignite_mlp.distributed.launcher import launch
 from ignite_mlp.errors import RankError, UserError
-from ignite_mlp.handlers import HISTORY_KEYS
+from ignite_mlp.handlers.builtin import HISTORY_KEYS
 
 # Generous: two processes import torch and Ignite on a small, busy machine.
 LAUNCH_TIMEOUT = 240
@@ -104,7 +104,7 @@ def test_cuda_processes_without_the_gpus_are_refused_before_starting(tmp_path: P
 
 
 def test_train_alone_refuses_several_processes(tree: Path, tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="ignite_mlp.distributed.launch"):
+    with pytest.raises(UserError, match="ignite_mlp.distributed.launcher.launch"):
         train(TrainConfig(data=str(tree), run_dir=str(tmp_path / "r"), nproc_per_node=2, batch_size=8))
 
 
@@ -238,8 +238,8 @@ def test_torchrun_launch_trains_one_run(data: Path, tmp_path: Path) -> None:
 def test_global_batchnorm_normalises_over_every_ranks_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     import ignite.distributed as idist
 
-    from ignite_mlp import ranks
-    from ignite_mlp.ranks import to_global_batchnorm
+    from ignite_mlp.distributed import ranks
+    from ignite_mlp.distributed.ranks import to_global_batchnorm
 
     torch.manual_seed(0)
     x = torch.randn(6, 3) * 4 + 2
@@ -290,7 +290,7 @@ def test_a_process_dying_on_its_way_out_fails_the_run_only_if_its_work_was_unfin
     import ignite.distributed as idist
     from torch.multiprocessing import ProcessExitedException
 
-    from ignite_mlp import distributed
+    from ignite_mlp.distributed import launcher as distributed
 
     class RanksThenAbort:
         def __init__(self, **kwargs: object) -> None:

@@ -1,11 +1,11 @@
-"""ignite_mlp.engine: the Ignite trainer matches a plain PyTorch loop step for step."""
+"""ignite_mlp.engine.trainer: the Ignite trainer matches a plain PyTorch loop step for step."""
 
 import copy
 
 import torch
 from torch import nn
 
-from ignite_mlp.engine import attach_train_metrics, create_evaluator, create_trainer, forward_fn
+from ignite_mlp.engine.trainer import attach_train_metrics, create_evaluator, create_trainer, forward_fn
 from ignite_mlp.model import MLP
 
 
@@ -88,7 +88,7 @@ def test_train_metrics_counted_in_folds_equal_ignites_per_batch_metrics() -> Non
     from ignite.engine import Engine
     from ignite.metrics import Accuracy, Average
 
-    from ignite_mlp.engine import MeanLoss, TrainAccuracy
+    from ignite_mlp.engine.trainer import MeanLoss, TrainAccuracy
 
     g = torch.Generator().manual_seed(4)
     steps = [
@@ -111,7 +111,7 @@ def test_train_metrics_counted_in_folds_equal_ignites_per_batch_metrics() -> Non
 
 
 def test_train_metric_state_saved_mid_fold_resumes_the_same_count() -> None:
-    from ignite_mlp.engine import TrainAccuracy
+    from ignite_mlp.engine.trainer import TrainAccuracy
 
     g = torch.Generator().manual_seed(5)
     batches = [(torch.randn(8, 3, generator=g), torch.randint(0, 3, (8,), generator=g)) for _ in range(7)]
@@ -131,9 +131,9 @@ def test_train_metric_state_saved_mid_fold_resumes_the_same_count() -> None:
 
 def test_build_engines_makes_the_configured_model_and_optimizer(tree, tmp_path) -> None:
     from ignite_mlp import TrainConfig
-    from ignite_mlp.engine import build_engines
-    from ignite_mlp.plan import resolve_plan
-    from ignite_mlp.prepare import prepare_data
+    from ignite_mlp.run.engines import build_engines
+    from ignite_mlp.run.plan import resolve_plan
+    from ignite_mlp.run.prepare import prepare_data
 
     config = TrainConfig(
         data=str(tree), run_dir=str(tmp_path / "r"), hidden_sizes=[16, 8], lr=0.3, momentum=0.5, nesterov=True

@@ -1,4 +1,4 @@
-"""ignite_mlp.evaluate: evaluating a run's best checkpoint agrees with its training history."""
+"""ignite_mlp.inference.evaluate: evaluating a run's best checkpoint agrees with its training history."""
 
 import dataclasses
 import json
@@ -9,7 +9,7 @@ import torch
 
 from ignite_mlp import TrainConfig, train
 from ignite_mlp.errors import UserError
-from ignite_mlp.evaluate import evaluate
+from ignite_mlp.inference.evaluate import evaluate
 
 
 def test_evaluate_agrees_with_the_history_of_that_epoch(tree: Path, tmp_path: Path) -> None:
@@ -51,7 +51,7 @@ def test_evaluate_refuses_an_unsafe_checkpoint(tree: Path, tmp_path: Path) -> No
 
 def test_predictions_and_misclassified_grid_match_plain_pytorch(tree: Path, tmp_path: Path) -> None:
     from ignite_mlp.data import load_dataset
-    from ignite_mlp.evaluate import Evaluation, misclassified_grid
+    from ignite_mlp.inference.evaluate import Evaluation, misclassified_grid
     from ignite_mlp.plots import GRID_PAD_PX, TITLE_LINE_PX, grid_scale
 
     run = tmp_path / "run"
@@ -76,7 +76,7 @@ def test_predictions_and_misclassified_grid_match_plain_pytorch(tree: Path, tmp_
 
 
 def test_evaluate_picks_the_best_file_by_its_recorded_score_not_its_name(tmp_path: Path) -> None:
-    from ignite_mlp.evaluate import find_checkpoint
+    from ignite_mlp.inference.evaluate import find_checkpoint
 
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "config.json").write_text("{}")

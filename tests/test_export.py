@@ -1,4 +1,4 @@
-"""ignite_mlp.export: ONNX and TorchScript files that need nothing of this package, agree with the
+"""ignite_mlp.inference.export: ONNX and TorchScript files that need nothing of this package, agree with the
 PyTorch model on any batch size, carry their metadata, and check themselves before they land."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import torch
 from conftest import make_gray_tree, make_tree
 
 from ignite_mlp import TrainConfig, train
-from ignite_mlp import export as export_module
 from ignite_mlp.cli import main
 from ignite_mlp.data import load_dataset
-from ignite_mlp.inference import load_classifier
+from ignite_mlp.inference import export as export_module
+from ignite_mlp.inference.classifier import load_classifier
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +140,7 @@ def test_a_failed_check_leaves_nothing_and_exits_1(
 def test_a_whitened_run_exports_its_whitening_inside_the_graph(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     pytest.importorskip("onnx")
     onnxruntime = pytest.importorskip("onnxruntime")
-    from ignite_mlp.evaluate import evaluate
+    from ignite_mlp.inference.evaluate import evaluate
 
     run = tmp_path / "white"
     config = TrainConfig(

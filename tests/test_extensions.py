@@ -1,4 +1,4 @@
-"""ignite_mlp.extensions: user handlers by spec, the NEW_BEST event, the handler table."""
+"""ignite_mlp.handlers.extensions: user handlers by spec, the NEW_BEST event, the handler table."""
 
 import sys
 from pathlib import Path
@@ -7,14 +7,14 @@ import pytest
 from ignite.engine import Engine, Events
 
 from ignite_mlp import TrainConfig, train
-from ignite_mlp.checkpoints import best_checkpoint
 from ignite_mlp.errors import UserError
-from ignite_mlp.extensions import TrainEvents, handler_table, load_handler
-from ignite_mlp.handlers import EverySeconds
+from ignite_mlp.handlers.builtin import EverySeconds
+from ignite_mlp.handlers.extensions import TrainEvents, handler_table, load_handler
+from ignite_mlp.run.checkpoints import best_checkpoint
 
 HANDLER_SOURCE = """
 from ignite.engine import Events
-from ignite_mlp.extensions import TrainEvents
+from ignite_mlp.handlers.extensions import TrainEvents
 
 def attach(trainer, evaluator, context):
     log = context.run_dir / "{name}.log"

@@ -1,4 +1,4 @@
-"""ignite_mlp.guardrails: each warning appears exactly when its rule is broken."""
+"""ignite_mlp.handlers.guardrails: each warning appears exactly when its rule is broken."""
 
 import math
 
@@ -6,13 +6,13 @@ import torch
 from ignite.engine import Engine
 
 from ignite_mlp.data import TensorLoader
-from ignite_mlp.guardrails import (
+from ignite_mlp.handlers.builtin import History
+from ignite_mlp.handlers.guardrails import (
     attach_initial_loss_check,
     overfit_report,
     overfitting_start,
     setup_warnings,
 )
-from ignite_mlp.handlers import History
 
 
 def _loader(shuffle: bool) -> TensorLoader:

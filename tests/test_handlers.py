@@ -1,4 +1,4 @@
-"""ignite_mlp.handlers: each handler on its own, on a tiny Ignite run."""
+"""ignite_mlp.handlers.builtin: each handler on its own, on a tiny Ignite run."""
 
 import json
 from pathlib import Path
@@ -8,9 +8,8 @@ import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
-from ignite_mlp.engine import attach_train_metrics, create_evaluator, create_trainer
-from ignite_mlp.extensions import handler_table
-from ignite_mlp.handlers import (
+from ignite_mlp.engine.trainer import attach_train_metrics, create_evaluator, create_trainer
+from ignite_mlp.handlers.builtin import (
     HISTORY_KEYS,
     EverySeconds,
     History,
@@ -21,6 +20,7 @@ from ignite_mlp.handlers import (
     attach_terminate_on_nan,
     attach_validation,
 )
+from ignite_mlp.handlers.extensions import handler_table
 from ignite_mlp.model import MLP
 
 

@@ -1,4 +1,4 @@
-"""ignite_mlp.ignite_compat: each adapter of Ignite's private attributes against the installed Ignite.
+"""ignite_mlp.handlers.ignite_compat: each adapter of Ignite's private attributes against the installed Ignite.
 
 If an Ignite upgrade changes one of them, the test of that adapter fails here, by name.
 """
@@ -9,8 +9,8 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 
-from ignite_mlp.handlers import EverySeconds
-from ignite_mlp.ignite_compat import event_filter_of, event_handlers, ignite_filter_arguments, saved_filenames
+from ignite_mlp.handlers.builtin import EverySeconds
+from ignite_mlp.handlers.ignite_compat import event_filter_of, event_handlers, ignite_filter_arguments, saved_filenames
 
 
 def _first(engine: Engine) -> None: ...

@@ -1,4 +1,4 @@
-"""ignite_mlp.lr_finder: the suggestion lands where plain SGD trains well, ``lr-find`` writes only
+"""ignite_mlp.run.lr_finder: the suggestion lands where plain SGD trains well, ``lr-find`` writes only
 its plot, and ``train --lr auto`` trains with the suggestion and records it."""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 from ignite_mlp.cli import build_parser, config_from_namespace, main
-from ignite_mlp.config import TrainConfig
+from ignite_mlp.config.train_config import TrainConfig
 from ignite_mlp.data import Dataset, load_dataset
-from ignite_mlp.lr_finder import LRCurve, find_lr, plot_lr_curve
+from ignite_mlp.run.lr_finder import LRCurve, find_lr, plot_lr_curve
 
 BLUE, RED = (31, 119, 180), (214, 39, 40)  # matplotlib's tab:blue (the curve) and tab:red (the mark)
 

@@ -1,4 +1,4 @@
-"""ignite_mlp.plan: phase 1 checks everything it can before reading data or writing a file."""
+"""ignite_mlp.run.plan: phase 1 checks everything it can before reading data or writing a file."""
 
 from pathlib import Path
 
@@ -7,7 +7,7 @@ import torch
 
 from ignite_mlp import TrainConfig, train
 from ignite_mlp.errors import UserError
-from ignite_mlp.plan import resolve_plan
+from ignite_mlp.run.plan import resolve_plan
 
 
 def test_a_fresh_plan(tmp_path: Path) -> None:
@@ -43,7 +43,7 @@ def test_resume_reads_the_checkpoint_in_the_plan(tree: Path, tmp_path: Path) -> 
 
 
 def test_other_ranks_print_nothing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from ignite_mlp import ranks
+    from ignite_mlp.distributed import ranks
 
     lines: list[str] = []
     monkeypatch.setattr(ranks, "is_main", lambda: False)

@@ -1,4 +1,4 @@
-"""ignite_mlp.precision: --precision auto takes bf16 only where native and measured faster."""
+"""ignite_mlp.engine.precision: --precision auto takes bf16 only where native and measured faster."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ignite_mlp import precision
-from ignite_mlp.precision import ProbeModel, choose_precision, native_bf16, probe_step_times
+from ignite_mlp.engine import precision
+from ignite_mlp.engine.precision import ProbeModel, choose_precision, native_bf16, probe_step_times
 
 CPU = torch.device("cpu")
 MODEL = ProbeModel(3072, 10, (2048, 1024, 512), "batch", "gelu", 0.1, 512)

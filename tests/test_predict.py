@@ -1,4 +1,4 @@
-"""ignite_mlp.predict: pictures of any size and mode are classified as the run's own images are;
+"""ignite_mlp.inference.predict: pictures of any size and mode are classified as the run's own images are;
 bad files get a line each; JSON and CSV carry the same numbers as a plain PyTorch forward pass."""
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from PIL import Image
 
 from ignite_mlp import TrainConfig, train
 from ignite_mlp.cli import main
-from ignite_mlp.evaluate import evaluate
-from ignite_mlp.inference import load_classifier
+from ignite_mlp.inference.classifier import load_classifier
+from ignite_mlp.inference.evaluate import evaluate
+from ignite_mlp.inference.predict import fit_image, predict
 from ignite_mlp.model import MLP
-from ignite_mlp.predict import fit_image, predict
 
 RED, BLUE = (220, 30, 30), (30, 30, 220)
 

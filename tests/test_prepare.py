@@ -1,4 +1,4 @@
-"""ignite_mlp.prepare: phase 2 loads the data, measures statistics when asked, and builds loaders."""
+"""ignite_mlp.run.prepare: phase 2 loads the data, measures statistics when asked, and builds loaders."""
 
 from pathlib import Path
 
@@ -6,8 +6,8 @@ import torch
 
 from ignite_mlp import TrainConfig
 from ignite_mlp.data import load_dataset
-from ignite_mlp.plan import resolve_plan
-from ignite_mlp.prepare import prepare_data
+from ignite_mlp.run.plan import resolve_plan
+from ignite_mlp.run.prepare import prepare_data
 
 
 def test_prepare_summarises_and_builds_loaders(tree: Path, tmp_path: Path) -> None:

@@ -45,9 +45,9 @@ def test_onnx_example_runs_with_onnxruntime_alone_and_agrees_with_predict(tmp_pa
     from PIL import Image
 
     from ignite_mlp import TrainConfig, train
-    from ignite_mlp.export import export
-    from ignite_mlp.inference import load_classifier
-    from ignite_mlp.predict import predict
+    from ignite_mlp.inference.classifier import load_classifier
+    from ignite_mlp.inference.export import export
+    from ignite_mlp.inference.predict import predict
 
     example = next(b for b in _blocks("python") if "onnxruntime.InferenceSession" in b)
     # The example's files, where it expects them: a run's ONNX export and an RGBA picture.
@@ -70,7 +70,7 @@ def test_onnx_example_runs_with_onnxruntime_alone_and_agrees_with_predict(tmp_pa
 
 
 def test_the_readmes_run_toml_is_accepted_as_written(tmp_path: Path) -> None:
-    from ignite_mlp.config import config_from_sources
+    from ignite_mlp.config.train_config import config_from_sources
 
     (block,) = _blocks("toml")
     toml = tmp_path / "run.toml"

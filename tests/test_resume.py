@@ -1,4 +1,4 @@
-"""ignite_mlp.resume: the Resume object reads, checks and restores a run's newest checkpoint."""
+"""ignite_mlp.run.resume: the Resume object reads, checks and restores a run's newest checkpoint."""
 
 from pathlib import Path
 
@@ -8,7 +8,7 @@ import torch
 from ignite_mlp import TrainConfig, train
 from ignite_mlp.errors import UserError
 from ignite_mlp.model import MLP
-from ignite_mlp.resume import Resume
+from ignite_mlp.run.resume import Resume
 
 
 def _run(tree: Path, run_dir: Path, epochs: int = 2) -> None:

@@ -1,10 +1,10 @@
-"""ignite_mlp.rules: each rule the layers share, checked by hand."""
+"""ignite_mlp.config.constraints: each rule the layers share, checked by hand."""
 
 import pytest
 import torch
 
+from ignite_mlp.config.constraints import loss_is_nan, per_process_batch, require_cuda
 from ignite_mlp.errors import UserError
-from ignite_mlp.rules import loss_is_nan, per_process_batch, require_cuda
 
 
 @pytest.mark.parametrize(("batch", "processes", "share"), [(256, 1, 256), (256, 4, 64), (6, 3, 2)])

@@ -1,4 +1,4 @@
-"""ignite_mlp.run: a whole run on tiny data writes everything it promises."""
+"""ignite_mlp.run.training: a whole run on tiny data writes everything it promises."""
 
 import json
 from pathlib import Path
@@ -10,7 +10,7 @@ from ignite.engine import Events
 from ignite_mlp import TrainConfig, train
 from ignite_mlp.data import load_dataset
 from ignite_mlp.errors import UserError
-from ignite_mlp.handlers import HISTORY_KEYS
+from ignite_mlp.handlers.builtin import HISTORY_KEYS
 from ignite_mlp.model import MLP
 
 
@@ -223,7 +223,7 @@ def test_ctrl_c_anywhere_then_resume_equals_an_uninterrupted_run(
 
 
 def test_overfit_batches_take_a_random_fixed_subset(tree: Path) -> None:
-    from ignite_mlp.run import build_loaders
+    from ignite_mlp.run.training import build_loaders
 
     ds = load_dataset(tree)  # stored sorted by class: the first 8 images are all "ant"
     config = TrainConfig(batch_size=8, overfit_batches=1)
@@ -246,7 +246,7 @@ def test_relative_run_dir_paths_are_reported_as_they_are_on_disk(
 def test_sigint_is_routed_inside_the_block_and_restored_after() -> None:
     import signal
 
-    from ignite_mlp.run import StopRequest, sigint_routed_to
+    from ignite_mlp.run.training import StopRequest, sigint_routed_to
 
     before = signal.getsignal(signal.SIGINT)
     stop = StopRequest()
@@ -261,7 +261,7 @@ def test_sigint_is_routed_inside_the_block_and_restored_after() -> None:
 
 def test_cuda_errors_get_advice_and_others_pass_unchanged() -> None:
     from ignite_mlp.errors import CudaError
-    from ignite_mlp.run import cuda_errors_explained
+    from ignite_mlp.run.training import cuda_errors_explained
 
     with pytest.raises(CudaError, match="rerun with --device cpu"), cuda_errors_explained():
         raise RuntimeError("CUDA error: device-side assert triggered")
@@ -293,8 +293,8 @@ def _best_config(data: Path, run_dir: Path, **kw) -> TrainConfig:
 
 
 def test_best_ingredients_evaluate_reproduces_the_recorded_best(tree: Path, tmp_path: Path) -> None:
-    from ignite_mlp.evaluate import evaluate
-    from ignite_mlp.whitening import load_whitening, zca
+    from ignite_mlp.data.whitening import load_whitening, zca
+    from ignite_mlp.inference.evaluate import evaluate
 
     run = tmp_path / "r"
     result = train(_best_config(tree, run, epochs=4), write=lambda s: None)

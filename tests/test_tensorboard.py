@@ -1,4 +1,4 @@
-"""ignite_mlp.tensorboard: what a run writes, read back by TensorBoard itself.
+"""ignite_mlp.handlers.tensorboard.logger: what a run writes, read back by TensorBoard itself.
 
 Two runs on tiny generated data share this module: ``full`` trains 4 epochs straight with
 histograms on; ``resumed`` trains 2 epochs, is resumed for 4, stopped by Ctrl-C midway through
@@ -37,10 +37,10 @@ from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from ignite_mlp import TrainConfig, train
 from ignite_mlp.data import normalization
 from ignite_mlp.errors import TrainingInterrupted
-from ignite_mlp.handlers import HISTORY_KEYS, History
+from ignite_mlp.handlers.builtin import HISTORY_KEYS, History
+from ignite_mlp.handlers.tensorboard.logger import attach_tensorboard
 from ignite_mlp.model import MLP
 from ignite_mlp.plots import confusion_matrix_figure, image_grid
-from ignite_mlp.tensorboard import attach_tensorboard
 
 # The tiny data: 3 classes, 12 training and 4 validation images each, 8x8 RGB.
 N_TRAIN, N_VAL, SIDE = 36, 12, 8
@@ -420,7 +420,7 @@ def test_events_are_in_the_file_as_soon_as_flush_returns(tmp_path: Path) -> None
 def test_an_epochs_losses_are_kept_in_one_tensor_and_written_at_their_steps() -> None:
     # One small tensor kept per step for a whole epoch pinned glibc's heap on long epochs; the
     # losses now go into one preallocated tensor, written out at the epoch's end (or a stop).
-    from ignite_mlp.tensorboard import EpochScalars
+    from ignite_mlp.handlers.tensorboard.logger import EpochScalars
 
     class Recorder:
         def __init__(self) -> None:

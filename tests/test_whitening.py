@@ -1,4 +1,4 @@
-"""ignite_mlp.whitening: ZCA measured on the training split, checked against numpy's own algebra."""
+"""ignite_mlp.data.whitening: ZCA measured on the training split, checked against numpy's own algebra."""
 
 from pathlib import Path
 
@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from ignite_mlp.errors import UserError
-from ignite_mlp.whitening import (
+from ignite_mlp.data.whitening import (
     flip_permutation,
     load_whitening,
     save_whitening,
     whiten_images,
     zca,
 )
+from ignite_mlp.errors import UserError
 
 
 def correlated_images(n: int = 3000, seed: int = 0) -> torch.Tensor:

@@ -1,15 +1,15 @@
-"""ignite_mlp.wiring: phase 4 attaches the built-in handlers in the order the run relies on."""
+"""ignite_mlp.run.wiring: phase 4 attaches the built-in handlers in the order the run relies on."""
 
 from pathlib import Path
 
 from ignite.engine import Events
 
 from ignite_mlp import TrainConfig
-from ignite_mlp.engine import build_engines
-from ignite_mlp.ignite_compat import event_handlers
-from ignite_mlp.plan import prepare_run_dir, resolve_plan
-from ignite_mlp.prepare import prepare_data
-from ignite_mlp.wiring import attach_builtins
+from ignite_mlp.handlers.ignite_compat import event_handlers
+from ignite_mlp.run.engines import build_engines
+from ignite_mlp.run.plan import prepare_run_dir, resolve_plan
+from ignite_mlp.run.prepare import prepare_data
+from ignite_mlp.run.wiring import attach_builtins
 
 
 def test_epoch_end_order_and_what_a_resume_restores(tree: Path, tmp_path: Path) -> None:

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ignite_mlp.augment import Mix
+from ignite_mlp.config.constraints import per_process_batch
+from ignite_mlp.data.augment import Mix
 from ignite_mlp.errors import UserError
-from ignite_mlp.rules import per_process_batch
 
 
 def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float], list[float]]:
@@ -96,10 +96,10 @@ class TensorLoader:
     the data time. A yielded batch then stays valid only while the next ``k - 1`` are drawn,
     which suits a training loop (the trainer uses 3); ``clone()`` a batch to keep it longer.
 
-    Float ``images`` count as prepared already (whitened, see :mod:`ignite_mlp.whitening`): they
+    Float ``images`` count as prepared already (whitened, see :mod:`ignite_mlp.data.whitening`): they
     are served as they are, augmented but not normalised. ``mix(batch, labels, generator)``
     mixes each normalised training batch and turns its labels into class probabilities
-    (:func:`ignite_mlp.augment.make_mix`), from the same generator as ``augment``.
+    (:func:`ignite_mlp.data.augment.make_mix`), from the same generator as ``augment``.
 
     ``augment(uint8_batch, generator)`` transforms each training batch before normalisation;
     its generator is seeded by ``(seed, epoch, batch)``, so a resumed run augments alike.

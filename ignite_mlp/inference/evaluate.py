@@ -1,0 +1,218 @@
+"""Evaluate a trained run's checkpoint on the validation split, and draw sample grids.
+
+ignite-mlp evaluate runs/20261129-101500              # its best checkpoint
+ignite-mlp evaluate runs/.../checkpoints/best_model_48_val_acc=51.4900.pt --data other.tar.gz
+ignite-mlp samples --data ../shared/data/cifar10-jpg.tar.gz --out grid.png
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from ignite.engine import Engine, Events
+from ignite.metrics import ConfusionMatrix
+from torch import nn
+
+from ignite_mlp.config.train_config import TrainConfig, resolve_device
+from ignite_mlp.data import Dataset, TensorLoader, denormalize, load_dataset
+from ignite_mlp.data.whitening import load_whitening, whiten_images
+from ignite_mlp.engine.precision import run_precision
+from ignite_mlp.engine.trainer import create_evaluator
+from ignite_mlp.errors import UserError
+from ignite_mlp.model import MLP
+from ignite_mlp.plots import image_grid
+from ignite_mlp.run.checkpoints import (
+    best_checkpoint,
+    check_model_shapes,
+    check_same_data,
+    safe_load,
+    validated_weights,
+)
+
+
+@dataclass
+class Evaluation:
+    """Loss, accuracy (percent), per-class accuracy and the confusion matrix of one checkpoint."""
+
+    checkpoint: Path
+    epoch: int | None
+    loss: float
+    accuracy: float
+    per_class: dict[str, float]
+    confusion: torch.Tensor  # rows: true class, columns: predicted class
+    # The predicted class of every validation image, in the data's order.
+    predictions: torch.Tensor = dataclasses.field(default_factory=lambda: torch.empty(0, dtype=torch.long))
+
+    def report(self) -> str:
+        width = max(len(c) for c in self.per_class)
+        lines = [
+            f"checkpoint: {self.checkpoint}" + (f" (epoch {self.epoch})" if self.epoch else ""),
+            f"validation loss {self.loss:.4f}, accuracy {self.accuracy:.2f}%",
+            "per-class accuracy:",
+        ]
+        lines += [f"  {name:<{width}}  {acc:6.2f}%" for name, acc in self.per_class.items()]
+        return "\n".join(lines)
+
+
+def find_checkpoint(target: str | Path) -> tuple[Path, Path]:
+    """(run directory, checkpoint) for a run directory (its best checkpoint) or a checkpoint file."""
+    path = Path(target)
+    if path.is_file():
+        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        return run_dir, path
+    if not (path / "config.json").is_file():
+        raise UserError(f"{target}: neither a run directory (no config.json) nor a checkpoint file")
+    best = best_checkpoint(path)
+    if best is None:
+        raise UserError(f"{target}: no best checkpoint in {path / 'checkpoints'}; has an epoch finished?")
+    return path, best
+
+
+def run_info(run_dir: Path) -> dict[str, Any]:
+    """A run's ``config.json``: its configuration, and what it recorded of its data and device."""
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{run_dir}: cannot read config.json ({e}); evaluate needs the run's configuration") from None
+    if not isinstance(saved, dict):
+        raise UserError(f"{run_dir}: config.json holds no configuration; evaluate needs the run's configuration")
+    return saved
+
+
+def run_config(run_dir: Path, saved: dict[str, Any] | None = None) -> TrainConfig:
+    """The configuration a run was trained with (its config.json, or ``saved`` read from it)."""
+    saved = run_info(run_dir) if saved is None else saved
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in saved.items() if k in known and k != "resume"})
+
+
+def evaluate(
+    target: str | Path, data: str | None = None, device: str = "auto", dataset: Dataset | None = None
+) -> Evaluation:
+    """Evaluate the checkpoint of ``target`` on the validation split of the run's data (or ``data``)."""
+    run_dir, checkpoint = find_checkpoint(target)
+    saved = run_info(run_dir)
+    config = run_config(run_dir, saved)
+    state = safe_load(checkpoint)
+    weights = validated_weights(state)
+    if dataset is None:
+        dataset = load_dataset(data or config.data, config.cache_dir, download=False)
+    check_same_data(saved, dataset, run_dir, f"--data {data}" if data else f"the run's data {config.data}")
+    model = MLP.from_config(config, dataset.in_features, dataset.num_classes)
+    fix = f"evaluate a checkpoint with its own run directory ({run_dir}/config.json) and data of its image shape"
+    check_model_shapes(model, weights, checkpoint, fix)
+    model.load_state_dict(weights)
+    torch_device = resolve_device(device)
+    model.to(torch_device)
+    # As in training: the run's own whitening (whitening.pt), and TTA if it validated with it.
+    images = dataset.test_images
+    if config.whiten != "none":
+        images = whiten_images(images, load_whitening(run_dir))
+    loader = TensorLoader(
+        images, dataset.test_labels, config.eval_batch_size, config.mean, config.std, device=torch_device
+    )
+    evaluator = create_evaluator(model, nn.CrossEntropyLoss(), torch_device, run_precision(saved), config.tta)
+    ConfusionMatrix(dataset.num_classes, device=torch_device).attach(evaluator, "confusion")
+    predictions = _collect_predictions(evaluator)
+    metrics = evaluator.run(loader).metrics
+    confusion = metrics["confusion"].cpu().long()
+    per_class = 100.0 * confusion.diag().double() / confusion.sum(1).clamp_min(1).double()
+    epoch = re.search(r"_model_(\d+)_", checkpoint.name)
+    return Evaluation(
+        checkpoint=checkpoint,
+        epoch=int(epoch.group(1)) if epoch else None,
+        loss=float(metrics["loss"]),
+        accuracy=100.0 * float(metrics["accuracy"]),
+        per_class={name: float(acc) for name, acc in zip(dataset.classes, per_class.tolist(), strict=True)},
+        confusion=confusion,
+        predictions=torch.cat(predictions).cpu() if predictions else torch.empty(0, dtype=torch.long),
+    )
+
+
+def _collect_predictions(evaluator: Engine) -> list[torch.Tensor]:
+    """The argmax of each batch, kept on the device (no sync per batch) in a list filled as it runs."""
+    predictions: list[torch.Tensor] = []
+    evaluator.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda engine: predictions.append(engine.state.output[0].argmax(dim=1))
+    )
+    return predictions
+
+
+def misclassified_grid(evaluation: Evaluation, dataset: Dataset, count: int = 32) -> np.ndarray | None:
+    """The first ``count`` validation images ``evaluation`` got wrong, titled with the predicted
+    and the true class (as TensorBoard's ``val/misclassified``); ``dataset`` is the one evaluated.
+    None when every image was classified right.
+    """
+    true = dataset.test_labels.cpu()
+    if len(evaluation.predictions) != len(true):
+        raise ValueError(f"{len(evaluation.predictions)} predictions for {len(true)} validation images")
+    wrong = torch.nonzero(evaluation.predictions != true).flatten()[:count]
+    if not len(wrong):
+        return None
+    titles = [
+        f"pred {dataset.classes[p]}\ntrue {dataset.classes[t]}"
+        for p, t in zip(evaluation.predictions[wrong].tolist(), true[wrong].tolist(), strict=True)
+    ]
+    return image_grid(dataset.test_images[wrong].cpu(), titles)
+
+
+def one_hot_line(label: int, classes: Sequence[str]) -> str:
+    """The tutorial's one-hot printout for one label: ``F.one_hot(torch.tensor(label), num_classes)``.
+
+    >>> one_hot_line(2, ["ant", "bee", "cat"])
+    'label 2 (cat) one-hot: tensor([0, 0, 1])'
+    """
+    return f"label {label} ({classes[label]}) one-hot: {F.one_hot(torch.tensor(label), len(classes))}"
+
+
+@dataclass
+class Samples:
+    """Random training images (uint8 ``(N, C, H, W)``, as displayed) with their labels."""
+
+    images: torch.Tensor
+    labels: list[int]
+    classes: list[str]
+
+    def grid(self) -> np.ndarray:
+        """The images side by side, each titled with its class."""
+        return image_grid(self.images, [self.classes[i] for i in self.labels])
+
+    def one_hot_line(self, index: int = 0) -> str:
+        """:func:`one_hot_line` for the ``index``-th image (the grid's first by default)."""
+        return one_hot_line(self.labels[index], self.classes)
+
+
+def draw_samples(
+    data: str | Path | Dataset, count: int = 32, seed: int = 0, mean: float = 0.5, std: float = 0.5
+) -> Samples:
+    """``count`` random training images of ``data`` (a source, or a loaded :class:`Dataset`), as
+    the tutorial shows them: batches are normalised as for training, then the normalisation is
+    undone for display."""
+    dataset = data if isinstance(data, Dataset) else load_dataset(data, download=True)
+    loader = TensorLoader(
+        dataset.train_images,
+        dataset.train_labels,
+        min(count, len(dataset.train_labels)),
+        [mean],
+        [std],
+        shuffle=True,
+        seed=seed,
+    )
+    x, y = next(iter(loader))
+    return Samples(denormalize(x, [mean], [std]), y.tolist(), list(dataset.classes))
+
+
+def sample_grid(
+    data: str | Path | Dataset, count: int = 32, seed: int = 0, mean: float = 0.5, std: float = 0.5
+) -> np.ndarray:
+    """The grid of :func:`draw_samples`: random training images titled with their class."""
+    return draw_samples(data, count, seed, mean, std).grid()

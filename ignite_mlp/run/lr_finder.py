@@ -1,0 +1,282 @@
+"""The learning-rate finder: Ignite's ``FastaiLRFinder`` run on a copy of the configured model.
+
+    ignite-mlp lr-find --data ../shared/data/cifar10-jpg.tar.gz   # lr_finder.png, the suggestion, a train command
+    ignite-mlp train --lr auto --data ...                         # the finder first, then training with its rate
+
+The finder trains a freshly built model (as the run would build it) for ``num_iter`` steps
+while the learning rate grows exponentially from ``start_lr`` to ``end_lr``, records the
+(smoothed) training loss of each step, stops early once the loss exceeds 5 times its best,
+and suggests the rate where the loss fell fastest (Ignite's ``lr_suggestion``). Nothing of the
+finder's model is kept, and the global random state is left as it was, so ``train --lr auto``
+trains exactly what ``train --lr <suggestion>`` would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+import shlex
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ignite_mlp.config.train_config import TrainConfig
+from ignite_mlp.data import Dataset
+from ignite_mlp.errors import UserError
+from ignite_mlp.files import write_atomic
+
+START_LR = 1e-7
+END_LR = 10.0
+NUM_ITER = 100
+# Ignite's divergence rule: the finder stops once the smoothed loss exceeds this times its best.
+DIVERGE_FACTOR = 5.0
+# lr-find's own flags: not train flags, so left out of the train command it prints.
+FINDER_FLAGS = ("start_lr", "end_lr", "num_iter", "out")
+
+
+@dataclass
+class LRCurve:
+    """The finder's record: the learning rate and smoothed training loss of each step."""
+
+    lrs: list[float]
+    losses: list[float]
+    suggestion: float
+
+    @property
+    def diverged(self) -> bool:
+        """Whether the finder stopped because the loss blew up (else the range may be too low)."""
+        best = min(self.losses)
+        return not math.isfinite(self.losses[-1]) or self.losses[-1] > DIVERGE_FACTOR * best
+
+    def summary(self) -> str:
+        """One line: the suggestion and how it was found.
+
+        >>> curve = LRCurve([1e-3, 1e-2, 1e-1], [2.0, 1.0, 20.0], 1e-2)
+        >>> for part in curve.summary().split("; "):
+        ...     print(part)
+        suggested learning rate 0.01 (steepest fall of the loss over 3 steps from 0.001 to 0.1
+        stopped: the loss diverged)
+        """
+        tail = "stopped: the loss diverged" if self.diverged else "the loss never diverged: try a larger --end-lr"
+        return (
+            f"suggested learning rate {self.suggestion:.3g} (steepest fall of the loss over {len(self.lrs)} steps "
+            f"from {self.lrs[0]:.3g} to {self.lrs[-1]:.3g}; {tail})"
+        )
+
+
+def find_lr(
+    config: TrainConfig,
+    dataset: Dataset,
+    device: torch.device,
+    start_lr: float = START_LR,
+    end_lr: float = END_LR,
+    num_iter: int = NUM_ITER,
+) -> LRCurve:
+    """Run Ignite's ``FastaiLRFinder`` on a new model, optimiser, loss and training batches built
+    as ``config`` says (``config.mean``/``config.std`` are used as they are: measure dataset
+    statistics first). The global random state is restored afterwards.
+
+    In a multi-process run every process runs the same finder on the same batches; Ignite sums
+    the loss across them, so each gets the same curve (divided back here) and suggestion.
+    """
+    import ignite.distributed as idist
+    from ignite.engine import Events
+    from ignite.handlers import FastaiLRFinder
+    from torch import nn
+
+    from ignite_mlp.data import TensorLoader
+    from ignite_mlp.data.augment import make_augment
+    from ignite_mlp.engine.precision import resolve_precision
+    from ignite_mlp.engine.trainer import create_trainer
+    from ignite_mlp.model import MLP
+    from ignite_mlp.run.engines import build_optimizer
+
+    if not 0 < start_lr < end_lr:
+        raise UserError(f"--start-lr {start_lr:g} and --end-lr {end_lr:g}: need 0 < start < end; e.g. 1e-7 and 10")
+    if num_iter < 5:
+        raise UserError(f"--num-iter must be >= 5 (got {num_iter}); the finder needs a curve, try 100")
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):  # the run's own weights and dropout stay as without it
+        torch.manual_seed(config.seed)
+        model = MLP.from_config(config, dataset.in_features, dataset.num_classes).to(device)
+        optimizer = build_optimizer(model, dataclasses.replace(config, lr=float(start_lr)))
+        loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        precision = config.precision
+        if precision == "auto":  # what the run will train in (the probe's answer is cached per machine)
+            precision = resolve_precision(config, dataset.in_features, dataset.num_classes, device).name
+        trainer = create_trainer(model, optimizer, loss_fn, device, precision)
+        loader = TensorLoader(
+            dataset.train_images,
+            dataset.train_labels,
+            config.batch_size,
+            config.mean,
+            config.std,
+            shuffle=True,
+            seed=config.seed,
+            device=device,
+            buffers=3,
+            augment=make_augment(config.augment, config.crop_padding),
+        )
+        trainer.add_event_handler(Events.EPOCH_STARTED, lambda engine: loader.set_epoch(engine.state.epoch))
+        finder = FastaiLRFinder()
+        to_save = {"model": model, "optimizer": optimizer}
+        with warnings.catch_warnings():
+            # Reported by LRCurve.summary instead of as a Python warning.
+            warnings.filterwarnings("ignore", message="Run completed without loss diverging")
+            with finder.attach(
+                trainer, to_save, _finite_loss, num_iter=num_iter, start_lr=float(start_lr), end_lr=float(end_lr)
+            ) as finding:
+                finding.run(loader)
+        try:
+            suggestion = float(finder.lr_suggestion())
+        except RuntimeError:
+            raise UserError(
+                f"the loss did not fall between learning rates {start_lr:g} and {end_lr:g}; "
+                "run ignite-mlp lr-find with a smaller --start-lr, or give --lr yourself"
+            ) from None
+    results = finder.get_results()
+    processes = idist.get_world_size()  # Ignite sums the loss over processes
+    return LRCurve([float(lr) for lr in results["lr"]], [float(v) / processes for v in results["loss"]], suggestion)
+
+
+def _finite_loss(output: Mapping[str, Any]) -> torch.Tensor:
+    """The step's loss for the finder; NaN counts as infinite, so the finder sees it diverge
+    (a NaN compares false with everything and would never stop it)."""
+    loss = output["loss"]
+    return loss if bool(torch.isfinite(loss)) else torch.tensor(float("inf"))
+
+
+def resolve_auto_lr(
+    config: TrainConfig,
+    dataset: Dataset,
+    device: torch.device,
+    write: Callable[[str], None] = print,
+    run: bool = True,
+) -> tuple[TrainConfig, LRCurve | None]:
+    """``--lr auto``: run the finder and return the config with its suggestion as ``lr`` (which
+    config.json then records), and the curve. Any other ``lr`` is returned unchanged, with no
+    curve. ``run=False`` (listing handlers) puts the default rate in place of the finder's.
+
+    Call it after the data's normalisation statistics are in ``config``.
+    """
+    if config.lr != "auto":
+        return config, None
+    # (A resume with --lr auto was refused when the run was planned: Resume.check.)
+    if not run:
+        return dataclasses.replace(config, lr=TrainConfig.__dataclass_fields__["lr"].default), None
+    write(f"learning-rate finder: {NUM_ITER} steps from {START_LR:g} to {END_LR:g} ...")
+    curve = find_lr(config, dataset, device)
+    write(curve.summary() + "; training with it")
+    return dataclasses.replace(config, lr=curve.suggestion), curve
+
+
+def record_lr_curve(curve: LRCurve, run_dir: Path, writer: Any | None = None) -> None:
+    """Keep a ``--lr auto`` run's finder curve: ``lr_finder.png`` in the run directory and, given
+    a TensorBoard writer (tensorboardX's ``SummaryWriter``), the scalars ``lr_finder/loss`` and
+    ``lr_finder/lr`` at steps 1, 2, ... (the finder's iterations)."""
+    plot_lr_curve(curve, run_dir / "lr_finder.png")
+    if writer is None:
+        return
+    for step, (lr, loss) in enumerate(zip(curve.lrs, curve.losses, strict=True), start=1):
+        if math.isfinite(loss):
+            writer.add_scalar("lr_finder/loss", loss, step)
+        writer.add_scalar("lr_finder/lr", lr, step)
+    writer.flush()
+
+
+def plot_lr_curve(curve: LRCurve, path: str | Path) -> Path:
+    """The loss against the learning rate (log axis) with the suggestion marked, as a PNG."""
+    from matplotlib.figure import Figure  # a bare Figure: no display, no pyplot state
+
+    points = [(lr, loss) for lr, loss in zip(curve.lrs, curve.losses, strict=True) if math.isfinite(loss)]
+    lrs, losses = [p[0] for p in points], [p[1] for p in points]
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    ax.plot(lrs, losses, color="tab:blue", label="training loss (smoothed)")
+    at = curve.lrs.index(curve.suggestion)
+    ax.axvline(curve.suggestion, color="tab:red", linestyle="--", linewidth=1)
+    ax.scatter(
+        [curve.suggestion],
+        [curve.losses[at]],
+        color="tab:red",
+        s=60,
+        zorder=3,
+        label=f"suggested {curve.suggestion:.3g}",
+    )
+    ax.set_xscale("log")
+    low, first = min(losses), losses[0]
+    # Keep the informative part: the blown-up tail would squash the curve against the axis.
+    top = min(max(losses), first + max(first - low, 1e-3))
+    ax.set_ylim(low - 0.05 * (top - low), top)
+    ax.set(title="learning-rate finder", xlabel="learning rate", ylabel="loss")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    path = Path(path)
+    write_atomic(path, buffer.getvalue())
+    return path
+
+
+def train_command(given: Mapping[str, Any], config_file: str | None, lr: float) -> str:
+    """The ``ignite-mlp train`` command line with the flags the user gave (``given``: field name
+    to value, as parsed) and ``--lr`` set to ``lr``.
+
+    >>> train_command({"data": "my data", "hidden_sizes": [512, 256], "progress": False, "lr": 1.0}, None, 0.0123)
+    "ignite-mlp train --data 'my data' --hidden-sizes 512 256 --no-progress --lr 0.0123"
+    """
+    words = ["ignite-mlp", "train"] + (["--config", config_file] if config_file else [])
+    for name, value in given.items():
+        if name == "lr" or name in FINDER_FLAGS:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            words.append(flag if value else "--no-" + flag[2:])
+        elif name == "handlers":
+            words += [w for spec in value for w in ("--handler", spec)]
+        elif isinstance(value, list):
+            words += [flag, *(str(v) for v in value)]
+        else:
+            words += [flag, str(value)]
+    return shlex.join([*words, "--lr", f"{lr:.3g}"])
+
+
+def lr_find(
+    config: TrainConfig,
+    start_lr: float = START_LR,
+    end_lr: float = END_LR,
+    num_iter: int = NUM_ITER,
+    out: str | Path | None = None,
+    write: Callable[[str], None] = print,
+) -> tuple[LRCurve, Path]:
+    """``ignite-mlp lr-find``: load the data, run the finder, write the plot. The plot goes to
+    ``out``, else ``config.run_dir/lr_finder.png`` when a run directory is given, else
+    ``./lr_finder.png``; nothing else is written."""
+    from ignite_mlp.config.train_config import resolve_device
+    from ignite_mlp.data import channel_stats, load_dataset, summarize
+
+    if config.resume:
+        raise UserError("lr-find starts from a new model; --resume does not apply: give the run's flags instead")
+    if out is None:
+        out = Path(config.run_dir) / "lr_finder.png" if config.run_dir else Path("lr_finder.png")
+    out = Path(out)
+    device = resolve_device(config.device)
+    dataset = load_dataset(config.data, config.cache_dir, config.download, progress=config.progress)
+    write(summarize(dataset, config.batch_size))
+    if config.normalize == "dataset":  # as train() does: the finder sees the run's inputs
+        mean, std = channel_stats(dataset.train_images)
+        config = dataclasses.replace(config, mean=mean, std=std)
+    write(f"learning-rate finder: {num_iter} steps from {start_lr:g} to {end_lr:g} ...")
+    curve = find_lr(config, dataset, device, start_lr, end_lr, num_iter)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        plot_lr_curve(curve, out)
+    except OSError as e:
+        raise UserError(f"{out}: cannot write the plot there ({e.strerror}); pass --out in a writable folder") from None
+    return curve, out

@@ -1,0 +1,125 @@
+"""Phase 1 of a run: resolve what will happen, before any data is read or any file is written.
+
+:func:`resolve_plan` validates the config, applies the overfit check's overrides, checks the
+process count, picks the device, loads the user's handlers and, on ``--resume``, reads the
+checkpoint (into a :class:`~ignite_mlp.run.resume.Resume`). Everything that can fail on bad input
+without the data fails here, fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ignite_mlp.config.constraints import per_process_batch
+from ignite_mlp.config.train_config import TrainConfig, resolve_device
+from ignite_mlp.distributed import ranks
+from ignite_mlp.errors import UserError
+from ignite_mlp.handlers.extensions import load_handler
+from ignite_mlp.run.resume import Resume
+
+
+@dataclass
+class RunPlan:
+    """What a run will do, resolved from its config."""
+
+    config: TrainConfig
+    device: torch.device
+    run_dir: Path
+    # User handlers, called as fn(trainer, evaluator, context) after the built-in ones.
+    handlers: list[Callable[..., Any]]
+    # Set on --resume: the one object that knows what the checkpoint holds.
+    resume: Resume | None
+    # Where the run's lines go: print on rank 0, nowhere on the other ranks.
+    write: Callable[[str], None]
+    distributed: bool
+    # Rank 0 (or the only process): the one that writes files and prints.
+    main: bool
+    list_handlers: bool
+
+    @property
+    def max_epochs(self) -> int:
+        return 1 if self.config.dry_run else self.config.epochs
+
+
+def resolve_plan(
+    config: TrainConfig,
+    extra_handlers: Sequence[Callable[..., Any]] = (),
+    write: Callable[[str], None] = print,
+    list_handlers: bool = False,
+) -> RunPlan:
+    """Check everything that can be checked without the data, and say how the run will go."""
+    config.validate()
+    if config.overfit_batches:
+        # The sanity check trains on fixed batches with nothing that fights memorisation.
+        config = dataclasses.replace(config, dropout=0.0, weight_decay=0.0)
+    distributed, main = ranks.world_size() > 1, ranks.is_main()
+    if config.nproc_per_node > 1 and not distributed and not list_handlers:
+        raise UserError(
+            f"--nproc-per-node {config.nproc_per_node}: train() is one process; start the processes with "
+            "ignite_mlp.distributed.launcher.launch(config) or the ignite-mlp command"
+        )
+    if distributed:
+        per_process_batch(config.batch_size, ranks.world_size(), source="the process count")
+    device = ranks.rank_device(config.device) if distributed else resolve_device(config.device)
+    handlers = [*extra_handlers, *(load_handler(spec) for spec in config.handlers)]  # fail fast on bad specs
+    # The checkpoint is read before the (slower) data loading, so a bad one fails fast.
+    resume = Resume(Path(config.resume)) if config.resume else None
+    if resume is not None:
+        resume.check(config, 1 if config.dry_run else config.epochs, ranks.world_size())
+        run_dir = resume.run_dir
+    else:
+        run_dir = Path(config.run_dir) if config.run_dir else default_run_dir()
+        if not list_handlers:
+            refuse_existing_run(run_dir, config.overwrite)  # early: before seconds of data loading
+    return RunPlan(
+        config=config,
+        device=device,
+        run_dir=run_dir,
+        handlers=handlers,
+        resume=resume,
+        write=write if main else _silent,
+        distributed=distributed,
+        main=main,
+        list_handlers=list_handlers,
+    )
+
+
+def _silent(line: str) -> None:
+    """What ranks other than 0 print: nothing (rank 0 speaks for the run)."""
+
+
+def default_run_dir() -> Path:
+    return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+
+
+def refuse_existing_run(path: Path, overwrite: bool) -> None:
+    """A run directory that already holds a run is only reused when asked to."""
+    if (path / "config.json").exists() and not overwrite:
+        raise UserError(
+            f"--run-dir {path} already holds a run; choose another --run-dir, pass --overwrite, "
+            f"or continue it with --resume {path}"
+        )
+
+
+def prepare_run_dir(path: Path, overwrite: bool) -> Path:
+    """Create the run directory (refusing one that holds a run unless told to overwrite)."""
+    refuse_existing_run(path, overwrite)
+    try:
+        (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"--run-dir {path}: cannot write there ({e.strerror}); choose a writable folder") from None
+    if overwrite:  # the old run's files would otherwise mix with the new run's
+        for pattern in ("checkpoints/*.pt", "events.out.tfevents.*", "history.json", "curves.png"):
+            for old in path.glob(pattern):
+                old.unlink()
+    return path

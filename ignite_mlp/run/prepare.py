@@ -1,0 +1,124 @@
+"""Phase 2 of a run: the data set, its summary and statistics, and this rank's loaders."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from ignite_mlp.config.train_config import TrainConfig
+from ignite_mlp.data import Dataset, TensorLoader, channel_stats, load_dataset, summarize
+from ignite_mlp.data.augment import make_augment, make_mix
+from ignite_mlp.data.whitening import Whitening, prepare_whitening, whiten_dataset
+from ignite_mlp.distributed import ranks
+from ignite_mlp.engine.precision import Precision, resolve_precision
+from ignite_mlp.handlers.guardrails import setup_warnings
+from ignite_mlp.progress import progress_mode
+from ignite_mlp.run.plan import RunPlan
+
+
+@dataclass
+@dataclass
+class RunData:
+    """The data set and its loaders, with the config they were built for."""
+
+    # The config with the training set's own mean and std when --normalize dataset measured them.
+    config: TrainConfig
+    dataset: Dataset
+    train_loader: TensorLoader
+    val_loader: TensorLoader
+    epoch_length: int
+    # What --precision resolved to on this machine, and why.
+    precision: Precision
+    # --whiten: the ZCA transform the loaders applied (saved in the run directory), or None.
+    whitening: Whitening | None = None
+
+
+def prepare_data(plan: RunPlan, dataset: Dataset | None = None) -> RunData:
+    """Load the data (once per machine), print its summary, measure its statistics if asked,
+    and build this rank's loaders; the loader sets up each epoch's batches on the trainer."""
+    config, write = plan.config, plan.write
+    if dataset is None:
+        with ranks.main_first():  # one download and decode per machine; the others read the cache
+            progress = progress_mode(config.progress) if plan.main else "off"
+            dataset = load_dataset(config.data, config.cache_dir, config.download, progress=progress)
+    write(summarize(dataset, config.batch_size))
+    config.check_data(dataset.image_shape)  # the option checks that need the image shape
+    # --precision auto: bf16 only where native and measured faster (precision.py). Every rank
+    # resolves it: rank 0 broadcasts its choice.
+    precision = resolve_precision(config, dataset.in_features, dataset.num_classes, plan.device)
+    write(precision.line())
+    if plan.distributed:
+        size = ranks.world_size()
+        write(
+            f"{size} processes ({ranks.backend()}): each trains on {config.batch_size // size} images of every "
+            f"batch of {config.batch_size} and validates on a 1/{size} share of the test images"
+        )
+    if config.normalize == "dataset" and plan.resume is None:
+        # Measured once; config.json keeps the values, so a resume or evaluate reuses them.
+        mean, std = channel_stats(dataset.train_images)
+        config = dataclasses.replace(config, mean=mean, std=std)
+        write(f"normalisation from the training set: mean {mean}, std {std}")
+    # --whiten: measured once (a resumed run reads its whitening.pt); the loaders serve whitened copies.
+    resumed_dir = plan.run_dir if plan.resume is not None else None
+    whitening = prepare_whitening(config.whiten, config.whiten_regularizer, dataset.train_images, resumed_dir, write)
+    served = whiten_dataset(dataset, whitening)
+    train_loader, val_loader = build_loaders(served, config, plan.device, ranks.rank(), ranks.world_size())
+    epoch_length = 2 if config.dry_run else (config.epoch_length or len(train_loader))
+    # The overfit check trains on fixed batches on purpose: no shuffle warning then.
+    fixed_order = bool(config.overfit_batches)
+    for warning in setup_warnings(
+        config.batch_size, config.hidden_sizes, plan.device, train_loader, val_loader, fixed_order=fixed_order
+    ):
+        write(warning)
+    return RunData(config, dataset, train_loader, val_loader, epoch_length, precision, whitening)
+
+
+def build_loaders(
+    dataset: Dataset, config: TrainConfig, device: torch.device, rank: int = 0, world_size: int = 1
+) -> tuple[TensorLoader, TensorLoader]:
+    """Shuffled training batches and ordered validation batches, both from device memory.
+
+    With ``overfit_batches=N`` the training set is N batches of random images, in a fixed order. With
+    several processes each loader serves this ``rank``'s share (see :class:`TensorLoader`): an
+    equal part of every training batch, and every ``world_size``-th validation image, so each
+    image is validated exactly once; the validation batch is rounded up to split evenly.
+    """
+    images, labels = dataset.train_images, dataset.train_labels
+    if config.overfit_batches:
+        # A seeded random subset: the data are stored sorted by class, so the first N batches
+        # would hold one class, which a constant prediction "memorises".
+        pick = torch.randperm(len(labels), generator=torch.Generator().manual_seed(config.seed))
+        pick = pick[: config.overfit_batches * config.batch_size]
+        images, labels = images[pick], labels[pick]
+    train_loader = TensorLoader(
+        images,
+        labels,
+        config.batch_size,
+        config.mean,
+        config.std,
+        shuffle=not config.overfit_batches,
+        seed=config.seed,
+        device=device,
+        buffers=3,  # Ignite consumes each batch before drawing the next: recycling is safe
+        augment=None if config.overfit_batches else make_augment(config.augment, config.crop_padding),
+        mix=None if config.overfit_batches else make_mix(config.mixup, config.cutmix, len(dataset.classes)),
+        rank=rank,
+        world_size=world_size,
+    )
+    val_loader = TensorLoader(
+        dataset.test_images,
+        dataset.test_labels,
+        -(-config.eval_batch_size // world_size) * world_size,
+        config.mean,
+        config.std,
+        shuffle=False,
+        device=device,
+        # Normalise validation data once, unless the float copy would be large (> 1 GiB).
+        keep_normalized=dataset.test_images.numel() * 4 <= 2**30,
+        rank=rank,
+        world_size=world_size,
+        even_shards=False,  # validation runs no collective per batch: shards may differ by one image
+    )
+    return train_loader, val_loader

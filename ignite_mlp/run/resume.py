@@ -1,0 +1,243 @@
+"""Continuing a run from its newest checkpoint: the one object that knows what a checkpoint holds.
+
+A :class:`Resume` is made when the run is planned (so a missing or corrupt checkpoint fails
+before any data is read), checks the model against the saved weights once the model exists, and
+restores everything else into the engines and handlers before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine
+from ignite.handlers import Checkpoint, EMAHandler
+from torch import nn
+
+from ignite_mlp.config.train_config import TrainConfig
+from ignite_mlp.errors import UserError
+from ignite_mlp.files import write_json_atomic
+from ignite_mlp.handlers.training import restore_ema
+from ignite_mlp.run.checkpoints import check_model_shapes, latest_checkpoint, remove_orphans, restore, safe_load
+
+# Restored only when they still apply (see restore_controls); everything else must be there.
+CONTROLS = ("lr_scheduler", "early_stopping", "ema_model")
+# What a checkpoint must hold for a run to continue from it.
+REQUIRED = ("model", "optimizer", "trainer", "train_metrics", "history", "random", "best_checkpoint")
+# Changes a resumed run cannot honour: the data, the batches, the model's inputs and layers.
+# (--hidden-sizes is caught by the model-shape check, which names the layers that differ.)
+FIXED = (
+    "data",
+    "batch_size",
+    "epoch_length",
+    "dry_run",
+    "overfit_batches",
+    "normalize",
+    "mean",
+    "std",
+    "norm",
+    "activation",
+    "recipe",
+    "whiten",
+    "whiten_regularizer",
+    # The optimizer's kind and its parameter groups: its saved state fits no other.
+    "optimizer",
+    "decay_norms",
+)
+# Optimizer settings: the checkpoint's optimizer state brings back the old values, so the new
+# ones are set again after it is restored.
+OPTIMIZER = {"lr": "lr", "momentum": "momentum", "weight_decay": "weight_decay", "nesterov": "nesterov"}
+# Changing these (or --epochs) lays the learning-rate schedule out afresh.
+SCHEDULE = ("lr", "lr_schedule", "lr_step_epochs", "lr_gamma", "epochs")
+# How a run is run, not what it learns: not reported as changes.
+NOT_CHANGES = ("run_dir", "resume", "overwrite", "progress", "cache_dir", "download", "handlers", "device")
+RECORD = "resumes.json"
+
+
+class Resume:
+    """The newest checkpoint of ``run_dir``, read (safely) and ready to restore."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.checkpoint: Path = latest_checkpoint(run_dir)  # type: ignore[assignment]
+        self.saved: dict[str, Any] = safe_load(self.checkpoint)
+        trainer = self.saved.get("trainer", {})
+        self.iteration = int(trainer.get("iteration", 0))
+        self.epoch_length = int(trainer.get("epoch_length") or 1)
+        # What config.json says the run was trained with (absent when a Python caller made the
+        # config by hand): the base that the changes of this resume are measured against.
+        self.trained_with = _read_config(run_dir / "config.json")
+        self.changes: dict[str, tuple[Any, Any]] = {}
+
+    def check(self, config: TrainConfig, max_epochs: int, processes: int) -> None:
+        """Refuse, before anything is read or written, a resume that cannot do what it is asked:
+        a checkpoint that lacks part of the run's state, a run already finished, a change the
+        run cannot honour, a different process count in the middle of an epoch."""
+        missing = [k for k in REQUIRED if k not in self.saved]
+        if missing:
+            raise UserError(
+                f"{self.checkpoint}: checkpoint lacks {missing}; it was not written by this version of ignite_mlp"
+            )
+        if config.lr == "auto":
+            raise UserError(
+                f"--resume {self.run_dir}: --lr auto finds a rate for a new run; a resumed run keeps its own "
+                f"(--lr {self.trained_with.get('lr', '?')}): drop --lr auto or pass another number"
+            )
+        self.changes = {
+            k: (self.trained_with[k], v)
+            for k, v in config.to_dict().items()
+            if k in self.trained_with and k not in NOT_CHANGES and self.trained_with[k] != v
+        }
+        fixed = {k: v for k, v in self.changes.items() if k in FIXED}
+        if fixed:
+            what = ", ".join(f"{_flag(k)} {old} -> {new}" for k, (old, new) in fixed.items())
+            flags, them = ("those flags", "them") if len(fixed) > 1 else ("that flag", "it")
+            raise UserError(
+                f"--resume {self.run_dir}: cannot change {what} in a run already under way; "
+                f"drop {flags}, or start a new run with {them}"
+            )
+        epoch, mid_epoch = divmod(self.iteration, self.epoch_length)
+        if epoch >= max_epochs and not mid_epoch:
+            raise UserError(
+                f"--resume {self.run_dir}: the run already finished {epoch} epochs; "
+                f"pass --epochs N with N > {epoch} to train further"
+            )
+        saved_processes = _processes(self.saved.get("train_metrics", {}))
+        if mid_epoch and saved_processes not in (None, processes):
+            raise UserError(
+                f"this checkpoint was written mid-epoch by {saved_processes} process(es) and this run has "
+                f"{processes}: resume it with --nproc-per-node {saved_processes} (or as many torchrun processes)"
+            )
+
+    def describe_changes(self) -> str | None:
+        """One line: what this resume changes, or None when nothing."""
+        if not self.changes:
+            return None
+        return "changed on resume: " + ", ".join(f"{_flag(k)} {old} -> {new}" for k, (old, new) in self.changes.items())
+
+    def record(self) -> None:
+        """Add this resume (when, from which checkpoint, what changed) to the run's ``resumes.json``."""
+        path = self.run_dir / RECORD
+        history = _read_json_list(path)
+        history.append(
+            {
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "checkpoint": self.checkpoint.name,
+                "iteration": self.iteration,
+                "changed": {k: [old, new] for k, (old, new) in self.changes.items()},
+            }
+        )
+        write_json_atomic(path, history)
+
+    @property
+    def purge_step(self) -> int:
+        """The first TensorBoard step after the checkpoint: what a killed run logged from there is hidden."""
+        return self.iteration + 1
+
+    def check_model(self, model: nn.Module) -> None:
+        """Refuse a model whose layers differ from the saved weights', naming the difference."""
+        check_model_shapes(model, self.saved.get("model", {}), self.checkpoint)
+
+    def apply(
+        self,
+        to_save: Mapping[str, Any],
+        best: Checkpoint,
+        trainer: Engine,
+        max_epochs: int,
+        main: bool,
+        write: Callable[[str], None],
+        ema: EMAHandler | None = None,
+    ) -> None:
+        """Restore the run's state (``to_save``: what the last checkpoint saves) and the best-model
+        tracker, drop best-model files the tracker does not know, then make this resume's
+        optimizer settings and schedule take effect, and say what changed."""
+        controls = {k: to_save.get(k) for k in CONTROLS}
+        core = {k: v for k, v in to_save.items() if k not in CONTROLS}
+        restore({**core, "best_checkpoint": best}, self.saved)
+        restore_ema(ema, self.saved)  # after the model: a checkpoint without an average starts it from the model
+        if main:
+            remove_orphans(best, self.checkpoint.parent)
+        set_optimizer_settings(core["optimizer"], {k: new for k, (_, new) in self.changes.items() if k in OPTIMIZER})
+        relaid = any(k in self.changes for k in SCHEDULE)
+        note = restore_controls(
+            controls["lr_scheduler"],
+            controls["early_stopping"],
+            self.saved,
+            max_epochs,
+            trainer.state.iteration,
+            relaid,
+        )
+        write(f"resuming {self.run_dir} from {self.checkpoint.name} (epoch {trainer.state.epoch} done)")
+        for line in (self.describe_changes(), note):
+            if line:
+                write(line)
+
+
+def restore_controls(
+    scheduler: Any, stopper: Any, saved: Mapping[str, Any], max_epochs: int, iteration: int, relaid: bool = False
+) -> str | None:
+    """Restore the LR schedule and early stopping of a resumed run, when they still apply.
+
+    A schedule's shape depends on the run's length and base learning rate: when ``--epochs``
+    changed, or the schedule or its learning rate did (``relaid``), or the schedule is new, the
+    new schedule continues from the restored iteration instead of replaying the old one. A
+    schedule or early stopping missing from the checkpoint starts afresh.
+    """
+    if stopper is not None and "early_stopping" in saved:
+        stopper.load_state_dict(saved["early_stopping"])
+    if scheduler is None:
+        return None
+    same_run = "lr_scheduler" in saved and saved.get("trainer", {}).get("max_epochs") == max_epochs
+    if same_run and not relaid:
+        scheduler.load_state_dict(saved["lr_scheduler"])
+        return None
+    scheduler.event_index = iteration
+    torch_scheduler = getattr(scheduler, "lr_scheduler", None)  # Ignite's wrapper of a torch scheduler
+    if torch_scheduler is not None:
+        # It counts steps itself and derives each learning rate from the one in effect: that of
+        # the last iteration done, from the new base value, decayed as often as it had been by then.
+        torch_scheduler.last_epoch = iteration
+        decays = max(iteration - 1, 0) // torch_scheduler.step_size
+        for group, base in zip(torch_scheduler.optimizer.param_groups, torch_scheduler.base_lrs, strict=True):
+            group["lr"] = base * torch_scheduler.gamma**decays
+    return f"learning-rate schedule laid out for {max_epochs} epochs, continuing at iteration {iteration}"
+
+
+def set_optimizer_settings(optimizer: torch.optim.Optimizer, settings: Mapping[str, Any]) -> None:
+    """Give every parameter group these SGD settings (``{"lr": 1e-4}``; a restored state dict
+    brought back the old ones), the learning rate also as the base schedules start from."""
+    for group in optimizer.param_groups:
+        for field_name, value in settings.items():
+            group[OPTIMIZER[field_name]] = value
+        if "lr" in settings and "initial_lr" in group:
+            group["initial_lr"] = settings["lr"]
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return values if isinstance(values, dict) else {}
+
+
+def _read_json_list(path: Path) -> list[Any]:
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    return values if isinstance(values, list) else []
+
+
+def _processes(train_metrics: Mapping[str, Any]) -> int | None:
+    """How many processes wrote a checkpoint's training metrics (Ignite keeps one state per rank)."""
+    counts = {len(per_rank) for state in train_metrics.values() for per_rank in state.values()}
+    return counts.pop() if len(counts) == 1 else None
