@@ -105,3 +105,110 @@ def test_the_public_names_still_import_lazily() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["ignite_mlp.run.training", "ignite_mlp.model", "True"]
+
+
+# ----------------------------------------------------------------------------- import directions
+
+# The layers, lowest first; a module may import its own layer and the ones below, never above.
+# A module's layer is that of the longest prefix listed (docs/layout.md explains each).
+LAYERS: list[tuple[str, ...]] = [
+    # helpers everything may use: errors, atomic writes, the terminal, pictures
+    ("ignite_mlp.errors", "ignite_mlp.version", "ignite_mlp.files", "ignite_mlp.notebook", "ignite_mlp.plots"),
+    ("ignite_mlp.config", "ignite_mlp.progress"),  # what a run is asked to do; how it reports
+    ("ignite_mlp.data", "ignite_mlp.model"),  # what it learns from, and what learns
+    ("ignite_mlp.engine", "ignite_mlp.distributed.ranks"),  # one training step; who does what across ranks
+    ("ignite_mlp.handlers",),  # what is attached to the engines
+    ("ignite_mlp.run",),  # one run put together, its files, resuming it
+    ("ignite_mlp.inference", "ignite_mlp.distributed", "ignite_mlp.sweep"),  # a run used, launched, repeated
+    ("ignite_mlp.cli", "ignite_mlp.__main__"),  # parses and calls
+]  # fmt: skip
+
+
+def layer_of(module: str) -> int:
+    """The index in :data:`LAYERS` of ``module``'s longest listed prefix."""
+    best = (-1, -1)
+    for index, prefixes in enumerate(LAYERS):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best[0]:
+                best = (len(prefix), index)
+    assert best[1] >= 0, f"{module} is in no layer of LAYERS: add it"
+    return best[1]
+
+
+def test_imports_only_go_down_the_layers() -> None:
+    graph = import_graph()
+    upward = [
+        f"{name} -> {target}"
+        for name, targets in graph.items()
+        if name != "ignite_mlp"  # the package's lazy public names
+        for target in targets
+        if target != "ignite_mlp" and layer_of(target) > layer_of(name)
+    ]
+    assert upward == []
+
+
+def test_the_layer_check_sees_an_upward_import() -> None:
+    assert layer_of("ignite_mlp.data.loader") < layer_of("ignite_mlp.run.plan") < layer_of("ignite_mlp.cli")
+    assert layer_of("ignite_mlp.distributed.ranks") < layer_of("ignite_mlp.distributed.launcher")
+
+
+def test_nothing_imports_the_cli() -> None:
+    graph = import_graph()
+    assert [name for name, targets in graph.items() if "ignite_mlp.cli" in targets] == ["ignite_mlp.__main__"]
+
+
+def _external_imports(path: Path) -> set[str]:
+    """The top-level names of the packages outside ignite_mlp that ``path`` imports anywhere."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_config_data_and_model_never_import_ignite() -> None:
+    offenders = [
+        str(path.relative_to(PACKAGE.parent))
+        for folder in ("config", "data")
+        for path in (PACKAGE / folder).rglob("*.py")
+        if "ignite" in _external_imports(path)
+    ]
+    offenders += ["ignite_mlp/model.py"] if "ignite" in _external_imports(PACKAGE / "model.py") else []
+    assert offenders == []
+
+
+def _modules_loaded_by(code: str) -> list[str]:
+    """The modules in ``sys.modules`` after running ``code`` in a fresh interpreter."""
+    done = subprocess.run(
+        [sys.executable, "-c", code + "\nimport sys\nprint('\\n'.join(sorted(sys.modules)))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.split()
+
+
+TRAINING_STACK = ("ignite.engine", "ignite_mlp.engine", "ignite_mlp.handlers", "ignite_mlp.run.training")
+
+
+def test_predict_and_export_load_no_engine_and_no_training_module() -> None:
+    loaded = _modules_loaded_by("import ignite_mlp.inference.predict, ignite_mlp.inference.export")
+    assert "torch" in loaded  # the check can see what was imported
+    assert [m for m in loaded if m.startswith(TRAINING_STACK)] == []
+
+
+def test_config_data_and_model_load_no_ignite() -> None:
+    loaded = _modules_loaded_by("import ignite_mlp.config, ignite_mlp.data, ignite_mlp.model")
+    assert "torch" in loaded
+    assert [m for m in loaded if m == "ignite" or m.startswith("ignite.")] == []
+
+
+def test_no_folder_holds_more_than_twelve_modules() -> None:
+    sizes = {
+        str(folder.relative_to(PACKAGE.parent)): len([p for p in folder.glob("*.py") if p.name != "__init__.py"])
+        for folder in [PACKAGE, *(p for p in PACKAGE.rglob("*") if p.is_dir() and (p / "__init__.py").exists())]
+    }
+    assert {k: v for k, v in sizes.items() if v > 12} == {}
+    assert sizes["ignite_mlp/run"] >= 5  # the count sees the modules

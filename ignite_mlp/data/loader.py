@@ -200,26 +200,12 @@ class TensorLoader:
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Choose which epoch's shuffle the next pass uses, and the batch it starts at
-        (non-zero only when a run resumes mid-epoch). The trainer calls this each epoch."""
+        (non-zero only when a run resumes mid-epoch). The trainer calls this each epoch
+        (:func:`ignite_mlp.handlers.epochs.attach_epoch_shuffle`)."""
         if not 0 <= start < max(len(self), 1):
             raise ValueError(f"start batch {start} outside this epoch's {len(self)} batches")
         self.epoch = epoch
         self.start = start
-
-    def attach(self, trainer: Any, epoch_length: int) -> None:
-        """Set up each epoch's batches on an Ignite ``trainer`` that runs ``epoch_length`` iterations
-        an epoch: a fresh shuffle per epoch and, on a resume mid-epoch, the rest of that epoch."""
-        from ignite.engine import Events  # the loader itself needs no Ignite; only this hook does
-
-        def start_epoch(engine: Any) -> None:
-            done_in_epoch = engine.state.iteration - (engine.state.epoch - 1) * epoch_length
-            self.set_epoch(engine.state.epoch, start=done_in_epoch % len(self))
-            if epoch_length != len(self) and done_in_epoch == 0:
-                # A custom epoch length: start each epoch from its own shuffle. (Not on a resumed
-                # epoch: Ignite then sets up the data itself and counts the iterations already done.)
-                engine.set_data(self)
-
-        trainer.add_event_handler(Events.EPOCH_STARTED, start_epoch)
 
     def __len__(self) -> int:
         n = self._shard_size

@@ -18,6 +18,7 @@ from ignite_mlp.config.train_config import TrainConfig
 from ignite_mlp.distributed import ranks
 from ignite_mlp.engine.optimizers import make_optimizer
 from ignite_mlp.engine.trainer import attach_train_metrics, create_evaluator, create_trainer
+from ignite_mlp.handlers.epochs import attach_epoch_shuffle
 from ignite_mlp.handlers.training import attach_ema
 from ignite_mlp.model import MLP
 from ignite_mlp.run.plan import RunPlan
@@ -89,5 +90,5 @@ def build_engines(plan: RunPlan, data: RunData) -> Engines:
     # Validation loss stays the plain cross-entropy, comparable across recipes and runs. It runs
     # the model itself, not its wrapper: no collective per batch, so validation shards may differ.
     evaluator = create_evaluator(eval_model, nn.CrossEntropyLoss(), device, data.precision.name, config.tta)
-    data.train_loader.attach(trainer, data.epoch_length)
+    attach_epoch_shuffle(trainer, data.train_loader, data.epoch_length)
     return Engines(model, optimizer, trainer, evaluator, train_metrics, stop, should_stop, ema, eval_model)
