@@ -17,11 +17,13 @@ import torch
 from ignite.engine import Engine, Events
 
 from ignite_mlp.engine.trainer import flip_tta, forward_fn
+from ignite_mlp.run.training import RunContext
 
 
-def attach(trainer: Engine, evaluator: Engine, context) -> None:  # noqa: ANN001 (a RunContext)
-    device = next(context.model.parameters()).device
-    plain = forward_fn(context.config.precision, device)
+def attach(trainer: Engine, evaluator: Engine, context: RunContext) -> None:
+    # The precision the run resolved ("auto" is decided once, at start-up): the probe computes
+    # as the evaluator does.
+    plain = forward_fn(context.spec.precision, context.spec.device)
     variants = {"plain": (context.model, plain), "tta": (context.model, flip_tta(plain))}
     if context.eval_model is not None and context.eval_model is not context.model:
         variants.update({"ema": (context.eval_model, plain), "ema+tta": (context.eval_model, flip_tta(plain))})

@@ -134,12 +134,14 @@ def test_build_engines_makes_the_configured_model_and_optimizer(tree, tmp_path) 
     from ignite_mlp.run.engines import build_engines
     from ignite_mlp.run.plan import resolve_plan
     from ignite_mlp.run.prepare import prepare_data
+    from ignite_mlp.run.spec import resolve_spec
 
     config = TrainConfig(
         data=str(tree), run_dir=str(tmp_path / "r"), hidden_sizes=[16, 8], lr=0.3, momentum=0.5, nesterov=True
     )
     plan = resolve_plan(config, write=lambda s: None)
-    engines = build_engines(plan, prepare_data(plan))
+    data = prepare_data(plan)
+    engines = build_engines(resolve_spec(plan, data, lr=plan.config.lr), data)
     linears = [m for m in engines.model.modules() if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(192, 16), (16, 8), (8, 3)]
     group = engines.optimizer.param_groups[0]

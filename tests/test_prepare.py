@@ -14,16 +14,21 @@ def test_prepare_summarises_and_builds_loaders(tree: Path, tmp_path: Path) -> No
     lines: list[str] = []
     config = TrainConfig(data=str(tree), run_dir=str(tmp_path / "r"), batch_size=8, eval_batch_size=5)
     data = prepare_data(resolve_plan(config, write=lines.append))
-    assert len(data.dataset.train_labels) == 36 and data.epoch_length == 5  # ceil(36 / 8)
+    assert len(data.dataset.train_labels) == 36 and len(data.train_loader) == 5  # ceil(36 / 8)
     assert [len(y) for _, y in data.val_loader] == [5, 5, 2]
     assert any("36" in line for line in lines)  # the summary was printed
-    assert data.config.mean == [0.5]  # fixed normalisation: nothing measured
+    assert (data.mean, data.std) == ([0.5], [0.5])  # fixed normalisation: nothing measured
 
 
-def test_dataset_statistics_are_measured_into_the_config(tree: Path, tmp_path: Path) -> None:
-    config = TrainConfig(data=str(tree), run_dir=str(tmp_path / "r"), normalize="dataset", dry_run=True)
-    data = prepare_data(resolve_plan(config, write=lambda s: None))
+def test_dataset_statistics_are_measured_and_the_config_left_as_asked(tree: Path, tmp_path: Path) -> None:
+    config = TrainConfig(data=str(tree), run_dir=str(tmp_path / "r"), normalize="dataset", batch_size=36)
+    plan = resolve_plan(config, write=lambda s: None)
+    data = prepare_data(plan)
     pixels = load_dataset(tree).train_images.float() / 255  # an independent computation
-    expected = pixels.mean(dim=(0, 2, 3))
-    assert torch.allclose(torch.tensor(data.config.mean), expected, atol=1e-5)
-    assert data.epoch_length == 2  # --dry-run
+    assert torch.allclose(torch.tensor(data.mean), pixels.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert torch.allclose(torch.tensor(data.std), pixels.std(dim=(0, 2, 3)), atol=1e-3)
+    # The loaders normalise with the measured values: one batch of all 36 images has mean 0.
+    data.train_loader.set_epoch(0)
+    (x, _y), *rest = list(data.train_loader)
+    assert not rest and torch.allclose(x.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5)
+    assert plan.config.mean == [0.5] and config.mean == [0.5]  # nothing written back into the config

@@ -11,7 +11,13 @@ from ignite_mlp import TrainConfig, train
 from ignite_mlp.data import load_dataset
 from ignite_mlp.errors import UserError
 from ignite_mlp.handlers.builtin import HISTORY_KEYS
+from ignite_mlp.handlers.ignite_compat import event_handlers
 from ignite_mlp.model import MLP
+from ignite_mlp.run.engines import build_engines
+from ignite_mlp.run.plan import prepare_run_dir, resolve_plan
+from ignite_mlp.run.prepare import prepare_data
+from ignite_mlp.run.spec import resolve_spec
+from ignite_mlp.run.training import attach_builtin_handlers
 
 
 def _config(data: Path, run_dir: Path, **kw) -> TrainConfig:
@@ -322,3 +328,49 @@ def test_best_ingredients_ctrl_c_then_resume_equals_an_uninterrupted_run(tree: P
     resumed = train(TrainConfig.from_run(tmp_path / "cut"), write=lambda s: None).history
     for key in straight:
         assert resumed[key] == pytest.approx(straight[key], abs=1e-6), key
+
+
+def test_builtin_handlers_epoch_end_order_and_what_a_resume_restores(tree: Path, tmp_path: Path) -> None:
+    config = TrainConfig(data=str(tree), run_dir=str(tmp_path / "r"), batch_size=8, progress=False, patience=2)
+    plan = resolve_plan(config, write=lambda s: None)
+    data = prepare_data(plan)
+    spec = resolve_spec(plan, data, lr=plan.config.lr)
+    engines = build_engines(spec, data)
+    prepare_run_dir(plan.run_dir, False)
+    hooks = attach_builtin_handlers(spec, plan, data, engines)
+    try:
+        names = [
+            getattr(h, "__qualname__", type(h).__name__)
+            for h in dict(event_handlers(engines.trainer))[Events.EPOCH_COMPLETED]
+        ]
+        order = [
+            next(i for i, n in enumerate(names) if key in n)
+            for key in ("validate", "History", "log_epoch", "Checkpoint")
+        ]
+        assert order == sorted(order), names  # validation, then history, TensorBoard, the last checkpoint
+        assert list(hooks.to_save) == [
+            "model",
+            "optimizer",
+            "trainer",  # before train_metrics, which reads the restored iteration
+            "train_metrics",
+            "history",
+            "random",
+            "early_stopping",
+        ]
+        assert hooks.files["history"] == plan.run_dir / "history.json"
+        assert hooks.run_info["resolved_device"] == "cpu" and hooks.run_info["patience"] == 2
+    finally:
+        assert hooks.tb is not None
+        hooks.tb.close()
+
+
+def test_ablation_probe_script_runs_as_a_handler_in_the_resolved_precision(tree: Path, tmp_path: Path) -> None:
+    script = Path(__file__).resolve().parents[1] / "scripts" / "ablation_probe.py"
+    config = _config(tree, tmp_path / "r", epochs=2, ema_momentum=0.5, handlers=[f"{script}:attach"])
+    assert config.precision == "auto"  # what the probe once passed on as it was, and failed on
+    result = train(config, write=lambda s: None)
+    probe = json.loads((tmp_path / "r" / "probe.json").read_text())
+    assert [row["epoch"] for row in probe] == [1, 2]
+    # Validation runs the moving average (no TTA): the probe's "ema" row is the recorded accuracy.
+    assert [row["ema"] for row in probe] == pytest.approx(result.history["val_acc_epoch"], abs=1e-3)
+    assert all(set(row) >= {"plain", "tta", "ema", "ema+tta"} for row in probe)

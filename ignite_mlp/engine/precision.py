@@ -89,17 +89,7 @@ class ProbeModel:
     expansion: int = 4
 
     def build(self) -> nn.Module:
-        sizes = list(self.hidden_sizes)
-        return MLP(
-            self.in_features,
-            self.num_classes,
-            sizes,
-            self.dropout,
-            self.norm,
-            self.activation,
-            self.blocks,
-            self.expansion,
-        )
+        return MLP.from_config(self, self.in_features, self.num_classes)
 
 
 def native_bf16(device: torch.device) -> tuple[bool | None, str]:

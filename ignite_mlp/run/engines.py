@@ -1,5 +1,5 @@
 """Phase 3 of a run: the model, its optimizer, Ignite's trainer with its training metrics, the
-evaluator and the Ctrl-C stop agreement, built from the plan and the data."""
+evaluator and the Ctrl-C stop agreement, built from the run's spec and its data."""
 
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ from ignite_mlp.engine.trainer import attach_train_metrics, create_evaluator, cr
 from ignite_mlp.handlers.epochs import attach_epoch_shuffle
 from ignite_mlp.handlers.training import attach_ema
 from ignite_mlp.model import MLP
-from ignite_mlp.run.plan import RunPlan
 from ignite_mlp.run.prepare import RunData
+from ignite_mlp.run.resume import Resume
+from ignite_mlp.run.spec import RunSpec
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -62,33 +63,33 @@ class Engines:
     eval_model: nn.Module | None = None
 
 
-def build_engines(plan: RunPlan, data: RunData) -> Engines:
-    """The model (checked against the checkpoint on a resume), the optimizer, the trainer with
+def build_engines(spec: RunSpec, data: RunData, resume: Resume | None = None) -> Engines:
+    """The model (checked against the checkpoint on a ``resume``), the optimizer, the trainer with
     its training metrics and the evaluator."""
-    config, device = plan.config, plan.device
+    config, device = spec.config, spec.device
     dataset = data.dataset
     model = MLP.from_config(config, dataset.in_features, dataset.num_classes).to(device)
-    if plan.resume is not None:
-        plan.resume.check_model(model)
+    if resume is not None:
+        resume.check_model(model)
     # Across ranks the trainer steps a DistributedDataParallel wrapper (gradients averaged over
     # the ranks); checkpoints, validation and user handlers keep the model itself.
     stepped, optimizer = ranks.wrap(model, build_optimizer(model, config), device)
-    if plan.distributed:
+    if spec.distributed:
         # Same weights everywhere (the wrapper copied rank 0's), but each rank its own dropout.
-        manual_seed((config.seed + ranks.rank()) % 2**32)  # numpy takes seeds below 2**32
+        manual_seed((config.seed + spec.rank) % 2**32)  # numpy takes seeds below 2**32
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    trainer = create_trainer(stepped, optimizer, loss_fn, device, data.precision.name)
+    trainer = create_trainer(stepped, optimizer, loss_fn, device, spec.precision)
     # --ema-momentum: validation, the best checkpoint and evaluate use the averaged weights.
     ema = attach_ema(trainer, model, config.ema_momentum)
     eval_model = ema.ema_model if ema is not None else model
     train_metrics = attach_train_metrics(trainer, device)
     stop = StopRequest()
-    if plan.distributed:
+    if spec.distributed:
         should_stop = ranks.attach_agreement(trainer, lambda: stop.requested)
     else:
         should_stop = lambda: stop.requested  # noqa: E731 - the one-process answer
     # Validation loss stays the plain cross-entropy, comparable across recipes and runs. It runs
     # the model itself, not its wrapper: no collective per batch, so validation shards may differ.
-    evaluator = create_evaluator(eval_model, nn.CrossEntropyLoss(), device, data.precision.name, config.tta)
-    attach_epoch_shuffle(trainer, data.train_loader, data.epoch_length)
+    evaluator = create_evaluator(eval_model, nn.CrossEntropyLoss(), device, spec.precision, config.tta)
+    attach_epoch_shuffle(trainer, data.train_loader, spec.epoch_length)
     return Engines(model, optimizer, trainer, evaluator, train_metrics, stop, should_stop, ema, eval_model)

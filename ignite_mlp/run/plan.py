@@ -22,7 +22,9 @@ from ignite_mlp.config.train_config import TrainConfig, resolve_device
 from ignite_mlp.distributed import ranks
 from ignite_mlp.errors import UserError
 from ignite_mlp.handlers.extensions import load_handler
+from ignite_mlp.progress import progress_mode
 from ignite_mlp.run.resume import Resume
+from ignite_mlp.run.spec import run_epochs
 
 
 @dataclass
@@ -42,10 +44,12 @@ class RunPlan:
     # Rank 0 (or the only process): the one that writes files and prints.
     main: bool
     list_handlers: bool
+    # "bar", "lines" or "off", resolved once: loading shows it, then training (see RunSpec.progress).
+    progress: str = "off"
 
     @property
     def max_epochs(self) -> int:
-        return 1 if self.config.dry_run else self.config.epochs
+        return run_epochs(self.config)
 
 
 def resolve_plan(
@@ -72,7 +76,7 @@ def resolve_plan(
     # The checkpoint is read before the (slower) data loading, so a bad one fails fast.
     resume = Resume(Path(config.resume)) if config.resume else None
     if resume is not None:
-        resume.check(config, 1 if config.dry_run else config.epochs, ranks.world_size())
+        resume.check(config, run_epochs(config), ranks.world_size())
         run_dir = resume.run_dir
     else:
         run_dir = Path(config.run_dir) if config.run_dir else default_run_dir()
@@ -88,6 +92,7 @@ def resolve_plan(
         distributed=distributed,
         main=main,
         list_handlers=list_handlers,
+        progress=progress_mode(config.progress) if main else "off",
     )
 
 

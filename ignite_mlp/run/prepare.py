@@ -14,21 +14,20 @@ from ignite_mlp.data.whitening import Whitening, prepare_whitening, whiten_datas
 from ignite_mlp.distributed import ranks
 from ignite_mlp.engine.precision import Precision, resolve_precision
 from ignite_mlp.handlers.guardrails import setup_warnings
-from ignite_mlp.progress import progress_mode
 from ignite_mlp.run.plan import RunPlan
 
 
 @dataclass
-@dataclass
 class RunData:
-    """The data set and its loaders, with the config they were built for."""
+    """The data set, the normalisation and precision resolved for it, and this rank's loaders."""
 
-    # The config with the training set's own mean and std when --normalize dataset measured them.
-    config: TrainConfig
     dataset: Dataset
     train_loader: TensorLoader
     val_loader: TensorLoader
-    epoch_length: int
+    # The per-channel mean and std the loaders normalise with: measured on the training set
+    # with --normalize dataset, otherwise the config's own.
+    mean: list[float]
+    std: list[float]
     # What --precision resolved to on this machine, and why.
     precision: Precision
     # --whiten: the ZCA transform the loaders applied (saved in the run directory), or None.
@@ -36,13 +35,12 @@ class RunData:
 
 
 def prepare_data(plan: RunPlan, dataset: Dataset | None = None) -> RunData:
-    """Load the data (once per machine), print its summary, measure its statistics if asked,
-    and build this rank's loaders; the loader sets up each epoch's batches on the trainer."""
+    """Load the data (once per machine), print its summary, resolve the precision, measure the
+    statistics if asked, and build this rank's loaders."""
     config, write = plan.config, plan.write
     if dataset is None:
         with ranks.main_first():  # one download and decode per machine; the others read the cache
-            progress = progress_mode(config.progress) if plan.main else "off"
-            dataset = load_dataset(config.data, config.cache_dir, config.download, progress=progress)
+            dataset = load_dataset(config.data, config.cache_dir, config.download, progress=plan.progress)
     write(summarize(dataset, config.batch_size))
     config.check_data(dataset.image_shape)  # the option checks that need the image shape
     # --precision auto: bf16 only where native and measured faster (precision.py). Every rank
@@ -56,7 +54,8 @@ def prepare_data(plan: RunPlan, dataset: Dataset | None = None) -> RunData:
             f"batch of {config.batch_size} and validates on a 1/{size} share of the test images"
         )
     if config.normalize == "dataset" and plan.resume is None:
-        # Measured once; config.json keeps the values, so a resume or evaluate reuses them.
+        # Measured once; config.json keeps the values (through the RunSpec), so a resume or
+        # evaluate reuses them. The loaders below normalise with them.
         mean, std = channel_stats(dataset.train_images)
         config = dataclasses.replace(config, mean=mean, std=std)
         write(f"normalisation from the training set: mean {mean}, std {std}")
@@ -65,14 +64,13 @@ def prepare_data(plan: RunPlan, dataset: Dataset | None = None) -> RunData:
     whitening = prepare_whitening(config.whiten, config.whiten_regularizer, dataset.train_images, resumed_dir, write)
     served = whiten_dataset(dataset, whitening)
     train_loader, val_loader = build_loaders(served, config, plan.device, ranks.rank(), ranks.world_size())
-    epoch_length = 2 if config.dry_run else (config.epoch_length or len(train_loader))
     # The overfit check trains on fixed batches on purpose: no shuffle warning then.
     fixed_order = bool(config.overfit_batches)
     for warning in setup_warnings(
         config.batch_size, config.hidden_sizes, plan.device, train_loader, val_loader, fixed_order=fixed_order
     ):
         write(warning)
-    return RunData(config, dataset, train_loader, val_loader, epoch_length, precision, whitening)
+    return RunData(dataset, train_loader, val_loader, config.mean, config.std, precision, whitening)
 
 
 def build_loaders(

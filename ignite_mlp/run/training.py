@@ -1,13 +1,22 @@
-"""``train(config)``: a run, told as its phases in order. Each phase has one job and its own test:
+"""``train(config)``: a run, read top to bottom like Ignite's examples' ``training(local_rank, config)``.
 
 1. :func:`~ignite_mlp.run.plan.resolve_plan`: check the config, pick the device, read the checkpoint
    to resume from (a :class:`~ignite_mlp.run.resume.Resume`); nothing read or written yet;
-2. :func:`prepare_data`: load (or read the cache), summarise, measure statistics, build loaders;
-3. :func:`build_engines`: model, optimizer, trainer with its metrics, evaluator, the stop agreement;
-4. :func:`~ignite_mlp.run.wiring.attach_builtins`: the package's handlers, in the order that matters;
-5. :meth:`Resume.apply <ignite_mlp.run.resume.Resume.apply>`: restore the saved state before anything is written;
-6. :func:`fit`: write config.json and train, with Ctrl-C routed to a clean stop;
+2. :func:`~ignite_mlp.run.prepare.prepare_data`: the dataflow: load, summarise, measure statistics,
+   build loaders; then ``--lr auto``; then the :class:`~ignite_mlp.run.spec.RunSpec`, every "auto"
+   resolved, which everything after reads;
+3. :func:`~ignite_mlp.run.engines.build_engines`: model, optimizer, trainer with its metrics, evaluator;
+4. :func:`attach_builtin_handlers`: the package's handlers, one per line, in the order that matters;
+5. :meth:`Resume.apply <ignite_mlp.run.resume.Resume.apply>`: restore the saved state before anything is
+   written; then the user's handlers;
+6. :func:`fit`: write config.json and ``trainer.run``, with Ctrl-C routed to a clean stop;
 7. :func:`collect_result`: what the run produced, and what the user should read.
+
+Ignite runs the handlers of one event in the order they were attached, so the order in
+:func:`attach_builtin_handlers` is the run's behaviour: the NaN stop first, validation before
+everything that reads its metrics, the history before TensorBoard (which logs it), TensorBoard
+before the last checkpoint (so an epoch's events are on disk before the checkpoint that covers
+them), checkpoints before the progress bar's summary line, and the user's handlers after all of these.
 
 The CLI is a thin layer over this function, so a Python user gets exactly the same run:
 
@@ -19,7 +28,7 @@ The CLI is a thin layer over this function, so a Python user gets exactly the sa
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -29,7 +38,7 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine
-from ignite.handlers import TensorboardLogger
+from ignite.handlers import Checkpoint, EarlyStopping, TensorboardLogger
 from ignite.utils import manual_seed
 from torch import nn
 
@@ -39,23 +48,38 @@ from ignite_mlp.data import Dataset
 from ignite_mlp.data.whitening import save_whitening
 from ignite_mlp.errors import CudaError, TrainingInterrupted
 from ignite_mlp.files import write_json_atomic
+from ignite_mlp.handlers.builtin import (
+    History,
+    attach_checkpoints,
+    attach_curves,
+    attach_epoch_summary,
+    attach_interrupt_checkpoint,
+    attach_progress_bar,
+    attach_terminate_on_nan,
+    attach_validation,
+)
 from ignite_mlp.handlers.extensions import handler_table
-from ignite_mlp.handlers.guardrails import overfit_report
+from ignite_mlp.handlers.guardrails import attach_initial_loss_check, attach_overfitting_watch, overfit_report
+from ignite_mlp.handlers.tensorboard.images import attach_confusion_matrix
+from ignite_mlp.handlers.tensorboard.logger import attach_tensorboard, environment, run_text
+from ignite_mlp.handlers.training import attach_early_stopping, attach_lr_schedule, attach_new_best_event
+from ignite_mlp.run.checkpoints import EpochMetricsState, RandomState, data_record
 from ignite_mlp.run.engines import Engines, StopRequest, build_engines, build_optimizer
 from ignite_mlp.run.lr_finder import record_lr_curve, resolve_auto_lr
 from ignite_mlp.run.plan import RunPlan, prepare_run_dir, resolve_plan
 from ignite_mlp.run.prepare import RunData, build_loaders, prepare_data
-from ignite_mlp.run.wiring import Hooks, attach_builtins
+from ignite_mlp.run.spec import RunSpec, resolve_spec
 
 # build_loaders and build_optimizer live with their phases; they stay importable from here.
-__all__ = ["RunContext", "RunResult", "build_loaders", "build_optimizer", "train"]
+__all__ = ["RunContext", "RunResult", "RunSpec", "build_loaders", "build_optimizer", "train"]
 
 
 @dataclass
 class RunContext:
     """What a user handler gets besides the two engines."""
 
-    config: TrainConfig
+    # The run as resolved: ``spec.precision`` is "fp32" or "bf16", ``spec.config.lr`` a number.
+    spec: RunSpec
     run_dir: Path
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -63,6 +87,11 @@ class RunContext:
     tb_logger: TensorboardLogger | None
     # The weights validation and the best checkpoint use: the moving average with --ema-momentum.
     eval_model: nn.Module | None = None
+
+    @property
+    def config(self) -> TrainConfig:
+        """The config as resolved (the spec's): lr a number, mean and std measured, precision chosen."""
+        return self.spec.config
 
 
 # A user handler: receives (trainer, evaluator, context) and attaches what it likes.
@@ -119,24 +148,25 @@ def train(
     plan = resolve_plan(config, extra_handlers, write, list_handlers)
     manual_seed(plan.config.seed)
     data = prepare_data(plan, dataset)
-    plan.config = data.config  # with the training set's statistics, when they were measured
-    # --lr auto: Ignite's learning-rate finder picks the rate (lr_finder.py); config.json keeps it.
-    plan.config, lr_curve = resolve_auto_lr(plan.config, data.dataset, plan.device, plan.write, run=not list_handlers)
-    engines = build_engines(plan, data)
-    if plan.main and plan.resume is None and not list_handlers:
+    # --lr auto: Ignite's learning-rate finder picks the rate (lr_finder.py) on the normalised data.
+    normalized = dataclasses.replace(plan.config, mean=data.mean, std=data.std)
+    tuned, lr_curve = resolve_auto_lr(normalized, data.dataset, plan.device, plan.write, run=not list_handlers)
+    spec = resolve_spec(plan, data, lr=tuned.lr)
+    engines = build_engines(spec, data, plan.resume)
+    if spec.main and plan.resume is None and not list_handlers:
         # Created only now, so bad data or options leave no half-made run directory behind.
-        prepare_run_dir(plan.run_dir, plan.config.overwrite)
+        prepare_run_dir(plan.run_dir, spec.config.overwrite)
         if data.whitening is not None:
             save_whitening(data.whitening, plan.run_dir)
-    hooks = attach_builtins(plan, data, engines)
-    if lr_curve is not None and plan.main:  # lr_finder.png and TensorBoard's lr_finder/loss
+    hooks = attach_builtin_handlers(spec, plan, data, engines)
+    if lr_curve is not None and spec.main:  # lr_finder.png and TensorBoard's lr_finder/loss
         record_lr_curve(lr_curve, plan.run_dir, hooks.tb.writer if hooks.tb is not None else None)
     if plan.resume is not None:
         plan.resume.apply(
-            hooks.to_save, hooks.best, engines.trainer, plan.max_epochs, plan.main, plan.write, engines.ema
+            hooks.to_save, hooks.best, engines.trainer, spec.max_epochs, spec.main, plan.write, engines.ema
         )
     context = RunContext(
-        plan.config, plan.run_dir, engines.model, engines.optimizer, data.dataset, hooks.tb, engines.eval_model
+        spec, plan.run_dir, engines.model, engines.optimizer, data.dataset, hooks.tb, engines.eval_model
     )
     for handler in plan.handlers:
         handler(engines.trainer, engines.evaluator, context)
@@ -145,22 +175,147 @@ def train(
         if hooks.tb is not None:
             hooks.tb.close()
         return RunResult(plan.run_dir, hooks.history.state_dict(), None, None, None, None, hooks.files)
-    fit(plan, data, engines, hooks)
-    return collect_result(plan, engines, hooks)
+    fit(spec, plan, data, engines, hooks)
+    return collect_result(spec, plan.run_dir, engines, hooks)
+
+
+# ----------------------------------------------------------------------------- 4. built-in handlers
+
+
+@dataclass
+class Hooks:
+    """What the built-in handlers give the later phases: the files, the history, the checkpoints."""
+
+    files: dict[str, Path]
+    history: History
+    # What config.json records: the config as resolved, and the device (and process count) used.
+    run_info: dict[str, Any]
+    # Everything the last checkpoint saves, which a resume restores.
+    to_save: dict[str, Any]
+    best: Checkpoint
+    last: Checkpoint
+    interrupted: Checkpoint
+    scheduler: Any = None
+    stopper: EarlyStopping | None = None
+    tb: TensorboardLogger | None = None
+
+
+def run_files(run_dir: Path) -> dict[str, Path]:
+    """Where a run writes each of its files."""
+    return {
+        "config": run_dir / "config.json",
+        "history": run_dir / "history.json",
+        "checkpoints": run_dir / "checkpoints",
+        "curves": run_dir / "curves.png",
+    }
+
+
+def attach_builtin_handlers(spec: RunSpec, plan: RunPlan, data: RunData, engines: Engines) -> Hooks:
+    """Attach every built-in handler to ``engines``, in the order the module docstring explains,
+    and return what later phases need."""
+    config, trainer, evaluator = spec.config, engines.trainer, engines.evaluator
+    files = run_files(plan.run_dir)
+    history = History(files["history"] if spec.main else None)
+    attach_terminate_on_nan(trainer)
+    attach_initial_loss_check(trainer, data.dataset.num_classes, plan.write)
+    scheduler = attach_lr_schedule(
+        trainer,
+        engines.optimizer,
+        config.lr_schedule,
+        config.lr,
+        spec.total_iterations,
+        spec.epoch_length,
+        config.lr_step_epochs,
+        config.lr_gamma,
+    )
+    attach_validation(trainer, evaluator, data.val_loader, epoch_length=spec.val_batches)
+    history.attach(trainer, evaluator)
+    # With the classes and image shape, so predict and export need nothing but the run directory.
+    run_info = {**spec.record(), **data_record(data.dataset)}
+    tb = _attach_tensorboard(spec, plan, data, engines, history, run_info, lr_per_iteration=scheduler is not None)
+    stopper = attach_early_stopping(trainer, evaluator, config.patience, config.early_stop_metric)
+    to_save = _resume_state(engines, history, scheduler, stopper)
+    best, last = attach_checkpoints(trainer, evaluator, engines.eval_model, to_save, files["checkpoints"])
+    attach_new_best_event(trainer, evaluator, best)
+    bar = attach_progress_bar(trainer) if spec.progress == "bar" else None
+    log = bar.log_message if bar else plan.write
+    attach_epoch_summary(trainer, history, log)
+    attach_overfitting_watch(trainer, history, log)
+    if spec.main:
+        attach_curves(trainer, history, files["curves"])
+    interrupted = attach_interrupt_checkpoint(trainer, last, engines.should_stop, files["checkpoints"])
+    return Hooks(files, history, run_info, to_save, best, last, interrupted, scheduler, stopper, tb)
+
+
+def _resume_state(engines: Engines, history: History, scheduler: Any, stopper: EarlyStopping | None) -> dict[str, Any]:
+    """Everything the last checkpoint saves for a resume. "trainer" precedes "train_metrics": the
+    latter reads the restored iteration to tell a mid-epoch checkpoint from an epoch-end one."""
+    to_save: dict[str, Any] = {
+        "model": engines.model,
+        "optimizer": engines.optimizer,
+        "trainer": engines.trainer,
+        "train_metrics": EpochMetricsState(engines.trainer, engines.train_metrics),
+        "history": history,
+        "random": RandomState(),
+    }
+    if engines.ema is not None:
+        to_save["ema_model"] = engines.ema.ema_model
+    to_save.update({k: v for k, v in (("lr_scheduler", scheduler), ("early_stopping", stopper)) if v is not None})
+    return to_save
+
+
+def _attach_tensorboard(
+    spec: RunSpec,
+    plan: RunPlan,
+    data: RunData,
+    engines: Engines,
+    history: History,
+    run_info: dict[str, Any],
+    lr_per_iteration: bool,
+) -> TensorboardLogger | None:
+    """TensorBoard on rank 0; on the other ranks only what rank 0's logging needs them to compute."""
+    config, dataset = spec.config, data.dataset
+    if config.tensorboard and not spec.main and config.tb_images_every > 0:
+        # Rank 0's TensorBoard images read the confusion matrix, an Ignite metric reduced across
+        # ranks: every rank must compute it, or rank 0 would wait in that reduction forever.
+        attach_confusion_matrix(engines.evaluator, dataset.num_classes, spec.device)
+    if not (config.tensorboard and spec.main):
+        return None
+    return attach_tensorboard(
+        engines.trainer,
+        engines.optimizer,
+        history,
+        plan.run_dir,
+        lr_per_iteration=lr_per_iteration,
+        # On resume, TensorBoard hides whatever the dead run logged after its checkpoint.
+        purge_step=plan.resume.purge_step if plan.resume else None,
+        evaluator=engines.evaluator,
+        classes=dataset.classes,
+        # Whitened images cannot be drawn back from the batch: then no misclassified grid.
+        normalization=None if spec.whiten else (config.mean, config.std),
+        device=spec.device,
+        images_every=config.tb_images_every,
+        train_samples=(dataset.train_images, dataset.train_labels),
+        model=engines.model,
+        histograms=config.tb_histograms,
+        hparams=run_info,
+        text=run_text(run_info, environment(spec.device)),
+        processes=spec.world_size,
+    )
 
 
 # ----------------------------------------------------------------------------- 6. fit
 
 
-def fit(plan: RunPlan, data: RunData, engines: Engines, hooks: Hooks) -> None:
+def fit(spec: RunSpec, plan: RunPlan, data: RunData, engines: Engines, hooks: Hooks) -> None:
     """Record the run's config, then train; a Ctrl-C ends in :class:`TrainingInterrupted` once
     its checkpoint is written."""
-    if plan.main:
+    if spec.main:
         write_json_atomic(hooks.files["config"], hooks.run_info)
         if plan.resume is not None:
             plan.resume.record()
     with sigint_routed_to(engines.stop), cuda_errors_explained(), _closing(hooks.tb):
-        engines.trainer.run(data.train_loader, max_epochs=plan.max_epochs, epoch_length=data.epoch_length)
+        engines.trainer.run(data.train_loader, max_epochs=spec.max_epochs, epoch_length=spec.epoch_length)
     if engines.should_stop() and hooks.interrupted.last_checkpoint:  # (Ctrl-C after the last step: complete)
         raise TrainingInterrupted(str(plan.run_dir), str(hooks.interrupted.last_checkpoint))
 
@@ -204,12 +359,12 @@ def _closing(tb: TensorboardLogger | None) -> Iterator[None]:
 # ----------------------------------------------------------------------------- 7. result
 
 
-def collect_result(plan: RunPlan, engines: Engines, hooks: Hooks) -> RunResult:
+def collect_result(spec: RunSpec, run_dir: Path, engines: Engines, hooks: Hooks) -> RunResult:
     """The run's history and files, why it stopped early if it did, and the notes to print."""
-    config, trainer, history = plan.config, engines.trainer, hooks.history
+    config, trainer, history = spec.config, engines.trainer, hooks.history
     stopped = nan_message(trainer, config)
     notes = []
-    if hooks.stopper is not None and trainer.state.epoch < plan.max_epochs and stopped is None:
+    if hooks.stopper is not None and trainer.state.epoch < spec.max_epochs and stopped is None:
         notes.append(
             f"early stopping: {config.early_stop_metric} did not improve for {config.patience} epochs; "
             f"stopped after epoch {trainer.state.epoch}"
@@ -217,7 +372,7 @@ def collect_result(plan: RunPlan, engines: Engines, hooks: Hooks) -> RunResult:
     if config.overfit_batches and history.values["train_acc_epoch"]:
         notes.append(overfit_report(history.values["train_acc_epoch"][-1], config.overfit_batches))
     return RunResult(
-        run_dir=plan.run_dir,
+        run_dir=run_dir,
         history=history.state_dict(),
         best_val_acc=history.best_val_acc(),
         best_epoch=history.best_epoch(),
@@ -244,8 +399,3 @@ def nan_message(trainer: Engine, config: TrainConfig) -> str | None:
 def _checkpoint_path(checkpoint: Any) -> Path | None:
     # Ignite's DiskSaver reports the file with its folder already joined on.
     return Path(checkpoint.last_checkpoint) if checkpoint.last_checkpoint else None
-
-
-def read_history(run_dir: str | Path) -> dict[str, list[float]]:
-    """The ``history.json`` of a run directory."""
-    return json.loads((Path(run_dir) / "history.json").read_text())
