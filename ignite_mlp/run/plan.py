@@ -29,7 +29,8 @@ from ignite_mlp.run.spec import run_epochs
 
 @dataclass
 class RunPlan:
-    """What a run will do, resolved from its config."""
+    """What a run will do, as far as it is known before the data: the first part of its
+    :class:`~ignite_mlp.run.spec.RunSpec`, which completes it once the data are read."""
 
     config: TrainConfig
     device: torch.device
