@@ -13,11 +13,7 @@ from ignite_mlp.errors import UserError
 from ignite_mlp.handlers.builtin import HISTORY_KEYS
 from ignite_mlp.handlers.ignite_compat import event_handlers
 from ignite_mlp.model import MLP
-from ignite_mlp.run.engines import build_engines
-from ignite_mlp.run.plan import prepare_run_dir, resolve_plan
-from ignite_mlp.run.prepare import prepare_data
-from ignite_mlp.run.spec import resolve_spec
-from ignite_mlp.run.training import attach_builtin_handlers
+from ignite_mlp.run.checkpoints import safe_load
 
 
 def _config(data: Path, run_dir: Path, **kw) -> TrainConfig:
@@ -331,37 +327,30 @@ def test_best_ingredients_ctrl_c_then_resume_equals_an_uninterrupted_run(tree: P
 
 
 def test_builtin_handlers_epoch_end_order_and_what_a_resume_restores(tree: Path, tmp_path: Path) -> None:
-    config = TrainConfig(data=str(tree), run_dir=str(tmp_path / "r"), batch_size=8, progress=False, patience=2)
-    plan = resolve_plan(config, write=lambda s: None)
-    data = prepare_data(plan)
-    spec = resolve_spec(plan, data, lr=plan.config.lr)
-    engines = build_engines(spec, data)
-    prepare_run_dir(plan.run_dir, False)
-    hooks = attach_builtin_handlers(spec, plan, data, engines)
-    try:
-        names = [
-            getattr(h, "__qualname__", type(h).__name__)
-            for h in dict(event_handlers(engines.trainer))[Events.EPOCH_COMPLETED]
-        ]
-        order = [
-            next(i for i, n in enumerate(names) if key in n)
-            for key in ("validate", "History", "log_epoch", "Checkpoint")
-        ]
-        assert order == sorted(order), names  # validation, then history, TensorBoard, the last checkpoint
-        assert list(hooks.to_save) == [
-            "model",
-            "optimizer",
-            "trainer",  # before train_metrics, which reads the restored iteration
-            "train_metrics",
-            "history",
-            "random",
-            "early_stopping",
-        ]
-        assert hooks.files["history"] == plan.run_dir / "history.json"
-        assert hooks.run_info["resolved_device"] == "cpu" and hooks.run_info["patience"] == 2
-    finally:
-        assert hooks.tb is not None
-        hooks.tb.close()
+    names: list[str] = []
+
+    def look(trainer, evaluator, context) -> None:  # user handlers come after every built-in one
+        handlers = dict(event_handlers(trainer))[Events.EPOCH_COMPLETED]
+        names.extend(getattr(h, "__qualname__", type(h).__name__) for h in handlers)
+
+    result = train(_config(tree, tmp_path / "r", epochs=1, patience=2), extra_handlers=[look], write=lambda s: None)
+    order = [
+        next(i for i, n in enumerate(names) if key in n) for key in ("validate", "History", "log_epoch", "Checkpoint")
+    ]
+    assert order == sorted(order), names  # validation, then history, TensorBoard, the last checkpoint
+    assert result.last_checkpoint is not None
+    saved = safe_load(result.last_checkpoint)
+    # "trainer" before "train_metrics", which reads the restored iteration.
+    assert list(saved) == [
+        "model",
+        "optimizer",
+        "trainer",
+        "train_metrics",
+        "history",
+        "random",
+        "early_stopping",
+        "best_checkpoint",
+    ]
 
 
 def test_ablation_probe_script_runs_as_a_handler_in_the_resolved_precision(tree: Path, tmp_path: Path) -> None:

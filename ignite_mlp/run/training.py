@@ -1,22 +1,23 @@
-"""``train(config)``: a run, read top to bottom like Ignite's examples' ``training(local_rank, config)``.
+"""``train(config)``: a run, read top to bottom like Ignite's examples' ``training(local_rank, config)``:
 
 1. :func:`~ignite_mlp.run.plan.resolve_plan`: check the config, pick the device, read the checkpoint
    to resume from (a :class:`~ignite_mlp.run.resume.Resume`); nothing read or written yet;
-2. :func:`~ignite_mlp.run.prepare.prepare_data`: the dataflow: load, summarise, measure statistics,
-   build loaders; then ``--lr auto``; then the :class:`~ignite_mlp.run.spec.RunSpec`, every "auto"
-   resolved, which everything after reads;
-3. :func:`~ignite_mlp.run.engines.build_engines`: model, optimizer, trainer with its metrics, evaluator;
-4. :func:`attach_builtin_handlers`: the package's handlers, one per line, in the order that matters;
-5. :meth:`Resume.apply <ignite_mlp.run.resume.Resume.apply>`: restore the saved state before anything is
-   written; then the user's handlers;
-6. :func:`fit`: write config.json and ``trainer.run``, with Ctrl-C routed to a clean stop;
-7. :func:`collect_result`: what the run produced, and what the user should read.
+2. :func:`~ignite_mlp.run.prepare.prepare_data`, the dataflow: load, summarise, measure statistics,
+   build loaders; then ``--lr auto``;
+3. :func:`~ignite_mlp.run.spec.resolve_spec`: the :class:`~ignite_mlp.run.spec.RunSpec`, every
+   "auto" resolved, which everything after reads;
+4. :func:`~ignite_mlp.run.engines.build_engines`: model, optimizer, trainer with its metrics, evaluator;
+5. the built-in handlers, one per line in :func:`train`;
+6. :meth:`Resume.apply <ignite_mlp.run.resume.Resume.apply>`: restore the saved state before anything
+   is written; then the user's handlers;
+7. :func:`fit`: write config.json and ``trainer.run``, with Ctrl-C routed to a clean stop;
+8. :func:`collect_result`: what the run produced, and what the user should read.
 
-Ignite runs the handlers of one event in the order they were attached, so the order in
-:func:`attach_builtin_handlers` is the run's behaviour: the NaN stop first, validation before
-everything that reads its metrics, the history before TensorBoard (which logs it), TensorBoard
-before the last checkpoint (so an epoch's events are on disk before the checkpoint that covers
-them), checkpoints before the progress bar's summary line, and the user's handlers after all of these.
+Ignite runs the handlers of one event in the order they were attached, so the order of step 5
+is the run's behaviour: the NaN stop first, validation before everything that reads its metrics,
+the history before TensorBoard (which logs it), TensorBoard before the last checkpoint (so an
+epoch's events are on disk before the checkpoint that covers them), checkpoints before the
+progress bar's summary line, and the user's handlers after all of these.
 
 The CLI is a thin layer over this function, so a Python user gets exactly the same run:
 
@@ -147,39 +148,67 @@ def train(
     """
     plan = resolve_plan(config, extra_handlers, write, list_handlers)
     manual_seed(plan.config.seed)
+    # The dataflow: the data (read once per machine), its statistics, this rank's loaders.
     data = prepare_data(plan, dataset)
     # --lr auto: Ignite's learning-rate finder picks the rate (lr_finder.py) on the normalised data.
     normalized = dataclasses.replace(plan.config, mean=data.mean, std=data.std)
     tuned, lr_curve = resolve_auto_lr(normalized, data.dataset, plan.device, plan.write, run=not list_handlers)
+    # Every "auto" resolved, once: from here on the run reads the spec.
     spec = resolve_spec(plan, data, lr=tuned.lr)
+    # The model and its optimizer, the trainer and the evaluator.
     engines = build_engines(spec, data, plan.resume)
+    trainer, evaluator = engines.trainer, engines.evaluator
     if spec.main and plan.resume is None and not list_handlers:
         # Created only now, so bad data or options leave no half-made run directory behind.
         prepare_run_dir(plan.run_dir, spec.config.overwrite)
         if data.whitening is not None:
             save_whitening(data.whitening, plan.run_dir)
-    hooks = attach_builtin_handlers(spec, plan, data, engines)
+    # The built-in handlers, in the order that is the run's behaviour (see the module docstring).
+    files = run_files(plan.run_dir)
+    history = History(files["history"] if spec.main else None)
+    attach_terminate_on_nan(trainer)
+    attach_initial_loss_check(trainer, data.dataset.num_classes, plan.write)
+    scheduler = attach_schedule(spec, engines)
+    attach_validation(trainer, evaluator, data.val_loader, epoch_length=spec.val_batches)
+    history.attach(trainer, evaluator)
+    # With the classes and image shape, so predict and export need nothing but the run directory.
+    run_info = {**spec.record(), **data_record(data.dataset)}
+    tb = _attach_tensorboard(spec, plan, data, engines, history, run_info, lr_per_iteration=scheduler is not None)
+    stopper = attach_early_stopping(trainer, evaluator, spec.config.patience, spec.config.early_stop_metric)
+    to_save = _resume_state(engines, history, scheduler, stopper)
+    best, last = attach_checkpoints(trainer, evaluator, engines.eval_model, to_save, files["checkpoints"])
+    attach_new_best_event(trainer, evaluator, best)
+    bar = attach_progress_bar(trainer) if spec.progress == "bar" else None
+    log = bar.log_message if bar else plan.write  # (lines printed under a bar keep it intact)
+    attach_epoch_summary(trainer, history, log)
+    attach_overfitting_watch(trainer, history, log)
+    if spec.main:
+        attach_curves(trainer, history, files["curves"])
+    interrupted = attach_interrupt_checkpoint(trainer, last, engines.should_stop, files["checkpoints"])
+    hooks = Hooks(files, history, run_info, to_save, best, last, interrupted, scheduler, stopper, tb)
     if lr_curve is not None and spec.main:  # lr_finder.png and TensorBoard's lr_finder/loss
-        record_lr_curve(lr_curve, plan.run_dir, hooks.tb.writer if hooks.tb is not None else None)
+        record_lr_curve(lr_curve, plan.run_dir, tb.writer if tb is not None else None)
     if plan.resume is not None:
-        plan.resume.apply(
-            hooks.to_save, hooks.best, engines.trainer, spec.max_epochs, spec.main, plan.write, engines.ema
-        )
-    context = RunContext(
-        spec, plan.run_dir, engines.model, engines.optimizer, data.dataset, hooks.tb, engines.eval_model
-    )
+        plan.resume.apply(to_save, best, trainer, spec.max_epochs, spec.main, plan.write, engines.ema)
+    # The user's handlers, after ours on every event.
+    context = RunContext(spec, plan.run_dir, engines.model, engines.optimizer, data.dataset, tb, engines.eval_model)
     for handler in plan.handlers:
-        handler(engines.trainer, engines.evaluator, context)
+        handler(trainer, evaluator, context)
     if list_handlers:
-        plan.write(handler_table({"trainer": engines.trainer, "evaluator": engines.evaluator}))
-        if hooks.tb is not None:
-            hooks.tb.close()
-        return RunResult(plan.run_dir, hooks.history.state_dict(), None, None, None, None, hooks.files)
+        return _list_handlers(plan, engines, hooks)
     fit(spec, plan, data, engines, hooks)
     return collect_result(spec, plan.run_dir, engines, hooks)
 
 
-# ----------------------------------------------------------------------------- 4. built-in handlers
+def _list_handlers(plan: RunPlan, engines: Engines, hooks: Hooks) -> RunResult:
+    """``--list-handlers``: which handler runs on which event; nothing trained, nothing written."""
+    plan.write(handler_table({"trainer": engines.trainer, "evaluator": engines.evaluator}))
+    if hooks.tb is not None:
+        hooks.tb.close()
+    return RunResult(plan.run_dir, hooks.history.state_dict(), None, None, None, None, hooks.files)
+
+
+# ----------------------------------------------------------------------------- the built-in handlers' helpers
 
 
 @dataclass
@@ -210,16 +239,11 @@ def run_files(run_dir: Path) -> dict[str, Path]:
     }
 
 
-def attach_builtin_handlers(spec: RunSpec, plan: RunPlan, data: RunData, engines: Engines) -> Hooks:
-    """Attach every built-in handler to ``engines``, in the order the module docstring explains,
-    and return what later phases need."""
-    config, trainer, evaluator = spec.config, engines.trainer, engines.evaluator
-    files = run_files(plan.run_dir)
-    history = History(files["history"] if spec.main else None)
-    attach_terminate_on_nan(trainer)
-    attach_initial_loss_check(trainer, data.dataset.num_classes, plan.write)
-    scheduler = attach_lr_schedule(
-        trainer,
+def attach_schedule(spec: RunSpec, engines: Engines) -> Any:
+    """``--lr-schedule`` over the run's iterations: Ignite's param scheduler, or None for a constant rate."""
+    config = spec.config
+    return attach_lr_schedule(
+        engines.trainer,
         engines.optimizer,
         config.lr_schedule,
         config.lr,
@@ -228,23 +252,6 @@ def attach_builtin_handlers(spec: RunSpec, plan: RunPlan, data: RunData, engines
         config.lr_step_epochs,
         config.lr_gamma,
     )
-    attach_validation(trainer, evaluator, data.val_loader, epoch_length=spec.val_batches)
-    history.attach(trainer, evaluator)
-    # With the classes and image shape, so predict and export need nothing but the run directory.
-    run_info = {**spec.record(), **data_record(data.dataset)}
-    tb = _attach_tensorboard(spec, plan, data, engines, history, run_info, lr_per_iteration=scheduler is not None)
-    stopper = attach_early_stopping(trainer, evaluator, config.patience, config.early_stop_metric)
-    to_save = _resume_state(engines, history, scheduler, stopper)
-    best, last = attach_checkpoints(trainer, evaluator, engines.eval_model, to_save, files["checkpoints"])
-    attach_new_best_event(trainer, evaluator, best)
-    bar = attach_progress_bar(trainer) if spec.progress == "bar" else None
-    log = bar.log_message if bar else plan.write
-    attach_epoch_summary(trainer, history, log)
-    attach_overfitting_watch(trainer, history, log)
-    if spec.main:
-        attach_curves(trainer, history, files["curves"])
-    interrupted = attach_interrupt_checkpoint(trainer, last, engines.should_stop, files["checkpoints"])
-    return Hooks(files, history, run_info, to_save, best, last, interrupted, scheduler, stopper, tb)
 
 
 def _resume_state(engines: Engines, history: History, scheduler: Any, stopper: EarlyStopping | None) -> dict[str, Any]:
@@ -304,7 +311,7 @@ def _attach_tensorboard(
     )
 
 
-# ----------------------------------------------------------------------------- 6. fit
+# ----------------------------------------------------------------------------- fit
 
 
 def fit(spec: RunSpec, plan: RunPlan, data: RunData, engines: Engines, hooks: Hooks) -> None:
@@ -356,7 +363,7 @@ def _closing(tb: TensorboardLogger | None) -> Iterator[None]:
             tb.close()
 
 
-# ----------------------------------------------------------------------------- 7. result
+# ----------------------------------------------------------------------------- the result
 
 
 def collect_result(spec: RunSpec, run_dir: Path, engines: Engines, hooks: Hooks) -> RunResult:
