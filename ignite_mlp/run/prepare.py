@@ -16,6 +16,7 @@ from ignite_mlp.engine.precision import Precision, resolve_precision
 from ignite_mlp.handlers.guardrails import setup_warnings
 from ignite_mlp.progress import progress_mode
 from ignite_mlp.run.plan import RunPlan
+from ignite_mlp.run.rundir import RunDir
 
 
 @dataclass
@@ -56,13 +57,14 @@ def prepare_data(plan: RunPlan, dataset: Dataset | None = None) -> RunData:
             f"batch of {config.batch_size} and validates on a 1/{size} share of the test images"
         )
     if config.normalize == "dataset" and plan.resume is None:
-        # Measured once; config.json keeps the values, so a resume or evaluate reuses them.
+        # Measured once; the run's configuration keeps the values, so a resume or evaluate reuses them.
         mean, std = channel_stats(dataset.train_images)
         config = dataclasses.replace(config, mean=mean, std=std)
         write(f"normalisation from the training set: mean {mean}, std {std}")
-    # --whiten: measured once (a resumed run reads its whitening.pt); the loaders serve whitened copies.
-    resumed_dir = plan.run_dir if plan.resume is not None else None
-    whitening = prepare_whitening(config.whiten, config.whiten_regularizer, dataset.train_images, resumed_dir, write)
+    # --whiten: measured once (a resumed run reads the one it saved); the loaders serve whitened copies.
+    resumed = config.whiten != "none" and plan.resume is not None
+    saved = RunDir(plan.run_dir).read_whitening(dataset.in_features) if resumed else None
+    whitening = prepare_whitening(config.whiten, config.whiten_regularizer, dataset.train_images, saved, write)
     served = whiten_dataset(dataset, whitening)
     train_loader, val_loader = build_loaders(served, config, plan.device, ranks.rank(), ranks.world_size())
     epoch_length = 2 if config.dry_run else (config.epoch_length or len(train_loader))

@@ -6,7 +6,7 @@
 3. :func:`build_engines`: model, optimizer, trainer with its metrics, evaluator, the stop agreement;
 4. :func:`~ignite_mlp.run.wiring.attach_builtins`: the package's handlers, in the order that matters;
 5. :meth:`Resume.apply <ignite_mlp.run.resume.Resume.apply>`: restore the saved state before anything is written;
-6. :func:`fit`: write config.json and train, with Ctrl-C routed to a clean stop;
+6. :func:`fit`: record the run's configuration and train, with Ctrl-C routed to a clean stop;
 7. :func:`collect_result`: what the run produced, and what the user should read.
 
 The CLI is a thin layer over this function, so a Python user gets exactly the same run:
@@ -19,7 +19,6 @@ The CLI is a thin layer over this function, so a Python user gets exactly the sa
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -36,7 +35,7 @@ from torch import nn
 from ignite_mlp.config.constraints import loss_is_nan
 from ignite_mlp.config.train_config import TrainConfig
 from ignite_mlp.data import Dataset
-from ignite_mlp.data.whitening import save_whitening
+from ignite_mlp.distributed import ranks
 from ignite_mlp.errors import CudaError, TrainingInterrupted
 from ignite_mlp.files import write_json_atomic
 from ignite_mlp.handlers.extensions import handler_table
@@ -45,6 +44,7 @@ from ignite_mlp.run.engines import Engines, StopRequest, build_engines, build_op
 from ignite_mlp.run.lr_finder import record_lr_curve, resolve_auto_lr
 from ignite_mlp.run.plan import RunPlan, prepare_run_dir, resolve_plan
 from ignite_mlp.run.prepare import RunData, build_loaders, prepare_data
+from ignite_mlp.run.rundir import RunDir, RunLock
 from ignite_mlp.run.wiring import Hooks, attach_builtins
 
 # build_loaders and build_optimizer live with their phases; they stay importable from here.
@@ -110,43 +110,48 @@ def train(
     handlers are attached, so theirs run after ours on the same event; ``config.handlers``
     names more of them by spec. ``dataset`` skips loading (for tests and notebooks that hold
     one). With ``config.resume`` the run continues from its newest checkpoint (see
-    :meth:`TrainConfig.from_run`). ``list_handlers`` prints which handler runs on which event
-    and returns before training.
+    :meth:`ignite_mlp.run.rundir.RunDir.resume_config`). ``list_handlers`` prints which handler
+    runs on which event and returns before training.
 
     Inside a multi-process run (see :func:`ignite_mlp.distributed.launcher.launch`) this is one rank:
     every rank trains its share and runs every collective; only rank 0 writes and prints.
     """
-    plan = resolve_plan(config, extra_handlers, write, list_handlers)
-    manual_seed(plan.config.seed)
-    data = prepare_data(plan, dataset)
-    plan.config = data.config  # with the training set's statistics, when they were measured
-    # --lr auto: Ignite's learning-rate finder picks the rate (lr_finder.py); config.json keeps it.
-    plan.config, lr_curve = resolve_auto_lr(plan.config, data.dataset, plan.device, plan.write, run=not list_handlers)
-    engines = build_engines(plan, data)
-    if plan.main and plan.resume is None and not list_handlers:
-        # Created only now, so bad data or options leave no half-made run directory behind.
-        prepare_run_dir(plan.run_dir, plan.config.overwrite)
-        if data.whitening is not None:
-            save_whitening(data.whitening, plan.run_dir)
-    hooks = attach_builtins(plan, data, engines)
-    if lr_curve is not None and plan.main:  # lr_finder.png and TensorBoard's lr_finder/loss
-        record_lr_curve(lr_curve, plan.run_dir, hooks.tb.writer if hooks.tb is not None else None)
-    if plan.resume is not None:
-        plan.resume.apply(
-            hooks.to_save, hooks.best, engines.trainer, plan.max_epochs, plan.main, plan.write, engines.ema
+    with RunLock() as lock:  # one writer per run: a second is refused (RunDir.lock)
+        if config.resume and Path(config.resume).is_dir() and ranks.is_main() and not list_handlers:
+            lock.acquire(Path(config.resume))  # before its checkpoint is read
+        plan = resolve_plan(config, extra_handlers, write, list_handlers)
+        manual_seed(plan.config.seed)
+        data = prepare_data(plan, dataset)
+        plan.config = data.config  # with the training set's statistics, when they were measured
+        # --lr auto: Ignite's learning-rate finder picks the rate (lr_finder.py); the run's configuration keeps it.
+        plan.config, lr_curve = resolve_auto_lr(
+            plan.config, data.dataset, plan.device, plan.write, run=not list_handlers
         )
-    context = RunContext(
-        plan.config, plan.run_dir, engines.model, engines.optimizer, data.dataset, hooks.tb, engines.eval_model
-    )
-    for handler in plan.handlers:
-        handler(engines.trainer, engines.evaluator, context)
-    if list_handlers:
-        plan.write(handler_table({"trainer": engines.trainer, "evaluator": engines.evaluator}))
-        if hooks.tb is not None:
-            hooks.tb.close()
-        return RunResult(plan.run_dir, hooks.history.state_dict(), None, None, None, None, hooks.files)
-    fit(plan, data, engines, hooks)
-    return collect_result(plan, engines, hooks)
+        engines = build_engines(plan, data)
+        if plan.main and plan.resume is None and not list_handlers:
+            # Created only now, so bad data or options leave no half-made run directory behind.
+            prepare_run_dir(plan.run_dir, plan.config.overwrite, lock)
+            if data.whitening is not None:
+                RunDir(plan.run_dir).write_whitening(data.whitening)
+        hooks = attach_builtins(plan, data, engines)
+        if lr_curve is not None and plan.main:  # lr_finder.png and TensorBoard's lr_finder/loss
+            record_lr_curve(lr_curve, plan.run_dir, hooks.tb.writer if hooks.tb is not None else None)
+        if plan.resume is not None:
+            plan.resume.apply(
+                hooks.to_save, hooks.best, engines.trainer, plan.max_epochs, plan.main, plan.write, engines.ema
+            )
+        context = RunContext(
+            plan.config, plan.run_dir, engines.model, engines.optimizer, data.dataset, hooks.tb, engines.eval_model
+        )
+        for handler in plan.handlers:
+            handler(engines.trainer, engines.evaluator, context)
+        if list_handlers:
+            plan.write(handler_table({"trainer": engines.trainer, "evaluator": engines.evaluator}))
+            if hooks.tb is not None:
+                hooks.tb.close()
+            return RunResult(plan.run_dir, hooks.history.state_dict(), None, None, None, None, hooks.files)
+        fit(plan, data, engines, hooks)
+        return collect_result(plan, engines, hooks)
 
 
 # ----------------------------------------------------------------------------- 6. fit
@@ -247,5 +252,5 @@ def _checkpoint_path(checkpoint: Any) -> Path | None:
 
 
 def read_history(run_dir: str | Path) -> dict[str, list[float]]:
-    """The ``history.json`` of a run directory."""
-    return json.loads((Path(run_dir) / "history.json").read_text())
+    """The metrics per epoch of a run directory."""
+    return RunDir(run_dir).read_history()

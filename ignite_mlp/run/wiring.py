@@ -35,6 +35,7 @@ from ignite_mlp.run.checkpoints import EpochMetricsState, RandomState, data_reco
 from ignite_mlp.run.engines import Engines
 from ignite_mlp.run.plan import RunPlan
 from ignite_mlp.run.prepare import RunData
+from ignite_mlp.run.rundir import RunDir
 
 
 @dataclass
@@ -43,7 +44,7 @@ class Hooks:
 
     files: dict[str, Path]
     history: History
-    # What config.json records: the config as resolved, and the device (and process count) used.
+    # What the run's configuration file records: the config as resolved, and the device (and process count) used.
     run_info: dict[str, Any]
     # Everything the last checkpoint saves, which a resume restores.
     to_save: dict[str, Any]
@@ -57,12 +58,8 @@ class Hooks:
 
 def run_files(run_dir: Path) -> dict[str, Path]:
     """Where a run writes each of its files."""
-    return {
-        "config": run_dir / "config.json",
-        "history": run_dir / "history.json",
-        "checkpoints": run_dir / "checkpoints",
-        "curves": run_dir / "curves.png",
-    }
+    run = RunDir(run_dir)
+    return {"config": run.config, "history": run.history, "checkpoints": run.checkpoints, "curves": run.curves}
 
 
 def attach_builtins(plan: RunPlan, data: RunData, engines: Engines) -> Hooks:
