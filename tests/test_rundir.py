@@ -50,7 +50,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tree = make_tree(root / "tree")
     run = root / "run"
     argv = ["train", "--data", str(tree), "--run-dir", str(run), "--epochs", "1", "--batch-size", "8"]
-    assert _run([*argv, "--no-progress", "--no-tensorboard", "--hidden-sizes", "16"]) == 0
+    assert _run([*argv, "--no-progress", "--hidden-sizes", "16"]) == 0
     return run
 
 
@@ -82,6 +82,19 @@ def test_the_configuration_file_is_named_in_rundir_only() -> None:
     assert spelled == [], f"name the run's files through ignite_mlp.run.rundir: {spelled}"
 
 
+def test_predict_and_export_load_runs_without_ignite_or_the_training_modules() -> None:
+    code = (
+        "import sys\n"
+        "import ignite_mlp.inference.export, ignite_mlp.inference.predict\n"
+        "training = ('ignite_mlp.run.', 'ignite_mlp.handlers', 'ignite_mlp.engine')\n"
+        "loaded = [m for m in sys.modules if m.split('.')[0] == 'ignite' or m.startswith(training)]\n"
+        "print(sorted(loaded))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE.parent)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert done.stdout.strip() == "['ignite_mlp.run.rundir']"
+
+
 def test_owned_names_and_foreign_files(tmp_path: Path) -> None:
     run = RunDir(tmp_path)
     (tmp_path / "checkpoints").mkdir()
@@ -90,7 +103,9 @@ def test_owned_names_and_foreign_files(tmp_path: Path) -> None:
     assert run.foreign() == []
     (tmp_path / "notes.txt").write_text("mine")
     (tmp_path / "checkpoints" / "keep.txt").write_text("mine")
-    assert [p.name for p in run.foreign()] == ["keep.txt", "notes.txt"]
+    (tmp_path / "model.onnx").unlink()
+    (tmp_path / "model.onnx").mkdir()  # an owned name, but not as a folder
+    assert [p.name for p in run.foreign()] == ["keep.txt", "model.onnx", "notes.txt"]
 
 
 # ------------------------------------------------------------------------------------- lock
@@ -146,7 +161,7 @@ def test_overwrite_removes_every_file_of_the_old_run_and_only_those(run: Path, c
         (run / name).write_bytes(b"old run")
     (run / "checkpoints" / "last_checkpoint_999.pt").write_bytes(b"old run")
     argv = ["train", "--data", config["data"], "--run-dir", str(run), "--epochs", "1", "--batch-size", "8"]
-    argv += ["--no-progress", "--no-tensorboard", "--hidden-sizes", "8", "--overwrite"]
+    argv += ["--no-progress", "--hidden-sizes", "8", "--overwrite"]
     assert _run(argv) == 0
     left = {p.name for p in run.iterdir()}
     assert not left & set(stale), left
@@ -187,16 +202,12 @@ def test_a_new_run_refuses_root_home_and_folders_holding_other_files(
 def test_an_out_onto_a_run_file_is_refused_and_the_file_unchanged(run: Path, capsys: pytest.CaptureFixture) -> None:
     best = next((run / "checkpoints").glob("best_model_*.pt"))
     before = _files(run)
+    data = json.loads((run / "config.json").read_text())["data"]
     cases = [
         ["evaluate", str(run), "--out", str(run / "config.json")],
         ["export", str(run), "--format", "torchscript", "--out", str(best)],
-        [
-            "samples",
-            "--data",
-            json.loads((run / "config.json").read_text())["data"],
-            "--out",
-            str(run / "history.json"),
-        ],
+        ["samples", "--data", data, "--out", str(run / "history.json")],
+        ["lr-find", "--data", data, "--out", str(run / "checkpoints" / "new.pt")],
     ]
     for argv in cases:
         assert _run(argv) == 2, argv

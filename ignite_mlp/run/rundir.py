@@ -122,8 +122,12 @@ class RunDir:
         """What is in the folder that no run writes (so ``--overwrite`` must not delete it)."""
         if not self.path.is_dir():
             return []
-        found = [p for p in self.path.iterdir() if not self.owns(p.name)]
-        found += [p for p in self.path.iterdir() if p.name == CHECKPOINTS and not p.is_dir()]
+        # The checkpoints folder is the one folder a run makes; an owned name that is a folder is not the run's.
+        found = [
+            p
+            for p in self.path.iterdir()
+            if not self.owns(p.name) or (p.name == CHECKPOINTS) != (p.is_dir() and not p.is_symlink())
+        ]
         if self.checkpoints.is_dir():
             found += [p for p in self.checkpoints.iterdir() if not (p.is_file() and self.owns(p.name, True))]
         return sorted(found)
@@ -237,10 +241,6 @@ class RunDir:
         return TrainConfig(
             **{**saved, **overrides, "run_dir": str(self.path), "resume": str(self.path), "overwrite": False}
         )
-
-    def saved_handlers(self) -> list[str]:
-        """The handler specs the run was trained with (attached again only when named again)."""
-        return list(self.read_config().config.handlers)
 
     # -------------------------------------------------------------------------- checkpoints
 
