@@ -307,6 +307,18 @@ def test_a_tampered_checkpoint_is_one_line_exit_2(
         _one_line_error(capsys, message)
 
 
+@pytest.mark.parametrize("part", ["optimizer", "trainer", "history"])
+def test_a_tampered_training_state_is_one_line_exit_2(part: str, run: Path, capsys: pytest.CaptureFixture) -> None:
+    last = next((run / "checkpoints").glob("last_checkpoint_*.pt"))
+    state = torch.load(last, weights_only=True)
+    state[part] = {"state": "not a state", "param_groups": None, "iteration": "x", "epoch_length": [1]}
+    torch.save(state, last)
+    before = _files(run)
+    assert _run(_resume(run)) == 2
+    _one_line_error(capsys, str(last))
+    assert {p: data for p, data in _files(run).items() if p in before} == before  # (an empty event file aside)
+
+
 def test_whitening_round_trips_and_must_fit_the_images(tmp_path: Path) -> None:
     run = RunDir(tmp_path)
     whitening = Whitening(torch.rand(12), torch.eye(12))

@@ -143,10 +143,18 @@ class EpochMetricsState:
         self.trainer.add_event_handler(Events.EPOCH_STARTED(once=self.trainer.state.epoch + 1), restore)
 
 
-def restore(objects: Mapping[str, Any], state: Mapping[str, Any]) -> None:
+def restore(objects: Mapping[str, Any], state: Mapping[str, Any], source: Path | None = None) -> None:
     """Load every object of a checkpoint (Ignite's ``Checkpoint.load_objects``); what the
-    checkpoint must hold is checked before, by :meth:`ignite_mlp.run.resume.Resume.check`."""
-    Checkpoint.load_objects(to_load=dict(objects), checkpoint=dict(state))
+    checkpoint must hold is checked before, by :meth:`ignite_mlp.run.resume.Resume.check`. A
+    state the objects cannot take (a damaged or tampered ``source``) is a UserError."""
+    try:
+        Checkpoint.load_objects(to_load=dict(objects), checkpoint=dict(state))
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
+        reason = (str(e).splitlines() or [""])[0]
+        raise UserError(
+            f"{source}: the run's state cannot be restored from it ({type(e).__name__}: {reason}); "
+            "it is damaged: resume from another checkpoint or start a new run"
+        ) from None
 
 
 def remove_orphans(best: Checkpoint, dirname: Path, prefix: str = "best_") -> None:

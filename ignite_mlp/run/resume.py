@@ -176,7 +176,7 @@ class Resume:
         optimizer settings and schedule take effect, and say what changed."""
         controls = {k: to_save.get(k) for k in CONTROLS}
         core = {k: v for k, v in to_save.items() if k not in CONTROLS}
-        restore({**core, "best_checkpoint": best}, self.saved)
+        restore({**core, "best_checkpoint": best}, self.saved, self.checkpoint)
         restore_ema(ema, self.saved)  # after the model: a checkpoint without an average starts it from the model
         if main:
             remove_orphans(best, self.checkpoint.parent)
