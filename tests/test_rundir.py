@@ -134,8 +134,16 @@ def test_a_second_writer_is_refused_naming_the_holder_and_a_killed_holder_blocks
         assert _run(_resume(run)) == 2
         _one_line_error(capsys, "in use by another ignite-mlp process", f"pid {holder.pid}")
         assert _files(run) == before  # the refused resume wrote nothing
-        assert _run(["export", str(run), "--format", "torchscript"]) == 2  # its output defaults into the run
-        _one_line_error(capsys, f"pid {holder.pid}")
+        data = json.loads((run / "config.json").read_text())["data"]
+        # Commands whose output defaults into the run take its lock too.
+        for argv in (
+            ["export", str(run), "--format", "torchscript"],
+            ["evaluate", str(run)],
+            ["lr-find", "--data", data, "--run-dir", str(run)],
+        ):
+            assert _run(argv) == 2, argv
+            _one_line_error(capsys, f"pid {holder.pid}")
+        assert _files(run) == before
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
