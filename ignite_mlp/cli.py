@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from ignite_mlp.config.train_config import TrainConfig, add_config_arguments, config_from_sources
+from ignite_mlp.config.train_config import TrainConfig, add_config_arguments
 from ignite_mlp.errors import CudaError, RankError, TrainingInterrupted, UserError
 
 PROG = "ignite-mlp"
@@ -82,11 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _evaluate(ns: argparse.Namespace) -> int:
     from ignite_mlp.inference.evaluate import evaluate
     from ignite_mlp.plots import confusion_matrix_figure, save_png
+    from ignite_mlp.run.rundir import CONFUSION, find_checkpoint, writing
 
-    result = evaluate(ns.target, data=ns.data, device=ns.device)
-    print(result.report())
-    out = Path(ns.out) if ns.out else result.checkpoint.parent.parent / "confusion_matrix.png"
-    save_png(confusion_matrix_figure(result.confusion, list(result.per_class)), out)
+    run, _ = find_checkpoint(ns.target)
+    out = Path(ns.out) if ns.out else run.confusion_matrix
+    with writing(out, allowed=(CONFUSION,)):  # the run's lock, when the plot goes into a run
+        result = evaluate(ns.target, data=ns.data, device=ns.device)
+        print(result.report())
+        save_png(confusion_matrix_figure(result.confusion, list(result.per_class)), out)
     print(f"confusion matrix: {out}")
     return 0
 
@@ -99,8 +102,11 @@ def _samples(ns: argparse.Namespace) -> int:
         raise UserError(f"--count must be >= 1 (got {ns.count})")
     if not 0 <= ns.seed < 2**32:
         raise UserError(f"--seed must be in [0, 2**32 - 1] (got {ns.seed}); e.g. --seed 0")
+    from ignite_mlp.run.rundir import writing
+
     samples = draw_samples(ns.data, ns.count, ns.seed)
-    out = save_png(samples.grid(), ns.out)
+    with writing(ns.out):
+        out = save_png(samples.grid(), ns.out)
     print(f"{len(samples.labels)} samples: {out}")
     print(f"first sample (top left): {samples.one_hot_line(0)}")  # the tutorial's one-hot printout
     return 0
@@ -108,10 +114,13 @@ def _samples(ns: argparse.Namespace) -> int:
 
 def _lr_find(ns: argparse.Namespace) -> int:
     from ignite_mlp.run.lr_finder import FINDER_FLAGS, lr_find, train_command
+    from ignite_mlp.run.rundir import LR_FINDER, RunDir, config_for_command, writing
 
     given = {k: v for k, v in vars(ns).items() if k not in ("command", "config_file", *FINDER_FLAGS)}
-    config = config_from_sources(dict(given), ns.config_file)
-    curve, plot = lr_find(config, ns.start_lr, ns.end_lr, ns.num_iter, ns.out)
+    config = config_for_command(dict(given), ns.config_file)
+    out = Path(ns.out) if ns.out else RunDir(config.run_dir).lr_finder if config.run_dir else Path(LR_FINDER)
+    with writing(out, allowed=(LR_FINDER,)):  # the run's lock, when the plot goes into a run
+        curve, plot = lr_find(config, ns.start_lr, ns.end_lr, ns.num_iter, out)
     print(curve.summary())
     print(f"plot: {plot}")
     print(f"train with it: {train_command(given, ns.config_file, curve.suggestion)}")
@@ -146,8 +155,10 @@ def config_from_namespace(ns: argparse.Namespace) -> TrainConfig:
 
     With ``--resume RUN_DIR|auto`` the run's saved config replaces the defaults.
     """
+    from ignite_mlp.run.rundir import config_for_command  # (imports torch: --help must not)
+
     values = {k: v for k, v in vars(ns).items() if k not in ("command", "config_file", "list_handlers")}
-    return config_from_sources(values, ns.config_file)
+    return config_for_command(values, ns.config_file)
 
 
 def _train(ns: argparse.Namespace) -> int:

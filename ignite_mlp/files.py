@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,3 +39,32 @@ def write_atomic(path: str | Path, data: bytes) -> None:
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     """Atomically write ``obj`` as indented JSON."""
     write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+@contextlib.contextmanager
+def replacing(path: str | Path) -> Iterator[Path]:
+    """A new empty file beside ``path`` for a writer that needs a file name (``onnx.save``,
+    ``torch.jit.save``): renamed over ``path`` when the block succeeds, deleted when it fails.
+    ``mkstemp`` makes it under a name no one can predict, so nothing planted can be written through;
+    the rename replaces ``path`` itself, even a symlink, never what it points to.
+
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "x.bin"
+    >>> with replacing(p) as tmp:
+    ...     _ = tmp.write_bytes(b"whole")
+    >>> p.read_bytes(), sorted(f.name for f in p.parent.iterdir())
+    (b'whole', ['x.bin'])
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        yield Path(tmp)
+        with open(tmp, "rb") as f:  # on disk before it replaces the old file
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)

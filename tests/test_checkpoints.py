@@ -9,7 +9,7 @@ import torch
 
 from ignite_mlp.errors import UserError
 from ignite_mlp.model import MLP
-from ignite_mlp.run.checkpoints import check_model_shapes, find_run, latest_checkpoint, safe_load
+from ignite_mlp.run.rundir import RunDir, check_model_shapes, find_run, safe_load
 
 
 class _Payload:
@@ -74,8 +74,8 @@ def test_find_run_auto_takes_newest_resumable_run(tmp_path: Path) -> None:
     old = _fake_run(tmp_path, "old", [10], age=100)
     new = _fake_run(tmp_path, "new", [5], age=10)
     _fake_run(tmp_path, "newest-but-empty", [], age=0)
-    assert find_run("auto", tmp_path) == new
-    assert find_run(str(old), tmp_path) == old
+    assert find_run("auto", tmp_path).path == new
+    assert find_run(str(old), tmp_path).path == old
     with pytest.raises(UserError, match="no run there"):
         find_run(str(tmp_path / "nope"), tmp_path)
     with pytest.raises(UserError, match="no resumable run"):
@@ -86,9 +86,9 @@ def test_latest_checkpoint_is_the_highest_iteration(tmp_path: Path) -> None:
     run = _fake_run(tmp_path, "r", [98, 196, 1960], age=0)
     (run / "checkpoints" / "interrupted_checkpoint_2000.pt").write_bytes(b"")
     (run / "checkpoints" / "best_model_9_val_acc=50.0000.pt").write_bytes(b"")
-    assert latest_checkpoint(run).name == "interrupted_checkpoint_2000.pt"
+    assert RunDir(run).latest_checkpoint().name == "interrupted_checkpoint_2000.pt"
     with pytest.raises(UserError, match="no checkpoint"):
-        latest_checkpoint(_fake_run(tmp_path, "e", [], age=0))
+        RunDir(_fake_run(tmp_path, "e", [], age=0)).latest_checkpoint()
 
 
 class _Killed(BaseException):
@@ -122,7 +122,7 @@ def _kill_at(monkeypatch: pytest.MonkeyPatch, k: int) -> list[str]:
 
 def _best_of(run: Path) -> Path:
     """The best file named by the tracker in the checkpoint a resume would take; it must load."""
-    state = safe_load(latest_checkpoint(run))
+    state = safe_load(RunDir(run).latest_checkpoint())
     (name,) = [filename for _, filename in state["best_checkpoint"]["_saved"]]
     safe_load(run / "checkpoints" / name)
     return run / "checkpoints" / name
@@ -156,12 +156,12 @@ def test_a_kill_at_any_checkpoint_write_or_delete_leaves_a_best_and_a_last_to_re
             _kill_at(m, k)
             train(config(run), write=lambda s: None)
         if k <= first_last_write:  # killed before any last checkpoint: nothing to resume yet
-            assert latest_checkpoint(run, required=False) is None
+            assert RunDir(run).latest_checkpoint(required=False) is None
             continue
         _best_of(run)  # the newest last checkpoint loads, and so does the best file it names
         if k > final_write:  # killed while deleting superseded files: the run is finished
             with pytest.raises(UserError, match="already finished"):
-                train(TrainConfig.from_run(run), write=lambda s: None)
+                train(RunDir(run).resume_config(), write=lambda s: None)
             assert _best_of(run).name == reference.best_checkpoint.name
             continue
         at_start: list[str] = []
@@ -170,7 +170,7 @@ def test_a_kill_at_any_checkpoint_write_or_delete_leaves_a_best_and_a_last_to_re
             # What the resume left on disk before training on: the best it restored is there.
             trainer.add_event_handler(Events.STARTED, lambda _: seen.append(_best_of(run).name))
 
-        resumed = train(TrainConfig.from_run(run), extra_handlers=[look], write=lambda s: None)
+        resumed = train(RunDir(run).resume_config(), extra_handlers=[look], write=lambda s: None)
         assert len(at_start) == 1, k  # the check ran (and passed) when the resumed training started
         assert resumed.history == reference.history, k
         assert sorted(p.name for p in (run / "checkpoints").iterdir()) == expected, k

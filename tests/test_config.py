@@ -160,6 +160,8 @@ def test_toml_keys_are_the_flag_names(tmp_path: Path) -> None:
 def test_toml_resume_auto_is_resolved_like_the_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import json
 
+    from ignite_mlp.run.rundir import config_for_command
+
     monkeypatch.chdir(tmp_path)
     run = tmp_path / "runs" / "20260101-000000"
     (run / "checkpoints").mkdir(parents=True)
@@ -167,7 +169,9 @@ def test_toml_resume_auto_is_resolved_like_the_flag(tmp_path: Path, monkeypatch:
     (run / "checkpoints" / "last_checkpoint_10.pt").write_bytes(b"")
     toml = tmp_path / "run.toml"
     toml.write_text('resume = "auto"\nepochs = 6\n')
-    c = config_from_sources({}, str(toml))
+    with pytest.raises(ValueError, match="config_for_command"):  # the config alone cannot read a run
+        config_from_sources({}, str(toml))
+    c = config_for_command({}, str(toml))
     found = Path("runs") / run.name
     assert (Path(c.resume), Path(c.run_dir), c.epochs, c.lr) == (found, found, 6, 0.02)
 

@@ -76,7 +76,7 @@ def test_predictions_and_misclassified_grid_match_plain_pytorch(tree: Path, tmp_
 
 
 def test_evaluate_picks_the_best_file_by_its_recorded_score_not_its_name(tmp_path: Path) -> None:
-    from ignite_mlp.inference.evaluate import find_checkpoint
+    from ignite_mlp.run.rundir import find_checkpoint
 
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "config.json").write_text("{}")
@@ -141,4 +141,4 @@ def test_evaluate_shape_mismatch_speaks_of_the_run_not_of_resuming(tree: Path, t
     with pytest.raises(UserError, match="architecture differs") as caught:
         evaluate(run, data=str(small))
     assert "--hidden-sizes" not in str(caught.value) and "resume" not in str(caught.value)
-    assert f"{run}/config.json" in str(caught.value)
+    assert f"its own run directory ({run})" in str(caught.value)

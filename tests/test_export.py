@@ -35,7 +35,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         config = TrainConfig(
             **extra,
             data=str(data),
-            run_dir=str(root / name),
+            run_dir=str(root / f"{name}-run"),  # (root / "gray" holds the gray data)
             cache_dir=str(root / "cache"),
             epochs=2,
             batch_size=8,
@@ -43,7 +43,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             progress=False,
         )
         train(config, write=lambda _: None)
-        made[name] = root / name
+        made[name] = root / f"{name}-run"
     return made
 
 

@@ -10,7 +10,7 @@ from ignite_mlp import TrainConfig, train
 from ignite_mlp.errors import UserError
 from ignite_mlp.handlers.builtin import EverySeconds
 from ignite_mlp.handlers.extensions import TrainEvents, handler_table, load_handler
-from ignite_mlp.run.checkpoints import best_checkpoint
+from ignite_mlp.run.rundir import RunDir
 
 HANDLER_SOURCE = """
 from ignite.engine import Events
@@ -67,7 +67,7 @@ def test_new_best_fires_exactly_when_the_best_checkpoint_changes(tree: Path, tmp
     def attach(trainer: Engine, evaluator: Engine, context) -> None:
         @trainer.on(TrainEvents.NEW_BEST)
         def _(engine: Engine) -> None:
-            seen.append((engine.state.epoch, best_checkpoint(context.run_dir).name))
+            seen.append((engine.state.epoch, RunDir(context.run_dir).best_checkpoint().name))
 
     result = train(_config(tree, tmp_path / "run", epochs=6, lr=0.2), extra_handlers=[attach], write=lambda s: None)
     val_acc = result.history["val_acc_epoch"]

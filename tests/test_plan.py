@@ -8,6 +8,7 @@ import torch
 from ignite_mlp import TrainConfig, train
 from ignite_mlp.errors import UserError
 from ignite_mlp.run.plan import resolve_plan
+from ignite_mlp.run.rundir import RunDir
 
 
 def test_a_fresh_plan(tmp_path: Path) -> None:
@@ -37,7 +38,7 @@ def test_resume_reads_the_checkpoint_in_the_plan(tree: Path, tmp_path: Path) -> 
     train(
         TrainConfig(data=str(tree), run_dir=str(run_dir), epochs=1, batch_size=8, progress=False), write=lambda s: None
     )
-    plan = resolve_plan(TrainConfig.from_run(run_dir, epochs=2))
+    plan = resolve_plan(RunDir(run_dir).resume_config(epochs=2))
     assert plan.run_dir == run_dir and plan.resume is not None
     assert plan.resume.checkpoint.name == "last_checkpoint_5.pt" and plan.resume.iteration == 5
 

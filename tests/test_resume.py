@@ -9,6 +9,7 @@ from ignite_mlp import TrainConfig, train
 from ignite_mlp.errors import UserError
 from ignite_mlp.model import MLP
 from ignite_mlp.run.resume import Resume
+from ignite_mlp.run.rundir import RunDir
 
 
 def _run(tree: Path, run_dir: Path, epochs: int = 2) -> None:
@@ -63,7 +64,7 @@ def test_optimizer_overrides_take_effect_and_are_recorded(tree: Path, tmp_path: 
     train(_config(tree, tmp_path / "r", momentum=0.9, weight_decay=1e-4), write=lambda s: None)
     lines: list[str] = []
     log: list = []
-    resumed = TrainConfig.from_run(tmp_path / "r", epochs=3, lr=0.01, momentum=0.5, weight_decay=0.0)
+    resumed = RunDir(tmp_path / "r").resume_config(epochs=3, lr=0.01, momentum=0.5, weight_decay=0.0)
     train(resumed, extra_handlers=[_optimizer_log(log)], write=lines.append)
     assert {(lr, m, wd) for _, lr, m, wd in log} == {(0.01, 0.5, 0.0)}
     assert [it for it, *_ in log] == [11, 12, 13, 14, 15]
@@ -86,7 +87,7 @@ def test_a_new_learning_rate_lays_the_schedule_out_around_it(tree: Path, tmp_pat
     train(_config(tree, tmp_path / "s", epochs=3, lr=0.2, **kw), extra_handlers=[_optimizer_log(straight)], write=print)
     train(_config(tree, tmp_path / "r", epochs=2, lr=0.05, **kw), write=lambda s: None)
     resumed: list = []
-    train(TrainConfig.from_run(tmp_path / "r", epochs=3, lr=0.2), extra_handlers=[_optimizer_log(resumed)], write=print)
+    train(RunDir(tmp_path / "r").resume_config(epochs=3, lr=0.2), extra_handlers=[_optimizer_log(resumed)], write=print)
     assert [lr for _, lr, *_ in resumed] == pytest.approx([lr for it, lr, *_ in straight if it > 10])
 
 
@@ -106,9 +107,9 @@ def test_overrides_that_cannot_be_honoured_are_refused_before_anything_is_writte
     train(_config(tree, run_dir), write=lambda s: None)
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     with pytest.raises(UserError, match=f"cannot change {flag}"):
-        train(TrainConfig.from_run(run_dir, epochs=3, **change), write=lambda s: None)
+        train(RunDir(run_dir).resume_config(epochs=3, **change), write=lambda s: None)
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
-    train(TrainConfig.from_run(run_dir, epochs=3), write=lambda s: None)  # the plain resume still works
+    train(RunDir(run_dir).resume_config(epochs=3), write=lambda s: None)  # the plain resume still works
 
 
 def test_a_finished_run_is_refused_without_a_new_event_file(tree: Path, tmp_path: Path) -> None:
@@ -116,7 +117,7 @@ def test_a_finished_run_is_refused_without_a_new_event_file(tree: Path, tmp_path
     train(_config(tree, run_dir), write=lambda s: None)
     before = sorted(p.name for p in run_dir.iterdir())
     with pytest.raises(UserError, match="already finished 2 epochs"):
-        train(TrainConfig.from_run(run_dir), write=lambda s: None)
+        train(RunDir(run_dir).resume_config(), write=lambda s: None)
     assert sorted(p.name for p in run_dir.iterdir()) == before
 
 
@@ -125,7 +126,7 @@ def test_a_mid_epoch_checkpoint_of_another_process_count_is_refused_at_the_start
     train(_config(tree, run_dir, epochs=1), write=lambda s: None)
     resume = Resume(run_dir)
     resume.iteration = 3  # as if stopped by Ctrl-C in the middle of the first epoch
-    config = TrainConfig.from_run(run_dir, epochs=2)
+    config = RunDir(run_dir).resume_config(epochs=2)
     resume.check(config, max_epochs=2, processes=1)
     with pytest.raises(UserError, match="written mid-epoch by 1 process.*this run has 2"):
         resume.check(config, max_epochs=2, processes=2)

@@ -13,7 +13,7 @@ from ignite_mlp.errors import UserError
 from ignite_mlp.handlers.builtin import HISTORY_KEYS
 from ignite_mlp.handlers.ignite_compat import event_handlers
 from ignite_mlp.model import MLP
-from ignite_mlp.run.checkpoints import safe_load
+from ignite_mlp.run.rundir import RunDir, safe_load
 
 
 def _config(data: Path, run_dir: Path, **kw) -> TrainConfig:
@@ -88,7 +88,7 @@ def test_bf16_run_trains(tree: Path, tmp_path: Path) -> None:
 def test_resume_with_more_epochs_equals_one_long_run(tree: Path, tmp_path: Path) -> None:
     straight = train(_config(tree, tmp_path / "straight", epochs=4), write=lambda s: None)
     train(_config(tree, tmp_path / "split", epochs=2), write=lambda s: None)
-    resumed = train(TrainConfig.from_run(tmp_path / "split", epochs=4), write=lambda s: None)
+    resumed = train(RunDir(tmp_path / "split").resume_config(epochs=4), write=lambda s: None)
     for key, values in straight.history.items():
         assert resumed.history[key] == pytest.approx(values, abs=1e-6), key
     assert resumed.best_checkpoint.name == straight.best_checkpoint.name
@@ -99,10 +99,10 @@ def test_resume_with_more_epochs_equals_one_long_run(tree: Path, tmp_path: Path)
 def test_resume_refuses_a_finished_run_and_a_changed_architecture(tree: Path, tmp_path: Path) -> None:
     train(_config(tree, tmp_path / "r", epochs=2), write=lambda s: None)
     with pytest.raises(UserError, match="already finished 2 epochs"):
-        train(TrainConfig.from_run(tmp_path / "r"), write=lambda s: None)
+        train(RunDir(tmp_path / "r").resume_config(), write=lambda s: None)
     before = (tmp_path / "r" / "history.json").read_bytes()
     with pytest.raises(UserError, match=r"layers.1.weight: checkpoint \(128, 192\) vs model \(64, 192\)"):
-        train(TrainConfig.from_run(tmp_path / "r", epochs=3, hidden_sizes=[64]), write=lambda s: None)
+        train(RunDir(tmp_path / "r").resume_config(epochs=3, hidden_sizes=[64]), write=lambda s: None)
     assert (tmp_path / "r" / "history.json").read_bytes() == before
 
 
@@ -219,7 +219,7 @@ def test_ctrl_c_anywhere_then_resume_equals_an_uninterrupted_run(
     straight = train(_config(tree, tmp_path / "straight", **kw), write=lambda s: None).history
     with pytest.raises(TrainingInterrupted):
         train(_config(tree, tmp_path / "cut", **kw), extra_handlers=[_ctrl_c_at(stop_at)], write=lambda s: None)
-    resumed = train(TrainConfig.from_run(tmp_path / "cut"), write=lambda s: None).history
+    resumed = train(RunDir(tmp_path / "cut").resume_config(), write=lambda s: None).history
     for key in straight:
         assert resumed[key] == pytest.approx(straight[key], abs=1e-6), key
 
@@ -295,13 +295,13 @@ def _best_config(data: Path, run_dir: Path, **kw) -> TrainConfig:
 
 
 def test_best_ingredients_evaluate_reproduces_the_recorded_best(tree: Path, tmp_path: Path) -> None:
-    from ignite_mlp.data.whitening import load_whitening, zca
+    from ignite_mlp.data.whitening import zca
     from ignite_mlp.inference.evaluate import evaluate
 
     run = tmp_path / "r"
     result = train(_best_config(tree, run, epochs=4), write=lambda s: None)
     # The whitening saved is the one of the training split, and evaluate whitens with it.
-    saved = load_whitening(run)
+    saved = RunDir(run).read_whitening()
     assert torch.equal(saved.matrix, zca(load_dataset(tree).train_images, 0.1).matrix)
     report = evaluate(run)
     history = result.history
@@ -321,7 +321,7 @@ def test_best_ingredients_ctrl_c_then_resume_equals_an_uninterrupted_run(tree: P
     straight = train(_best_config(tree, tmp_path / "straight", epochs=3), write=lambda s: None).history
     with pytest.raises(TrainingInterrupted):  # mid-epoch 2: the average, mixing and whitening must carry over
         train(_best_config(tree, tmp_path / "cut", epochs=3), extra_handlers=[_ctrl_c_at(7)], write=lambda s: None)
-    resumed = train(TrainConfig.from_run(tmp_path / "cut"), write=lambda s: None).history
+    resumed = train(RunDir(tmp_path / "cut").resume_config(), write=lambda s: None).history
     for key in straight:
         assert resumed[key] == pytest.approx(straight[key], abs=1e-6), key
 

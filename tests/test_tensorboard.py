@@ -41,6 +41,7 @@ from ignite_mlp.handlers.builtin import HISTORY_KEYS, History
 from ignite_mlp.handlers.tensorboard.logger import attach_tensorboard
 from ignite_mlp.model import MLP
 from ignite_mlp.plots import confusion_matrix_figure, image_grid
+from ignite_mlp.run.rundir import RunDir
 
 # The tiny data: 3 classes, 12 training and 4 validation images each, 8x8 RGB.
 N_TRAIN, N_VAL, SIDE = 36, 12, 8
@@ -78,10 +79,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     resumed = root / "runs" / "resumed"
     train(TrainConfig(run_dir=str(resumed), epochs=2, tb_images_every=3, **common), write=_quiet)
     with pytest.raises(TrainingInterrupted):
-        train(TrainConfig.from_run(resumed, epochs=EPOCHS), [_ctrl_c_after(STOP_AFTER)], write=_quiet)
+        train(RunDir(resumed).resume_config(epochs=EPOCHS), [_ctrl_c_after(STOP_AFTER)], write=_quiet)
     (stopped,) = (resumed / "checkpoints").glob("interrupted_checkpoint_*.pt")
     (root / "stopped_at").write_text(stopped.stem.rsplit("_", 1)[1])
-    train(TrainConfig.from_run(resumed), write=_quiet)
+    train(RunDir(resumed).resume_config(), write=_quiet)
     return root / "runs"
 
 

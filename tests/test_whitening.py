@@ -1,15 +1,11 @@
 """ignite_mlp.data.whitening: ZCA measured on the training split, checked against numpy's own algebra."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 from ignite_mlp.data.whitening import (
     flip_permutation,
-    load_whitening,
-    save_whitening,
     whiten_images,
     zca,
 )
@@ -76,15 +72,7 @@ def test_flip_permutation_mirrors_the_width_axis() -> None:
     assert torch.equal(x.flatten()[flip_permutation((2, 2, 3))], x.flip(2).flatten())
 
 
-def test_saved_whitening_loads_back_and_bad_files_are_clear_errors(tmp_path: Path) -> None:
+def test_whitening_of_another_image_size_is_refused() -> None:
     w = zca(correlated_images(n=200), 0.1)
-    save_whitening(w, tmp_path)
-    loaded = load_whitening(tmp_path)
-    assert torch.equal(loaded.mean, w.mean) and torch.equal(loaded.matrix, w.matrix)
-    with pytest.raises(UserError, match="missing"):
-        load_whitening(tmp_path / "elsewhere")
-    (tmp_path / "whitening.pt").write_bytes(b"not a tensor file")
-    with pytest.raises(UserError, match="not a whitening file"):
-        load_whitening(tmp_path)
     with pytest.raises(UserError, match="image size"):
         whiten_images(torch.zeros(2, 1, 2, 2, dtype=torch.uint8), w)

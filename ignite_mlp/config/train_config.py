@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import re
 import tomllib
 import typing
@@ -91,7 +90,7 @@ class TrainConfig:
     normalize: str = _opt("fixed", "fixed (use --mean/--std) | dataset (measure them on the training set)")
 
     # Ingredients of --recipe best (README, "The best recipe"); each off by default.
-    # ZCA whitening measured on the training split replaces --mean/--std; kept in whitening.pt.
+    # ZCA whitening measured on the training split replaces --mean/--std; kept with the run.
     whiten: str = _opt("none", "none | zca: whiten the images with statistics of the training set")
     whiten_regularizer: float = _opt(0.1, "ZCA: added to every eigenvalue, as a share of their mean")
     blocks: int = _opt(0, "residual inverted-bottleneck blocks after the hidden layers, at the last width")
@@ -119,7 +118,7 @@ class TrainConfig:
     dry_run: bool = _opt(False, "run 2 iterations of training and validation, to check a setup in seconds")
     # The tutorial's sanity check: a model that cannot memorise a few batches has a bug.
     overfit_batches: int = _opt(0, "train on N fixed batches, no shuffling or regularisation, and report")
-    # User handlers, loaded by spec; saved in config.json so a resume attaches them again.
+    # User handlers, loaded by spec; recorded with the run, attached on resume only when named again.
     handlers: list[str] = _opt([], "MODULE:FUNCTION or FILE.py:FUNCTION to attach (repeatable)", flag="handler")
 
     seed: int = _opt(0, "random seed (weights, shuffling)")
@@ -188,21 +187,6 @@ class TrainConfig:
         if recipe not in RECIPES:
             raise UserError(f"--recipe must be one of {tuple(RECIPES)} (got {recipe!r})")
         return cls(**{**RECIPES[recipe], **overrides, "recipe": recipe})
-
-    @classmethod
-    def from_run(cls, run_dir: str | Path, **overrides: Any) -> TrainConfig:
-        """The config a run directory was trained with, set up to resume it; ``overrides``
-        change fields (e.g. ``epochs=80`` to train further)."""
-        path = Path(run_dir) / "config.json"
-        try:
-            saved = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise UserError(f"--resume {run_dir}: cannot read {path} ({e}); give a run directory") from None
-        known = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in saved.items() if k in known}
-        values.update(overrides)
-        values.update(run_dir=str(run_dir), resume=str(run_dir), overwrite=False)
-        return cls(**values)
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:
@@ -351,15 +335,18 @@ def _cli_type(kind: Any, name: str) -> Any:
     return convert
 
 
-def config_from_sources(cli_values: dict[str, Any], toml_path: str | None = None) -> TrainConfig:
-    """Defaults (or, with ``resume``, the saved config of that run directory), then the TOML
-    file, then the command line: the later one wins."""
+def merge_sources(cli_values: dict[str, Any], toml_path: str | None = None) -> dict[str, Any]:
+    """The TOML file's values, then the command line's on top: the later one wins."""
     values: dict[str, Any] = load_toml(toml_path) if toml_path else {}
     values.update(cli_values)
-    if values.get("resume"):  # the run's saved config already holds its recipe's values
-        from ignite_mlp.run.checkpoints import find_run  # (imports Ignite: only a resume needs it)
+    return values
 
-        run_dir = find_run(str(values.pop("resume")))  # "auto" from the flag or the file alike
-        values.pop("run_dir", None)
-        return TrainConfig.from_run(run_dir, **values)
+
+def config_from_sources(cli_values: dict[str, Any], toml_path: str | None = None) -> TrainConfig:
+    """Defaults (the recipe's), then the TOML file, then the command line: the later one wins.
+    A resume starts from the run's saved config instead: see
+    :func:`ignite_mlp.run.rundir.config_for_command`, which reads it."""
+    values = merge_sources(cli_values, toml_path)
+    if values.get("resume"):
+        raise ValueError("a resume starts from the run's saved config: use ignite_mlp.run.rundir.config_for_command")
     return TrainConfig.from_recipe(values.pop("recipe", "tutorial"), **values)

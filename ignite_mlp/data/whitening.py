@@ -8,28 +8,23 @@ whitened input still has the image layout: flips and crops act on it as on pixel
 
 Whitening a batch costs a dense ``D x D`` product (``D = 3072`` for CIFAR-10), about half a
 strong MLP's training step; so the run whitens every image once (:func:`whiten_images`) and
-trains on the float copy. The statistics live in ``whitening.pt`` in the run directory
-(:func:`save_whitening`, :func:`load_whitening`), so a resume, ``evaluate`` and any later user
-of the run whiten exactly as training did.
+trains on the float copy. The statistics are kept in the run directory (written and read by
+:class:`ignite_mlp.run.rundir.RunDir`), so a resume, ``evaluate`` and any later user of the run
+whiten exactly as training did.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from ignite_mlp.config.choices import WHITENINGS
 from ignite_mlp.data import Dataset
 from ignite_mlp.errors import UserError
-from ignite_mlp.files import write_atomic
-
-FILENAME = "whitening.pt"
 
 
 @dataclass
@@ -123,51 +118,21 @@ def whiten_images(images: torch.Tensor, whitening: Whitening, chunk: int = 4096)
     return out.reshape(images.shape)
 
 
-def save_whitening(whitening: Whitening, run_dir: str | Path) -> Path:
-    """Write ``whitening.pt`` into the run directory (atomically)."""
-    path = Path(run_dir) / FILENAME
-    buffer = io.BytesIO()
-    torch.save(whitening.state_dict(), buffer)
-    write_atomic(path, buffer.getvalue())
-    return path
-
-
-def load_whitening(run_dir: str | Path) -> Whitening:
-    """The whitening a run trained with, from its ``whitening.pt`` (tensors only, no pickles)."""
-    path = Path(run_dir) / FILENAME
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        whitening = Whitening(state["mean"].float(), state["matrix"].float())
-    except FileNotFoundError:
-        raise UserError(
-            f"{path}: missing; a run with --whiten needs the whitening it trained with "
-            "(a run trained without whitening cannot be resumed or evaluated with it)"
-        ) from None
-    except Exception as e:  # a corrupt or foreign file: say which, never unpickle it
-        raise UserError(
-            f"{path}: not a whitening file ({type(e).__name__}); training writes it: restore it or train again"
-        ) from None
-    d = len(whitening.mean)
-    if whitening.mean.ndim != 1 or whitening.matrix.shape != (d, d):
-        raise UserError(f"{path}: mean {tuple(whitening.mean.shape)} and matrix {tuple(whitening.matrix.shape)} differ")
-    return whitening
-
-
 def prepare_whitening(
     method: str,
     regularizer: float,
     images: torch.Tensor,
-    run_dir: str | Path | None = None,
+    saved: Whitening | None = None,
     write: Callable[[str], None] = print,
 ) -> Whitening | None:
-    """The run's whitening: None for ``--whiten none``; the saved one of ``run_dir`` (a resumed
-    run) when given; else measured on the training ``images``."""
+    """The run's whitening: None for ``--whiten none``; the ``saved`` one (a resumed run's) when
+    given; else measured on the training ``images``."""
     if method == "none":
         return None
     if method != "zca":
         raise ValueError(f"unknown whitening {method!r}; choose one of {WHITENINGS}")
-    if run_dir is not None:
-        return load_whitening(run_dir)
+    if saved is not None:
+        return saved
     start = time.perf_counter()
     whitening = zca(images, regularizer)
     write(f"ZCA whitening measured on the {len(images)} training images in {time.perf_counter() - start:.1f}s")

@@ -14,7 +14,7 @@ CPU with native but narrow bf16 units may not gain, so:
 3. the probe's times are cached per machine and model (``precision-probes.json`` in the cache
    folder), so later runs decide at once.
 
-The choice and why are printed at start-up and recorded in ``config.json``
+The choice and why are printed at start-up and recorded in the run's configuration
 (``resolved_precision``, ``precision_reason``). ``--precision fp32|bf16`` forces.
 """
 
@@ -29,13 +29,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from ignite_mlp.files import write_json_atomic
 from ignite_mlp.model import MLP
+
+if TYPE_CHECKING:
+    from ignite_mlp.run.rundir import RunRecord
 
 MIN_SPEEDUP = 1.1
 PAIR = ("fp32", "bf16")
@@ -256,11 +259,14 @@ def _write_probe(cache_dir: Path | None, key: str, times: dict[str, float]) -> N
         pass
 
 
-def run_precision(saved_config: dict[str, Any]) -> str:
-    """The precision a finished run computed in, from its ``config.json`` (for evaluation).
+def run_precision(record: RunRecord) -> str:
+    """The precision a finished run computed in, from its checked configuration (for evaluation):
+    what ``auto`` resolved to, else the one it asked for; fp32 for runs that recorded neither.
 
-    >>> run_precision({"precision": "auto", "resolved_precision": "bf16"}), run_precision({"precision": "auto"})
+    >>> from types import SimpleNamespace as Record
+    >>> auto = Record(config=Record(precision="auto"), values={"resolved_precision": "bf16"})
+    >>> run_precision(auto), run_precision(Record(config=Record(precision="auto"), values={}))
     ('bf16', 'fp32')
     """
-    resolved = saved_config.get("resolved_precision") or saved_config.get("precision")
+    resolved = record.values.get("resolved_precision") or record.config.precision
     return resolved if resolved in ("fp32", "bf16") else "fp32"

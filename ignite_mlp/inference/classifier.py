@@ -1,14 +1,13 @@
 """A trained run as a classifier: uint8 images in, class probabilities out.
 
-``predict`` and ``export`` both use :func:`load_classifier`, so the pictures a user classifies,
-the exported graphs and the run's own validation agree: the same preprocessing (read from the
-run by :func:`run_preprocessing`, the one place that knows how a run normalises its inputs), the
-same weights, the same arithmetic.
+``predict`` and ``export`` both use :func:`load_classifier`, and ``evaluate`` its
+:func:`load_run`, so the pictures a user classifies, the exported graphs and the run's own
+validation agree: the same preprocessing (:func:`run_preprocessing`, the one place that knows
+how a run normalises its inputs), the same weights, the same arithmetic. Imports no Ignite.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +16,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ignite_mlp.config.train_config import TrainConfig
-from ignite_mlp.data import load_dataset, normalization
-from ignite_mlp.data.whitening import Whitening, load_whitening
+from ignite_mlp.config.train_config import TrainConfig, resolve_device
+from ignite_mlp.data import Dataset, load_dataset, normalization
+from ignite_mlp.data.whitening import Whitening
 from ignite_mlp.errors import UserError
-from ignite_mlp.inference.evaluate import find_checkpoint, run_config
 from ignite_mlp.model import MLP
-from ignite_mlp.run.checkpoints import check_model_shapes, data_record, safe_load, validated_weights
+from ignite_mlp.run.rundir import RunDir, RunRecord, find_checkpoint
 
 
 class Preprocess(nn.Module):
@@ -56,25 +54,48 @@ class Preprocess(nn.Module):
         return (flat @ self.white_matrix).reshape(x.shape)
 
 
-def run_preprocessing(
-    run_dir: str | Path, config: TrainConfig | None = None, channels: int | None = None
-) -> Preprocess:
-    """How the run at ``run_dir`` turned uint8 images into model inputs, as a module (uint8
-    ``(N, C, H, W)`` in, float out). Today that is the per-channel mean/std in its config.json
-    (fixed, or measured on the training set); anything a run adds to its preprocessing belongs here.
+def run_preprocessing(config: TrainConfig, channels: int, whitening: Whitening | None = None) -> Preprocess:
+    """How a run with ``config`` turned uint8 images of ``channels`` channels into model inputs, as
+    a module (uint8 ``(N, C, H, W)`` in, float out): the per-channel mean/std of its configuration
+    (fixed, or measured on the training set), or the ``whitening`` it trained with (--whiten);
+    anything a run adds to its preprocessing belongs here.
 
-    >>> pre = run_preprocessing(".", TrainConfig(mean=[0.5], std=[0.5]), channels=3)
+    >>> pre = run_preprocessing(TrainConfig(mean=[0.5], std=[0.5]), channels=3)
     >>> pre(torch.tensor([0, 255], dtype=torch.uint8).reshape(2, 1, 1, 1).expand(2, 3, 1, 1)).flatten().tolist()
     [-1.0, -1.0, -1.0, 1.0, 1.0, 1.0]
     """
-    config = config or run_config(Path(run_dir))
-    if channels is None:
-        channels = _card(Path(run_dir), config)["image_shape"][0]
     scale, shift = normalization(config.mean, config.std, channels)
-    if config.whiten != "none":  # the ZCA transform it trained with, from its whitening.pt
+    if whitening is not None:  # the ZCA transform it trained with
         description = {"normalize": "(x / 255 - mean) @ matrix over the flattened image", "whiten": config.whiten}
-        return Preprocess(scale, shift, description, load_whitening(run_dir))
+        return Preprocess(scale, shift, description, whitening)
     return Preprocess(scale, shift, {"normalize": "(x / 255 - mean) / std", "mean": config.mean, "std": config.std})
+
+
+@dataclass
+class LoadedRun:
+    """A run's trained network as its files describe it: the checked configuration, the classes
+    and image shape, the model with a checkpoint's weights (eval mode, CPU) and its whitening."""
+
+    run: RunDir
+    checkpoint: Path
+    record: RunRecord
+    classes: list[str]
+    image_shape: tuple[int, int, int]
+    model: MLP
+    whitening: Whitening | None
+
+
+def load_run(target: str | Path, dataset: Dataset | None = None) -> LoadedRun:
+    """The network of ``target`` (a run directory: its best checkpoint; or a checkpoint file),
+    every file read through :class:`RunDir`'s checked readers. ``dataset``: the data of a run
+    too old to record its classes and image shape (else its own data is read for them)."""
+    run, checkpoint = find_checkpoint(target)
+    record = run.read_config()
+    classes, shape = _card(run, record, dataset)
+    model = run.load_model(checkpoint, record, shape, len(classes))
+    features = shape[0] * shape[1] * shape[2]
+    whitening = run.read_whitening(features) if record.config.whiten != "none" else None
+    return LoadedRun(run, checkpoint, record, classes, shape, model, whitening)
 
 
 @dataclass
@@ -99,43 +120,38 @@ class Classifier:
 
 def load_classifier(target: str | Path, device: str | torch.device = "cpu") -> Classifier:
     """The classifier of a run directory (its best checkpoint) or of one checkpoint file."""
-    from ignite_mlp.config.train_config import resolve_device
-
-    run_dir, checkpoint = find_checkpoint(target)
-    config = run_config(run_dir)
-    card = _card(run_dir, config)
-    shape = tuple(int(v) for v in card["image_shape"])
-    channels, height, width = shape
-    state = safe_load(checkpoint)
-    weights = validated_weights(state)
-    model = MLP.from_config(config, channels * height * width, len(card["classes"]))
-    check_model_shapes(model, weights, checkpoint)
-    model.load_state_dict(weights)
+    loaded = load_run(target)
     torch_device = device if isinstance(device, torch.device) else resolve_device(device)
-    preprocessing = run_preprocessing(run_dir, config, channels)
-    module = nn.Sequential(preprocessing, model, nn.Softmax(dim=1))
+    config = loaded.record.config
+    preprocessing = run_preprocessing(config, loaded.image_shape[0], loaded.whitening)
+    module = nn.Sequential(preprocessing, loaded.model, nn.Softmax(dim=1))
     module.eval().to(torch_device)
-    classes = list(card["classes"])
-    return Classifier(module, preprocessing, run_dir, checkpoint, config, classes, shape, torch_device)  # type: ignore[arg-type]
+    return Classifier(
+        module,
+        preprocessing,
+        loaded.run.path,
+        loaded.checkpoint,
+        config,
+        loaded.classes,
+        loaded.image_shape,
+        torch_device,
+    )
 
 
-def _card(run_dir: Path, config: TrainConfig) -> dict[str, Any]:
-    """The run's class names and image shape: from its config.json, or (runs written before
-    config.json held them) from its data set's decode cache."""
-    try:
-        saved = json.loads((run_dir / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        saved = {}
-    if "classes" in saved and "image_shape" in saved:
-        return {"classes": saved["classes"], "image_shape": saved["image_shape"]}
-    try:
-        dataset = load_dataset(config.data, config.cache_dir, download=False)
-    except UserError as e:
-        raise UserError(
-            f"{run_dir}: its config.json names no classes and its data cannot be read ({e}); "
-            "retrain the run with this version of ignite_mlp"
-        ) from None
-    return data_record(dataset)
+def _card(run: RunDir, record: RunRecord, dataset: Dataset | None) -> tuple[list[str], tuple[int, int, int]]:
+    """The run's class names and image shape: from its configuration, or (runs written before
+    it held them) from ``dataset`` or its data set's decode cache."""
+    if record.classes is not None and record.image_shape is not None:
+        return list(record.classes), record.image_shape
+    if dataset is None:
+        try:
+            dataset = load_dataset(record.config.data, record.config.cache_dir, download=False)
+        except UserError as e:
+            raise UserError(
+                f"{run.path}: its configuration names no classes and its data cannot be read ({e}); "
+                "retrain the run with this version of ignite_mlp"
+            ) from None
+    return list(dataset.classes), tuple(dataset.image_shape)  # type: ignore[return-value]
 
 
 def validation_images(classifier: Classifier, count: int = 256, data: str | None = None) -> tuple[torch.Tensor, str]:

@@ -8,12 +8,10 @@ ignite-mlp samples --data ../shared/data/cifar10-jpg.tar.gz --out grid.png
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -22,21 +20,16 @@ from ignite.engine import Engine, Events
 from ignite.metrics import ConfusionMatrix
 from torch import nn
 
-from ignite_mlp.config.train_config import TrainConfig, resolve_device
+from ignite_mlp.config.train_config import resolve_device
 from ignite_mlp.data import Dataset, TensorLoader, denormalize, load_dataset
-from ignite_mlp.data.whitening import load_whitening, whiten_images
+from ignite_mlp.data.whitening import whiten_images
 from ignite_mlp.engine.precision import run_precision
 from ignite_mlp.engine.trainer import create_evaluator
 from ignite_mlp.errors import UserError
-from ignite_mlp.model import MLP
+from ignite_mlp.inference.classifier import load_run
 from ignite_mlp.plots import image_grid
-from ignite_mlp.run.checkpoints import (
-    best_checkpoint,
-    check_model_shapes,
-    check_same_data,
-    safe_load,
-    validated_weights,
-)
+from ignite_mlp.run.checkpoints import check_same_data
+from ignite_mlp.run.rundir import find_checkpoint
 
 
 @dataclass
@@ -63,69 +56,39 @@ class Evaluation:
         return "\n".join(lines)
 
 
-def find_checkpoint(target: str | Path) -> tuple[Path, Path]:
-    """(run directory, checkpoint) for a run directory (its best checkpoint) or a checkpoint file."""
-    path = Path(target)
-    if path.is_file():
-        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-        return run_dir, path
-    if not (path / "config.json").is_file():
-        raise UserError(f"{target}: neither a run directory (no config.json) nor a checkpoint file")
-    best = best_checkpoint(path)
-    if best is None:
-        raise UserError(f"{target}: no best checkpoint in {path / 'checkpoints'}; has an epoch finished?")
-    return path, best
-
-
-def run_info(run_dir: Path) -> dict[str, Any]:
-    """A run's ``config.json``: its configuration, and what it recorded of its data and device."""
-    try:
-        saved = json.loads((run_dir / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{run_dir}: cannot read config.json ({e}); evaluate needs the run's configuration") from None
-    if not isinstance(saved, dict):
-        raise UserError(f"{run_dir}: config.json holds no configuration; evaluate needs the run's configuration")
-    return saved
-
-
-def run_config(run_dir: Path, saved: dict[str, Any] | None = None) -> TrainConfig:
-    """The configuration a run was trained with (its config.json, or ``saved`` read from it)."""
-    saved = run_info(run_dir) if saved is None else saved
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in saved.items() if k in known and k != "resume"})
-
-
 def evaluate(
     target: str | Path, data: str | None = None, device: str = "auto", dataset: Dataset | None = None
 ) -> Evaluation:
     """Evaluate the checkpoint of ``target`` on the validation split of the run's data (or ``data``)."""
-    run_dir, checkpoint = find_checkpoint(target)
-    saved = run_info(run_dir)
-    config = run_config(run_dir, saved)
-    state = safe_load(checkpoint)
-    weights = validated_weights(state)
+    run, _ = find_checkpoint(target)
+    config = run.read_config().config
     if dataset is None:
         dataset = load_dataset(data or config.data, config.cache_dir, download=False)
-    check_same_data(saved, dataset, run_dir, f"--data {data}" if data else f"the run's data {config.data}")
-    model = MLP.from_config(config, dataset.in_features, dataset.num_classes)
-    fix = f"evaluate a checkpoint with its own run directory ({run_dir}/config.json) and data of its image shape"
-    check_model_shapes(model, weights, checkpoint, fix)
-    model.load_state_dict(weights)
+    loaded = load_run(target, dataset)
+    check_same_data(
+        loaded.record.values, dataset, run.path, f"--data {data}" if data else f"the run's data {config.data}"
+    )
+    if tuple(dataset.image_shape) != loaded.image_shape or dataset.num_classes != len(loaded.classes):
+        raise UserError(
+            f"{data or config.data}: its images or classes are not those {loaded.checkpoint} was trained on; "
+            "evaluate a checkpoint with data of its own image shape and classes"
+        )
     torch_device = resolve_device(device)
-    model.to(torch_device)
-    # As in training: the run's own whitening (whitening.pt), and TTA if it validated with it.
+    model = loaded.model.to(torch_device)
+    # As in training: the run's own whitening, and TTA if it validated with it.
     images = dataset.test_images
-    if config.whiten != "none":
-        images = whiten_images(images, load_whitening(run_dir))
+    if loaded.whitening is not None:
+        images = whiten_images(images, loaded.whitening)
     loader = TensorLoader(
         images, dataset.test_labels, config.eval_batch_size, config.mean, config.std, device=torch_device
     )
-    evaluator = create_evaluator(model, nn.CrossEntropyLoss(), torch_device, run_precision(saved), config.tta)
+    evaluator = create_evaluator(model, nn.CrossEntropyLoss(), torch_device, run_precision(loaded.record), config.tta)
     ConfusionMatrix(dataset.num_classes, device=torch_device).attach(evaluator, "confusion")
     predictions = _collect_predictions(evaluator)
     metrics = evaluator.run(loader).metrics
     confusion = metrics["confusion"].cpu().long()
     per_class = 100.0 * confusion.diag().double() / confusion.sum(1).clamp_min(1).double()
+    checkpoint = loaded.checkpoint
     epoch = re.search(r"_model_(\d+)_", checkpoint.name)
     return Evaluation(
         checkpoint=checkpoint,

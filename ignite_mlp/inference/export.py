@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +23,11 @@ import numpy as np
 import torch
 
 from ignite_mlp.errors import UserError
+from ignite_mlp.files import replacing
 from ignite_mlp.inference.classifier import Classifier, load_classifier, validation_images
+from ignite_mlp.run.rundir import RunDir, writing
 
 FORMATS = ("onnx", "torchscript")
-SUFFIXES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
 EXTRA = "export"  # setup.cfg's extra with what ONNX export needs
 EXTRA_MODULES = ("onnx", "onnxscript", "onnxruntime")
 TOLERANCE = 1e-4  # largest allowed difference of any probability
@@ -85,27 +85,25 @@ def export(target: str | Path, fmt: str, out: str | Path | None = None, data: st
     if fmt == "onnx":
         require_export_extra()
     classifier = load_classifier(target, "cpu")
-    path = Path(out) if out else classifier.run_dir / SUFFIXES[fmt]
+    default = RunDir(classifier.run_dir).export_file(fmt)
+    path = Path(out) if out else default
     if path.is_dir():
-        raise UserError(f"--out {path}: is a folder; give a file name such as {path / SUFFIXES[fmt]}")
+        raise UserError(f"--out {path}: is a folder; give a file name such as {path / default.name}")
     if not path.parent.is_dir():
         raise UserError(f"--out {path}: folder {path.parent} does not exist; create it or choose another --out")
     images, source = validation_images(classifier, CHECK_IMAGES, data)
     # Written beside the target and renamed over it only once it passed: never a bad or half file.
-    pending = path.with_name(f".{path.name}.pending")
     try:
-        if fmt == "onnx":
-            _write_onnx(classifier, pending)
-            probabilities, runner = _run_onnx(pending, images), "onnxruntime"
-        else:
-            _write_torchscript(classifier, pending)
-            probabilities, runner = _run_torchscript(pending, images), "torch.jit.load"
-        check = compare(classifier.probabilities(images), probabilities, f"{fmt} ({runner})", source)
-        os.replace(pending, path)
+        with writing(path, allowed=(default.name,)), replacing(path) as pending:
+            if fmt == "onnx":
+                _write_onnx(classifier, pending)
+                probabilities, runner = _run_onnx(pending, images), "onnxruntime"
+            else:
+                _write_torchscript(classifier, pending)
+                probabilities, runner = _run_torchscript(pending, images), "torch.jit.load"
+            check = compare(classifier.probabilities(images), probabilities, f"{fmt} ({runner})", source)
     except OSError as e:
         raise UserError(f"--out {path}: cannot write there ({e.strerror}); choose a writable --out") from None
-    finally:
-        pending.unlink(missing_ok=True)
     return ExportResult(path, check)
 
 

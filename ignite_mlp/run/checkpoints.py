@@ -1,14 +1,10 @@
-"""Finding, safely loading and restoring checkpoints, so a run that dies loses almost nothing.
+"""Restoring checkpoints, so a run that dies loses almost nothing.
 
-Every checkpoint is read with ``torch.load(..., weights_only=True)``: a file that would need
-arbitrary unpickling (and could run code while loading) is refused, never executed.
+Finding and reading them (safely: ``weights_only=True``) is :mod:`ignite_mlp.run.rundir`'s job.
 """
 
 from __future__ import annotations
 
-import pickle
-import re
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +14,6 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 from ignite.metrics import Metric
-from torch import nn
 
 from ignite_mlp.errors import UserError
 from ignite_mlp.handlers.ignite_compat import saved_filenames
@@ -26,120 +21,11 @@ from ignite_mlp.handlers.ignite_compat import saved_filenames
 if TYPE_CHECKING:
     from ignite_mlp.data import Dataset
 
-# Written at each epoch's end (last_*) and when Ctrl-C stops a run mid-epoch (interrupted_*).
-_RESUMABLE = re.compile(r"^(last_checkpoint|interrupted_checkpoint)_(\d+)\.pt$")
-# Written by the best-model checkpoint (see ignite_mlp.handlers.builtin.attach_checkpoints).
-_BEST = re.compile(r"^best_model_(\d+)_val_acc=(-?\d+(?:\.\d+)?)\.pt$")
-
-
-def safe_load(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``, turning every failure into a clear UserError."""
-    path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such checkpoint file") from None
-    except pickle.UnpicklingError as e:
-        found = re.search(r"GLOBAL ([\w.]+)", str(e))
-        if found is None:  # not a forbidden object: the bytes are simply not a valid checkpoint
-            raise UserError(f"{path}: corrupt or truncated checkpoint; delete it or resume from another run") from None
-        raise UserError(
-            f"{path}: refused to load: it needs arbitrary unpickling ({found.group(1)}), which can run code; "
-            "only load checkpoints written by ignite_mlp or another source you trust"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise UserError(
-            f"{path}: corrupt or truncated checkpoint ({e}); delete it or resume from another run"
-        ) from None
-    if not isinstance(state, dict):
-        raise UserError(f"{path}: not an ignite_mlp checkpoint (holds a {type(state).__name__})")
-    return state
-
-
-def validated_weights(state: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The weights a checkpoint's run validated: a best checkpoint holds just them (the moving
-    average, with --ema-momentum); a last one a dict with "model" and, with --ema-momentum,
-    "ema_model", the weights that were validated."""
-    if "ema_model" in state:
-        return state["ema_model"]
-    return state.get("model", state)
-
-
-def find_run(spec: str, runs_root: str | Path = "runs") -> Path:
-    """``auto`` means the newest run under ``runs_root``; anything else is a run directory."""
-    if spec == "auto":
-        root = Path(runs_root)
-        runs = [p for p in root.glob("*/config.json") if latest_checkpoint(p.parent, required=False)]
-        if not runs:
-            raise UserError(f"--resume auto: no resumable run under {root}/; give the run directory instead")
-        return max(runs, key=lambda p: p.stat().st_mtime).parent
-    run_dir = Path(spec)
-    if not (run_dir / "config.json").is_file():
-        raise UserError(f"--resume {spec}: no run there (config.json missing); give a run directory or auto")
-    return run_dir
-
-
-def latest_checkpoint(run_dir: str | Path, required: bool = True) -> Path | None:
-    """The resumable checkpoint with the highest iteration in ``run_dir/checkpoints``."""
-    found = []
-    for path in (Path(run_dir) / "checkpoints").glob("*.pt"):
-        match = _RESUMABLE.match(path.name)
-        if match:
-            found.append((int(match.group(2)), match.group(1) == "interrupted_checkpoint", path))
-    if not found:
-        if required:
-            raise UserError(f"--resume {run_dir}: no checkpoint in {run_dir}/checkpoints; start a new run instead")
-        return None
-    return max(found)[2]
-
-
-def best_checkpoint(run_dir: str | Path) -> Path | None:
-    """The best-model file in ``run_dir/checkpoints``: the highest recorded score, and of equal
-    scores the earliest epoch (what Ignite's ``Checkpoint`` keeps), never the names' sort order
-    (``best_model_9_...`` sorts after ``best_model_10_...``). Normally there is one file; two
-    are left when a run was killed between writing a new best and deleting the old one.
-
-    >>> import tempfile, pathlib
-    >>> run = pathlib.Path(tempfile.mkdtemp()); (run / "checkpoints").mkdir()
-    >>> for name in ("best_model_9_val_acc=50.0000.pt", "best_model_10_val_acc=61.2500.pt"):
-    ...     _ = (run / "checkpoints" / name).write_bytes(b"")
-    >>> best_checkpoint(run).name
-    'best_model_10_val_acc=61.2500.pt'
-    """
-    found = []
-    for path in (Path(run_dir) / "checkpoints").glob("best_*.pt"):
-        match = _BEST.match(path.name)
-        if match:
-            found.append((float(match.group(2)), -int(match.group(1)), path))
-    return max(found)[2] if found else None
-
-
-def check_model_shapes(
-    model: nn.Module,
-    saved: Mapping[str, torch.Tensor],
-    source: Path,
-    fix: str = "resume with the run's own --hidden-sizes (drop the flag) or start a new run",
-) -> None:
-    """Name every parameter whose shape differs between ``model`` and a saved state dict, and ``fix``."""
-    own = model.state_dict()
-    problems = [
-        f"{k}: checkpoint {tuple(saved[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in own.items()
-        if k in saved and tuple(saved[k].shape) != tuple(v.shape)
-    ]
-    problems += [f"{k}: missing from checkpoint" for k in own if k not in saved]
-    problems += [f"{k}: not in model" for k in saved if k not in own]
-    if problems:
-        raise UserError(
-            f"{source}: the checkpoint's architecture differs from this run's ({'; '.join(problems)}); {fix}"
-        )
-
-
 # ------------------------------------------------------------- which data a run's checkpoints fit
 
 
 def data_record(dataset: Dataset) -> dict[str, Any]:
-    """What a run records of its data in ``config.json``: the class names in label order and
+    """What a run records of its data in its configuration file: the class names in label order and
     the image shape ``[C, H, W]``. A checkpoint's outputs mean these classes, its inputs these
     pixels; other data of the same counts would be scored against the wrong labels."""
     return {"classes": list(dataset.classes), "image_shape": list(dataset.image_shape)}
@@ -162,7 +48,7 @@ def check_same_data(record: Mapping[str, Any], dataset: Dataset, run_dir: Path, 
     if saved is not None and list(saved) != list(dataset.classes):
         raise UserError(
             f"{data}: {_class_difference(list(saved), list(dataset.classes))}; labels would be mixed up: "
-            f"use data with the class folders of {run_dir} (see its config.json)"
+            f"use data with the class folders of {run_dir} (see its configuration)"
         )
     shape = record.get("image_shape")
     if shape is not None and list(shape) != list(dataset.image_shape):
@@ -257,10 +143,18 @@ class EpochMetricsState:
         self.trainer.add_event_handler(Events.EPOCH_STARTED(once=self.trainer.state.epoch + 1), restore)
 
 
-def restore(objects: Mapping[str, Any], state: Mapping[str, Any]) -> None:
+def restore(objects: Mapping[str, Any], state: Mapping[str, Any], source: Path | None = None) -> None:
     """Load every object of a checkpoint (Ignite's ``Checkpoint.load_objects``); what the
-    checkpoint must hold is checked before, by :meth:`ignite_mlp.run.resume.Resume.check`."""
-    Checkpoint.load_objects(to_load=dict(objects), checkpoint=dict(state))
+    checkpoint must hold is checked before, by :meth:`ignite_mlp.run.resume.Resume.check`. A
+    state the objects cannot take (a damaged or tampered ``source``) is a UserError."""
+    try:
+        Checkpoint.load_objects(to_load=dict(objects), checkpoint=dict(state))
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
+        reason = (str(e).splitlines() or [""])[0]
+        raise UserError(
+            f"{source}: the run's state cannot be restored from it ({type(e).__name__}: {reason}); "
+            "it is damaged: resume from another checkpoint or start a new run"
+        ) from None
 
 
 def remove_orphans(best: Checkpoint, dirname: Path, prefix: str = "best_") -> None:

@@ -29,6 +29,7 @@ from ignite_mlp.config.train_config import TrainConfig
 from ignite_mlp.data import Dataset
 from ignite_mlp.errors import UserError
 from ignite_mlp.files import write_atomic
+from ignite_mlp.run.rundir import LR_FINDER, RunDir
 
 START_LR = 1e-7
 END_LR = 10.0
@@ -159,7 +160,7 @@ def resolve_auto_lr(
     run: bool = True,
 ) -> tuple[TrainConfig, LRCurve | None]:
     """``--lr auto``: run the finder and return the config with its suggestion as ``lr`` (which
-    config.json then records), and the curve. Any other ``lr`` is returned unchanged, with no
+    the run's configuration then records), and the curve. Any other ``lr`` is returned unchanged, with no
     curve. ``run=False`` (listing handlers) puts the default rate in place of the finder's.
 
     Call it after the data's normalisation statistics are in ``config``.
@@ -179,7 +180,7 @@ def record_lr_curve(curve: LRCurve, run_dir: Path, writer: Any | None = None) ->
     """Keep a ``--lr auto`` run's finder curve: ``lr_finder.png`` in the run directory and, given
     a TensorBoard writer (tensorboardX's ``SummaryWriter``), the scalars ``lr_finder/loss`` and
     ``lr_finder/lr`` at steps 1, 2, ... (the finder's iterations)."""
-    plot_lr_curve(curve, run_dir / "lr_finder.png")
+    plot_lr_curve(curve, RunDir(run_dir).lr_finder)
     if writer is None:
         return
     for step, (lr, loss) in enumerate(zip(curve.lrs, curve.losses, strict=True), start=1):
@@ -264,7 +265,7 @@ def lr_find(
     if config.resume:
         raise UserError("lr-find starts from a new model; --resume does not apply: give the run's flags instead")
     if out is None:
-        out = Path(config.run_dir) / "lr_finder.png" if config.run_dir else Path("lr_finder.png")
+        out = RunDir(config.run_dir).lr_finder if config.run_dir else Path(LR_FINDER)
     out = Path(out)
     device = resolve_device(config.device)
     dataset = load_dataset(config.data, config.cache_dir, config.download, progress=config.progress)

@@ -24,6 +24,7 @@ from ignite_mlp.errors import UserError
 from ignite_mlp.handlers.extensions import load_handler
 from ignite_mlp.progress import progress_mode
 from ignite_mlp.run.resume import Resume
+from ignite_mlp.run.rundir import RunDir, RunLock
 from ignite_mlp.run.spec import run_epochs
 
 
@@ -78,6 +79,9 @@ def resolve_plan(
     resume = Resume(Path(config.resume)) if config.resume else None
     if resume is not None:
         resume.check(config, run_epochs(config), ranks.world_size())
+        note = resume.handler_note(config)
+        if note and main:
+            write(note)
         run_dir = resume.run_dir
     else:
         run_dir = Path(config.run_dir) if config.run_dir else default_run_dir()
@@ -106,26 +110,28 @@ def default_run_dir() -> Path:
 
 
 def refuse_existing_run(path: Path, overwrite: bool) -> None:
-    """A run directory that already holds a run is only reused when asked to."""
-    if (path / "config.json").exists() and not overwrite:
-        raise UserError(
-            f"--run-dir {path} already holds a run; choose another --run-dir, pass --overwrite, "
-            f"or continue it with --resume {path}"
-        )
+    """Refuse a run directory a new run must not use (see :meth:`RunDir.refuse_unusable`): checked
+    before the data is loaded, and again, under the run's lock, by :func:`prepare_run_dir`."""
+    RunDir(path).refuse_unusable(overwrite)
 
 
-def prepare_run_dir(path: Path, overwrite: bool) -> Path:
-    """Create the run directory (refusing one that holds a run unless told to overwrite)."""
-    refuse_existing_run(path, overwrite)
+def prepare_run_dir(path: Path, overwrite: bool, lock: RunLock | None = None) -> Path:
+    """Create the run directory, take its ``lock`` (when given) and, with ``overwrite``, delete
+    the old run's files; a folder a run must not use is refused (see :func:`refuse_existing_run`)."""
+    run = RunDir(path)
+    run.refuse_unusable(overwrite)
     try:
-        (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--run-dir {path}: cannot write there ({e.strerror}); choose a writable folder") from None
+    if lock is not None:
+        lock.acquire(path)
+    run.prepare(overwrite)  # checked again under the lock: another process may have written meanwhile
+    try:
+        run.checkpoints.mkdir(exist_ok=True)
         probe = path / ".write-test"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
         raise UserError(f"--run-dir {path}: cannot write there ({e.strerror}); choose a writable folder") from None
-    if overwrite:  # the old run's files would otherwise mix with the new run's
-        for pattern in ("checkpoints/*.pt", "events.out.tfevents.*", "history.json", "curves.png"):
-            for old in path.glob(pattern):
-                old.unlink()
     return path

@@ -15,6 +15,7 @@ from ignite_mlp.distributed import ranks
 from ignite_mlp.engine.precision import Precision, resolve_precision
 from ignite_mlp.handlers.guardrails import setup_warnings
 from ignite_mlp.run.plan import RunPlan
+from ignite_mlp.run.rundir import RunDir
 
 
 @dataclass
@@ -54,14 +55,15 @@ def prepare_data(plan: RunPlan, dataset: Dataset | None = None) -> RunData:
             f"batch of {config.batch_size} and validates on a 1/{size} share of the test images"
         )
     if config.normalize == "dataset" and plan.resume is None:
-        # Measured once; config.json keeps the values (through the RunSpec), so a resume or
+        # Measured once; the run's recorded configuration keeps the values (through the RunSpec), so a resume or
         # evaluate reuses them. The loaders below normalise with them.
         mean, std = channel_stats(dataset.train_images)
         config = dataclasses.replace(config, mean=mean, std=std)
         write(f"normalisation from the training set: mean {mean}, std {std}")
-    # --whiten: measured once (a resumed run reads its whitening.pt); the loaders serve whitened copies.
-    resumed_dir = plan.run_dir if plan.resume is not None else None
-    whitening = prepare_whitening(config.whiten, config.whiten_regularizer, dataset.train_images, resumed_dir, write)
+    # --whiten: measured once (a resumed run reads the one it saved); the loaders serve whitened copies.
+    resumed = config.whiten != "none" and plan.resume is not None
+    saved = RunDir(plan.run_dir).read_whitening(dataset.in_features) if resumed else None
+    whitening = prepare_whitening(config.whiten, config.whiten_regularizer, dataset.train_images, saved, write)
     served = whiten_dataset(dataset, whitening)
     train_loader, val_loader = build_loaders(served, config, plan.device, ranks.rank(), ranks.world_size())
     # The overfit check trains on fixed batches on purpose: no shuffle warning then.

@@ -7,7 +7,6 @@ restores everything else into the engines and handlers before anything is writte
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -20,9 +19,9 @@ from torch import nn
 
 from ignite_mlp.config.train_config import TrainConfig
 from ignite_mlp.errors import UserError
-from ignite_mlp.files import write_json_atomic
 from ignite_mlp.handlers.training import restore_ema
-from ignite_mlp.run.checkpoints import check_model_shapes, latest_checkpoint, remove_orphans, restore, safe_load
+from ignite_mlp.run.checkpoints import remove_orphans, restore
+from ignite_mlp.run.rundir import RunDir, check_model_shapes, safe_load
 
 # Restored only when they still apply (see restore_controls); everything else must be there.
 CONTROLS = ("lr_scheduler", "early_stopping", "ema_model")
@@ -55,7 +54,6 @@ OPTIMIZER = {"lr": "lr", "momentum": "momentum", "weight_decay": "weight_decay",
 SCHEDULE = ("lr", "lr_schedule", "lr_step_epochs", "lr_gamma", "epochs")
 # How a run is run, not what it learns: not reported as changes.
 NOT_CHANGES = ("run_dir", "resume", "overwrite", "progress", "cache_dir", "download", "handlers", "device")
-RECORD = "resumes.json"
 
 
 class Resume:
@@ -63,14 +61,20 @@ class Resume:
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
-        self.checkpoint: Path = latest_checkpoint(run_dir)  # type: ignore[assignment]
+        self.run = RunDir(run_dir)
+        self.checkpoint: Path = self.run.latest_checkpoint()  # type: ignore[assignment]
         self.saved: dict[str, Any] = safe_load(self.checkpoint)
         trainer = self.saved.get("trainer", {})
-        self.iteration = int(trainer.get("iteration", 0))
-        self.epoch_length = int(trainer.get("epoch_length") or 1)
-        # What config.json says the run was trained with (absent when a Python caller made the
-        # config by hand): the base that the changes of this resume are measured against.
-        self.trained_with = _read_config(run_dir / "config.json")
+        try:
+            self.iteration = int(trainer.get("iteration", 0))
+            self.epoch_length = int(trainer.get("epoch_length") or 1)
+        except (AttributeError, TypeError, ValueError):
+            raise UserError(
+                f"{self.checkpoint}: its trainer state is damaged; resume from another checkpoint"
+            ) from None
+        # What the run's configuration says it was trained with (absent when a Python caller
+        # made the config by hand): the base that the changes of this resume are measured against.
+        self.trained_with = self.run.read_config().values if self.run.is_run() else {}
         self.changes: dict[str, tuple[Any, Any]] = {}
 
     def check(self, config: TrainConfig, max_epochs: int, processes: int) -> None:
@@ -82,6 +86,9 @@ class Resume:
             raise UserError(
                 f"{self.checkpoint}: checkpoint lacks {missing}; it was not written by this version of ignite_mlp"
             )
+        damaged = [k for k in REQUIRED if not isinstance(self.saved[k], Mapping)]
+        if damaged:
+            raise UserError(f"{self.checkpoint}: {damaged[0]} is damaged (not a state); resume from another checkpoint")
         if config.lr == "auto":
             raise UserError(
                 f"--resume {self.run_dir}: --lr auto finds a rate for a new run; a resumed run keeps its own "
@@ -113,6 +120,19 @@ class Resume:
                 f"{processes}: resume it with --nproc-per-node {saved_processes} (or as many torchrun processes)"
             )
 
+    def handler_note(self, config: TrainConfig) -> str | None:
+        """One line when the run had handlers that this resume does not attach: a run directory
+        is not trusted to name code to run, so they are attached only when named again."""
+        had = self.trained_with.get("handlers") or []
+        left = [spec for spec in had if isinstance(spec, str) and spec not in config.handlers]
+        if not left:
+            return None
+        again = " ".join(f"--handler {spec}" for spec in left)
+        return (
+            f"the run had handlers {', '.join(left)}, not attached on resume (a run's files never choose code to "
+            f"run); to re-attach them, name them again: {again}"
+        )
+
     def describe_changes(self) -> str | None:
         """One line: what this resume changes, or None when nothing."""
         if not self.changes:
@@ -121,8 +141,7 @@ class Resume:
 
     def record(self) -> None:
         """Add this resume (when, from which checkpoint, what changed) to the run's ``resumes.json``."""
-        path = self.run_dir / RECORD
-        history = _read_json_list(path)
+        history = self.run.read_resumes()
         history.append(
             {
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -131,7 +150,7 @@ class Resume:
                 "changed": {k: [old, new] for k, (old, new) in self.changes.items()},
             }
         )
-        write_json_atomic(path, history)
+        self.run.write_resumes(history)
 
     @property
     def purge_step(self) -> int:
@@ -157,7 +176,7 @@ class Resume:
         optimizer settings and schedule take effect, and say what changed."""
         controls = {k: to_save.get(k) for k in CONTROLS}
         core = {k: v for k, v in to_save.items() if k not in CONTROLS}
-        restore({**core, "best_checkpoint": best}, self.saved)
+        restore({**core, "best_checkpoint": best}, self.saved, self.checkpoint)
         restore_ema(ema, self.saved)  # after the model: a checkpoint without an average starts it from the model
         if main:
             remove_orphans(best, self.checkpoint.parent)
@@ -219,22 +238,6 @@ def set_optimizer_settings(optimizer: torch.optim.Optimizer, settings: Mapping[s
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
-
-
-def _read_config(path: Path) -> dict[str, Any]:
-    try:
-        values = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return values if isinstance(values, dict) else {}
-
-
-def _read_json_list(path: Path) -> list[Any]:
-    try:
-        values = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return []
-    return values if isinstance(values, list) else []
 
 
 def _processes(train_metrics: Mapping[str, Any]) -> int | None:

@@ -48,9 +48,9 @@ class RunSpec:
     # --normalize dataset), precision "fp32" or "bf16".
     config: TrainConfig
     precision: str
-    # Why that precision: printed, and kept in config.json.
+    # Why that precision: printed, and kept in the run's recorded configuration.
     precision_reason: str
-    # What --precision asked for: config.json keeps it, so that a resume elsewhere decides afresh
+    # What --precision asked for: the recorded configuration keeps it, so that a resume elsewhere decides afresh
     # (as it does for --device).
     precision_setting: str
     device: torch.device
@@ -75,7 +75,7 @@ class RunSpec:
         return self.max_epochs * self.epoch_length
 
     def record(self) -> dict[str, Any]:
-        """What ``config.json`` keeps of the spec: the config as resolved, and the device and
+        """What the run's configuration file keeps of the spec: the config as resolved, and the device and
         precision the run used (the requests stay under their own keys).
 
         >>> spec = RunSpec(TrainConfig(lr=0.1), "fp32", "why", "auto", torch.device("cpu"), "off", 3, 5, None)

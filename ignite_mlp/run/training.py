@@ -10,7 +10,7 @@
 5. the built-in handlers, one per line in :func:`train`;
 6. :meth:`Resume.apply <ignite_mlp.run.resume.Resume.apply>`: restore the saved state before anything
    is written; then the user's handlers;
-7. :func:`fit`: write config.json and ``trainer.run``, with Ctrl-C routed to a clean stop;
+7. :func:`fit`: record the run's configuration and ``trainer.run``, with Ctrl-C routed to a clean stop;
 8. :func:`collect_result`: what the run produced, and what the user should read.
 
 Ignite runs the handlers of one event in the order they were attached, so the order of step 5
@@ -46,7 +46,7 @@ from torch import nn
 from ignite_mlp.config.constraints import loss_is_nan
 from ignite_mlp.config.train_config import TrainConfig
 from ignite_mlp.data import Dataset
-from ignite_mlp.data.whitening import save_whitening
+from ignite_mlp.distributed import ranks
 from ignite_mlp.errors import CudaError, TrainingInterrupted
 from ignite_mlp.files import write_json_atomic
 from ignite_mlp.handlers.builtin import (
@@ -69,6 +69,7 @@ from ignite_mlp.run.engines import Engines, StopRequest, build_engines, build_op
 from ignite_mlp.run.lr_finder import record_lr_curve, resolve_auto_lr
 from ignite_mlp.run.plan import RunPlan, prepare_run_dir, resolve_plan
 from ignite_mlp.run.prepare import RunData, build_loaders, prepare_data
+from ignite_mlp.run.rundir import RunDir, RunLock
 from ignite_mlp.run.spec import RunSpec, resolve_spec
 
 # build_loaders and build_optimizer live with their phases; they stay importable from here.
@@ -140,64 +141,67 @@ def train(
     handlers are attached, so theirs run after ours on the same event; ``config.handlers``
     names more of them by spec. ``dataset`` skips loading (for tests and notebooks that hold
     one). With ``config.resume`` the run continues from its newest checkpoint (see
-    :meth:`TrainConfig.from_run`). ``list_handlers`` prints which handler runs on which event
-    and returns before training.
+    :meth:`ignite_mlp.run.rundir.RunDir.resume_config`). ``list_handlers`` prints which handler
+    runs on which event and returns before training.
 
     Inside a multi-process run (see :func:`ignite_mlp.distributed.launcher.launch`) this is one rank:
     every rank trains its share and runs every collective; only rank 0 writes and prints.
     """
-    plan = resolve_plan(config, extra_handlers, write, list_handlers)
-    manual_seed(plan.config.seed)
-    # The dataflow: the data (read once per machine), its statistics, this rank's loaders.
-    data = prepare_data(plan, dataset)
-    # --lr auto: Ignite's learning-rate finder picks the rate (lr_finder.py) on the normalised data.
-    normalized = dataclasses.replace(plan.config, mean=data.mean, std=data.std)
-    tuned, lr_curve = resolve_auto_lr(normalized, data.dataset, plan.device, plan.write, run=not list_handlers)
-    # Every "auto" resolved, once: from here on the run reads the spec.
-    spec = resolve_spec(plan, data, lr=tuned.lr)
-    # The model and its optimizer, the trainer and the evaluator.
-    engines = build_engines(spec, data, plan.resume)
-    trainer, evaluator = engines.trainer, engines.evaluator
-    if spec.main and plan.resume is None and not list_handlers:
-        # Created only now, so bad data or options leave no half-made run directory behind.
-        prepare_run_dir(plan.run_dir, spec.config.overwrite)
-        if data.whitening is not None:
-            save_whitening(data.whitening, plan.run_dir)
-    # The built-in handlers, in the order that is the run's behaviour (see the module docstring).
-    files = run_files(plan.run_dir)
-    history = History(files["history"] if spec.main else None)
-    attach_terminate_on_nan(trainer)
-    attach_initial_loss_check(trainer, data.dataset.num_classes, plan.write)
-    scheduler = attach_schedule(spec, engines)
-    attach_validation(trainer, evaluator, data.val_loader, epoch_length=spec.val_batches)
-    history.attach(trainer, evaluator)
-    # With the classes and image shape, so predict and export need nothing but the run directory.
-    run_info = {**spec.record(), **data_record(data.dataset)}
-    tb = _attach_tensorboard(spec, plan, data, engines, history, run_info, lr_per_iteration=scheduler is not None)
-    stopper = attach_early_stopping(trainer, evaluator, spec.config.patience, spec.config.early_stop_metric)
-    to_save = _resume_state(engines, history, scheduler, stopper)
-    best, last = attach_checkpoints(trainer, evaluator, engines.eval_model, to_save, files["checkpoints"])
-    attach_new_best_event(trainer, evaluator, best)
-    bar = attach_progress_bar(trainer) if spec.progress == "bar" else None
-    log = bar.log_message if bar else plan.write  # (lines printed under a bar keep it intact)
-    attach_epoch_summary(trainer, history, log)
-    attach_overfitting_watch(trainer, history, log)
-    if spec.main:
-        attach_curves(trainer, history, files["curves"])
-    interrupted = attach_interrupt_checkpoint(trainer, last, engines.should_stop, files["checkpoints"])
-    hooks = Hooks(files, history, run_info, to_save, best, last, interrupted, scheduler, stopper, tb)
-    if lr_curve is not None and spec.main:  # lr_finder.png and TensorBoard's lr_finder/loss
-        record_lr_curve(lr_curve, plan.run_dir, tb.writer if tb is not None else None)
-    if plan.resume is not None:
-        plan.resume.apply(to_save, best, trainer, spec.max_epochs, spec.main, plan.write, engines.ema)
-    # The user's handlers, after ours on every event.
-    context = RunContext(spec, plan.run_dir, engines.model, engines.optimizer, data.dataset, tb, engines.eval_model)
-    for handler in plan.handlers:
-        handler(trainer, evaluator, context)
-    if list_handlers:
-        return _list_handlers(plan, engines, hooks)
-    fit(spec, plan, data, engines, hooks)
-    return collect_result(spec, plan.run_dir, engines, hooks)
+    with RunLock() as lock:  # one writer per run (RunDir.lock): a second is refused, naming the first
+        if config.resume and Path(config.resume).is_dir() and ranks.is_main() and not list_handlers:
+            lock.acquire(Path(config.resume))  # before its checkpoint is read
+        plan = resolve_plan(config, extra_handlers, write, list_handlers)
+        manual_seed(plan.config.seed)
+        # The dataflow: the data (read once per machine), its statistics, this rank's loaders.
+        data = prepare_data(plan, dataset)
+        # --lr auto: Ignite's learning-rate finder picks the rate (lr_finder.py) on the normalised data.
+        normalized = dataclasses.replace(plan.config, mean=data.mean, std=data.std)
+        tuned, lr_curve = resolve_auto_lr(normalized, data.dataset, plan.device, plan.write, run=not list_handlers)
+        # Every "auto" resolved, once: from here on the run reads the spec.
+        spec = resolve_spec(plan, data, lr=tuned.lr)
+        # The model and its optimizer, the trainer and the evaluator.
+        engines = build_engines(spec, data, plan.resume)
+        trainer, evaluator = engines.trainer, engines.evaluator
+        if spec.main and plan.resume is None and not list_handlers:
+            # Created only now, so bad data or options leave no half-made run directory behind.
+            prepare_run_dir(plan.run_dir, spec.config.overwrite, lock)
+            if data.whitening is not None:
+                RunDir(plan.run_dir).write_whitening(data.whitening)
+        # The built-in handlers, in the order that is the run's behaviour (see the module docstring).
+        files = run_files(plan.run_dir)
+        history = History(files["history"] if spec.main else None)
+        attach_terminate_on_nan(trainer)
+        attach_initial_loss_check(trainer, data.dataset.num_classes, plan.write)
+        scheduler = attach_schedule(spec, engines)
+        attach_validation(trainer, evaluator, data.val_loader, epoch_length=spec.val_batches)
+        history.attach(trainer, evaluator)
+        # With the classes and image shape, so predict and export need nothing but the run directory.
+        run_info = {**spec.record(), **data_record(data.dataset)}
+        tb = _attach_tensorboard(spec, plan, data, engines, history, run_info, lr_per_iteration=scheduler is not None)
+        stopper = attach_early_stopping(trainer, evaluator, spec.config.patience, spec.config.early_stop_metric)
+        to_save = _resume_state(engines, history, scheduler, stopper)
+        best, last = attach_checkpoints(trainer, evaluator, engines.eval_model, to_save, files["checkpoints"])
+        attach_new_best_event(trainer, evaluator, best)
+        bar = attach_progress_bar(trainer) if spec.progress == "bar" else None
+        log = bar.log_message if bar else plan.write  # (lines printed under a bar keep it intact)
+        attach_epoch_summary(trainer, history, log)
+        attach_overfitting_watch(trainer, history, log)
+        if spec.main:
+            attach_curves(trainer, history, files["curves"])
+        interrupted = attach_interrupt_checkpoint(trainer, last, engines.should_stop, files["checkpoints"])
+        hooks = Hooks(files, history, run_info, to_save, best, last, interrupted, scheduler, stopper, tb)
+        if lr_curve is not None and spec.main:  # lr_finder.png and TensorBoard's lr_finder/loss
+            record_lr_curve(lr_curve, plan.run_dir, tb.writer if tb is not None else None)
+        if plan.resume is not None:
+            plan.resume.apply(to_save, best, trainer, spec.max_epochs, spec.main, plan.write, engines.ema)
+        # The user's handlers, after ours on every event.
+        context = RunContext(spec, plan.run_dir, engines.model, engines.optimizer, data.dataset, tb, engines.eval_model)
+        for handler in plan.handlers:
+            handler(trainer, evaluator, context)
+        if list_handlers:
+            return _list_handlers(plan, engines, hooks)
+        fit(spec, plan, data, engines, hooks)
+        return collect_result(spec, plan.run_dir, engines, hooks)
 
 
 def _list_handlers(plan: RunPlan, engines: Engines, hooks: Hooks) -> RunResult:
@@ -217,7 +221,7 @@ class Hooks:
 
     files: dict[str, Path]
     history: History
-    # What config.json records: the config as resolved, and the device (and process count) used.
+    # What the run's configuration file records: the config as resolved, and the device (and process count) used.
     run_info: dict[str, Any]
     # Everything the last checkpoint saves, which a resume restores.
     to_save: dict[str, Any]
@@ -230,13 +234,9 @@ class Hooks:
 
 
 def run_files(run_dir: Path) -> dict[str, Path]:
-    """Where a run writes each of its files."""
-    return {
-        "config": run_dir / "config.json",
-        "history": run_dir / "history.json",
-        "checkpoints": run_dir / "checkpoints",
-        "curves": run_dir / "curves.png",
-    }
+    """Where a run writes each of its files (named by :class:`RunDir`)."""
+    run = RunDir(run_dir)
+    return {"config": run.config, "history": run.history, "checkpoints": run.checkpoints, "curves": run.curves}
 
 
 def attach_schedule(spec: RunSpec, engines: Engines) -> Any:
