@@ -121,7 +121,9 @@ def train(
     data = prepare_data(plan, dataset)
     plan.config = data.config  # with the training set's statistics, when they were measured
     # --lr auto: Ignite's learning-rate finder picks the rate (lr_finder.py); config.json keeps it.
-    plan.config, lr_curve = resolve_auto_lr(plan.config, data.dataset, plan.device, plan.write, run=not list_handlers)
+    plan.config, lr_curve = resolve_auto_lr(
+        plan.config, data, plan.device, plan.write, run=not list_handlers, main=plan.main
+    )
     engines = build_engines(plan, data)
     if plan.main and plan.resume is None and not list_handlers:
         # Created only now, so bad data or options leave no half-made run directory behind.
