@@ -37,6 +37,7 @@ from ignite_mlp.config.constraints import loss_is_nan
 from ignite_mlp.config.train_config import TrainConfig
 from ignite_mlp.data import Dataset
 from ignite_mlp.data.whitening import save_whitening
+from ignite_mlp.engine.precision import attach_step_check
 from ignite_mlp.errors import CudaError, TrainingInterrupted
 from ignite_mlp.files import write_json_atomic
 from ignite_mlp.handlers.extensions import handler_table
@@ -125,6 +126,7 @@ def train(
         plan.config, data, plan.device, plan.write, run=not list_handlers, main=plan.main
     )
     engines = build_engines(plan, data)
+    attach_step_check(engines.trainer, data.precision, plan.device, plan.write)  # a cached --precision auto
     if plan.main and plan.resume is None and not list_handlers:
         # Created only now, so bad data or options leave no half-made run directory behind.
         prepare_run_dir(plan.run_dir, plan.config.overwrite)
