@@ -20,6 +20,17 @@ from ignite_mlp.errors import CudaError, RankError, TrainingInterrupted, UserErr
 PROG = "ignite-mlp"
 
 
+# The train options lr-find uses: what the data, the model, its optimizer and loss, the batches
+# and the machine are; not how long or how the run trains, validates or logs.
+LR_FIND_OPTIONS = (
+    *("recipe", "data", "run_dir", "cache_dir", "download", "seed", "device", "precision", "progress"),
+    *("batch_size", "mean", "std", "normalize", "whiten", "whiten_regularizer"),
+    *("augment", "crop_padding", "mixup", "cutmix"),
+    *("hidden_sizes", "norm", "activation", "dropout", "blocks", "expansion", "label_smoothing"),
+    *("optimizer", "momentum", "weight_decay", "nesterov", "decay_norms"),
+)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (no usage block) and exit status 2."""
 
@@ -53,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-iter", type=int, default=100, help="training steps, rate growing exponentially (default: 100)"
     )
     lr_find.add_argument("--out", help="plot (default: lr_finder.png, or RUN_DIR/lr_finder.png with --run-dir)")
-    add_config_arguments(lr_find)
+    add_config_arguments(lr_find, only=LR_FIND_OPTIONS)
 
     predict = commands.add_parser("predict", help="classify image files, folders or .tar.gz with a trained run")
     predict.add_argument("target", metavar="RUN_DIR_OR_CHECKPOINT", help="a run directory or a checkpoint file")

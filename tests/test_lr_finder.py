@@ -1,25 +1,31 @@
-"""ignite_mlp.run.lr_finder: the suggestion lands where plain SGD trains well, ``lr-find`` writes only
-its plot, and ``train --lr auto`` trains with the suggestion and records it."""
+"""ignite_mlp.run.lr_finder: the suggestion lands where plain SGD trains well, the finder trains on the
+run's own batches, ``lr-find`` writes only its plot, and ``train --lr auto`` trains with the
+suggestion and records it."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import shlex
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import make_gray_tree
+from ignite.engine import Engine, Events
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
 from ignite_mlp.cli import build_parser, config_from_namespace, main
 from ignite_mlp.config.train_config import TrainConfig
-from ignite_mlp.data import Dataset, load_dataset
-from ignite_mlp.run.lr_finder import LRCurve, find_lr, plot_lr_curve
+from ignite_mlp.data import Dataset
+from ignite_mlp.run import lr_finder
+from ignite_mlp.run.lr_finder import LRCurve, lr_find, plot_lr_curve
+from ignite_mlp.run.training import train
 
 BLUE, RED = (31, 119, 180), (214, 39, 40)  # matplotlib's tab:blue (the curve) and tab:red (the mark)
 
@@ -73,12 +79,13 @@ def test_suggestion_falls_where_plain_sgd_trains_well_and_the_plot_shows_it(tmp_
     workable = [lr for lr in grid if _plain_sgd_loss(train_x, train_y, lr) < 0.1 * math.log(3)]
     assert grid[0] < workable[0] and workable[-1] < grid[-1], "the grid must show where training works"
 
-    curve = find_lr(TrainConfig(batch_size=32), dataset, torch.device("cpu"))
+    config = TrainConfig(batch_size=32, progress=False)
+    curve, plot = lr_find(config, out=tmp_path / "lr_finder.png", write=lambda line: None, dataset=dataset)
     assert workable[0] <= curve.suggestion <= workable[-1], (curve.suggestion, workable)
     assert curve.diverged and curve.suggestion in curve.lrs
     assert all(b > a for a, b in zip(curve.lrs, curve.lrs[1:], strict=False))  # the rate only grows
 
-    plot = plot_lr_curve(curve, tmp_path / "lr_finder.png")
+    assert plot == plot_lr_curve(curve, tmp_path / "lr_finder.png")
     with Image.open(plot) as img:
         assert img.format == "PNG"
         pixels = np.asarray(img.convert("RGB"))
@@ -106,7 +113,8 @@ def test_train_lr_auto_trains_with_the_suggestion_and_records_it(
     out = capsys.readouterr().out
     saved = json.loads((run / "config.json").read_text())
     # The finder run again on its own gives the rate config.json holds, and the printed one.
-    curve = find_lr(TrainConfig(batch_size=8), load_dataset(tree), torch.device("cpu"))
+    alone = TrainConfig(data=str(tree), batch_size=8, progress=False)
+    curve, _ = lr_find(alone, out=tmp_path / "alone.png", write=lambda line: None)
     assert saved["lr"] == curve.suggestion and f"suggested learning rate {curve.suggestion:.3g}" in out
     assert (run / "lr_finder.png").is_file()
     logged = _scalars(run, "lr_finder/loss")
@@ -172,3 +180,90 @@ def test_config_takes_lr_auto_from_toml_and_flags(tmp_path: Path) -> None:
     parsed = config_from_namespace(build_parser().parse_args(["train", "--config", str(toml)]))
     assert parsed.lr == "auto"
     assert config_from_namespace(build_parser().parse_args(["train", "--lr", "0.5"])).lr == 0.5
+
+
+def _first_batch(trainer: Engine, into: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Keep a copy of ``trainer``'s first batch (the loader recycles its buffers)."""
+
+    @trainer.on(Events.ITERATION_STARTED(once=1))
+    def keep(engine: Engine) -> None:
+        x, y = engine.state.batch
+        into.append((x.clone(), y.clone()))
+
+
+def test_the_finder_trains_on_the_runs_own_first_batch(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    finder_batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+    real_create_trainer = lr_finder.create_trainer
+
+    def create_trainer(*args: object, **kwargs: object) -> Engine:
+        trainer = real_create_trainer(*args, **kwargs)
+        _first_batch(trainer, finder_batches)
+        return trainer
+
+    monkeypatch.setattr(lr_finder, "create_trainer", create_trainer)
+    run_batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+    config = TrainConfig(
+        data=str(tree),
+        run_dir=str(tmp_path / "r"),
+        epochs=1,
+        batch_size=8,
+        lr="auto",
+        whiten="zca",
+        mixup=0.4,
+        progress="off",
+        tensorboard=False,
+    )
+    train(config, extra_handlers=[lambda trainer, evaluator, context: _first_batch(trainer, run_batches)])
+    (finder_x, finder_y), (run_x, run_y) = finder_batches[0], run_batches[0]
+    assert torch.equal(finder_x, run_x) and torch.equal(finder_y, run_y)
+    # What the run trains on: mixed labels (class probabilities), whitened images (not pixels in [-1, 1]).
+    assert run_y.shape == (8, 3) and torch.allclose(run_y.sum(1), torch.ones(8))
+    assert run_x.abs().max() > 1.5
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(("flags", "drawn"), [([], True), (["--no-progress"], False)])
+def test_lr_find_draws_its_progress_bar_on_a_terminal(
+    flags: list[str], drawn: bool, tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    argv = ["lr-find", "--data", str(tree), "--batch-size", "8", "--num-iter", "10", "--out", str(tmp_path / "p.png")]
+    assert _run([*argv, *flags]) == 0
+    assert ("loss=" in terminal.getvalue()) is drawn  # Ignite's bar shows the batch loss
+
+
+def test_lr_find_help_lists_only_the_options_it_uses(capsys: pytest.CaptureFixture) -> None:
+    assert _run(["lr-find", "--help"]) == 0
+    flags = {word.rstrip(",") for word in capsys.readouterr().out.split() if word.startswith("--")}
+    for used in ("--data", "--recipe", "--whiten", "--mixup", "--hidden-sizes", "--optimizer", "--batch-size"):
+        assert used in flags
+    for used in ("--start-lr", "--end-lr", "--num-iter", "--device", "--precision", "--out", "--progress", "--seed"):
+        assert used in flags
+    for unused in ("--epochs", "--lr", "--lr-schedule", "--tensorboard", "--resume", "--handler", "--ema-momentum"):
+        assert unused not in flags
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--end-lr", "inf"], "--end-lr must be a rate from 1e-12 to 1000 (got inf)"),
+        (["--end-lr", "1e309"], "--end-lr must be a rate from 1e-12 to 1000 (got inf)"),
+        (["--start-lr", "5e-324"], "--start-lr must be a rate from 1e-12 to 1000"),
+        (["--start-lr", "0.1", "--end-lr", "0.1"], "need 0 < start < end; e.g. 1e-07 and 10"),
+        (["--num-iter", "100000000"], "--num-iter must be >= 5 and <= 10000"),
+    ],
+)
+def test_finder_options_are_checked_before_any_data_loads(
+    flags: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # The data path does not exist: an error about it would mean the data was looked at first.
+    assert _run(["lr-find", "--data", str(tmp_path / "missing"), "--no-download", *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1

@@ -11,6 +11,7 @@ import dataclasses
 import re
 import tomllib
 import typing
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -279,10 +280,13 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     return values
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per TrainConfig field. Defaults are SUPPRESSed so we can tell what was set."""
+def add_config_arguments(parser: argparse.ArgumentParser, only: Collection[str] | None = None) -> None:
+    """Add one flag per TrainConfig field (``only``: these fields). Defaults are SUPPRESSed so we
+    can tell what was set."""
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
+        if only is not None and f.name not in only:
+            continue
         hint = hints[f.name]
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         base = args[0] if args and typing.get_origin(hint) is not list else hint

@@ -1,14 +1,17 @@
-"""The learning-rate finder: Ignite's ``FastaiLRFinder`` run on a copy of the configured model.
+"""The learning-rate finder: Ignite's ``FastaiLRFinder`` run on a copy of the run's model, fed by
+the run's own training batches.
 
     ignite-mlp lr-find --data ../shared/data/cifar10-jpg.tar.gz   # lr_finder.png, the suggestion, a train command
     ignite-mlp train --lr auto --data ...                         # the finder first, then training with its rate
 
-The finder trains a freshly built model (as the run would build it) for ``num_iter`` steps
-while the learning rate grows exponentially from ``start_lr`` to ``end_lr``, records the
-(smoothed) training loss of each step, stops early once the loss exceeds 5 times its best,
-and suggests the rate where the loss fell fastest (Ignite's ``lr_suggestion``). Nothing of the
-finder's model is kept, and the global random state is left as it was, so ``train --lr auto``
-trains exactly what ``train --lr <suggestion>`` would.
+The finder trains a model built as the run builds it (``MLP.from_config``, the run's optimizer,
+loss, trainer factory and precision) for ``num_iter`` steps on the run's own training loader
+(normalised or whitened, augmented and mixed as the run's batches are), while the learning rate
+grows exponentially from ``start_lr`` to ``end_lr``. It records the (smoothed) training loss of
+each step, stops early once the loss exceeds 5 times its best, and suggests the rate where the
+loss fell fastest (Ignite's ``lr_suggestion``). Nothing of the finder's model is kept, and the
+global random state is left as it was, so ``train --lr auto`` trains exactly what
+``train --lr <suggestion>`` would.
 """
 
 from __future__ import annotations
@@ -23,17 +26,34 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import torch
+from ignite.handlers import FastaiLRFinder
+from torch import nn
 
-from ignite_mlp.config.train_config import TrainConfig
+from ignite_mlp.config.train_config import TrainConfig, resolve_device
 from ignite_mlp.data import Dataset
+from ignite_mlp.distributed import ranks
+from ignite_mlp.engine.trainer import create_trainer
 from ignite_mlp.errors import UserError
 from ignite_mlp.files import write_atomic
+from ignite_mlp.handlers.builtin import attach_progress_bar
+from ignite_mlp.handlers.epochs import attach_epoch_shuffle
+from ignite_mlp.model import MLP
+from ignite_mlp.progress import progress_mode
+from ignite_mlp.run.engines import build_optimizer
+from ignite_mlp.run.plan import RunPlan
+from ignite_mlp.run.prepare import RunData, prepare_data
 from ignite_mlp.run.rundir import LR_FINDER, RunDir
 
 START_LR = 1e-7
 END_LR = 10.0
 NUM_ITER = 100
+# The rates the finder may sweep. Below 1e-12 no step changes a float32 weight; past 1e3 every
+# loss has long diverged. The bounds also keep end/start finite: the exponential schedule
+# divides them (--start-lr 5e-324 would make every rate inf).
+LOWEST_LR, HIGHEST_LR = 1e-12, 1e3
+MAX_ITER = 10_000
 # Ignite's divergence rule: the finder stops once the smoothed loss exceeds this times its best.
 DIVERGE_FACTOR = 5.0
 # lr-find's own flags: not train flags, so left out of the train command it prints.
@@ -70,60 +90,64 @@ class LRCurve:
         )
 
 
+def check_finder_range(start_lr: float, end_lr: float, num_iter: int) -> None:
+    """Refuse a sweep the finder cannot run, naming a sane range (checked before any data loads).
+
+    >>> check_finder_range(1e-7, float("inf"), 100)
+    Traceback (most recent call last):
+    ...
+    ignite_mlp.errors.UserError: --end-lr must be a rate from 1e-12 to 1000 (got inf); e.g. --end-lr 10
+    """
+    for flag, value, example in (("--start-lr", start_lr, START_LR), ("--end-lr", end_lr, END_LR)):
+        if not LOWEST_LR <= value <= HIGHEST_LR:  # (NaN fails this too)
+            raise UserError(
+                f"{flag} must be a rate from {LOWEST_LR:g} to {HIGHEST_LR:g} (got {value:g}); e.g. {flag} {example:g}"
+            )
+    if not start_lr < end_lr:
+        raise UserError(
+            f"--start-lr {start_lr:g} and --end-lr {end_lr:g}: need 0 < start < end; e.g. {START_LR:g} and {END_LR:g}"
+        )
+    if not 5 <= num_iter <= MAX_ITER:
+        raise UserError(
+            f"--num-iter must be >= 5 and <= {MAX_ITER} (got {num_iter}); the finder needs a curve, try {NUM_ITER}"
+        )
+
+
 def find_lr(
     config: TrainConfig,
-    dataset: Dataset,
+    data: RunData,
     device: torch.device,
     start_lr: float = START_LR,
     end_lr: float = END_LR,
     num_iter: int = NUM_ITER,
+    progress: str = "off",
 ) -> LRCurve:
-    """Run Ignite's ``FastaiLRFinder`` on a new model, optimiser, loss and training batches built
-    as ``config`` says (``config.mean``/``config.std`` are used as they are: measure dataset
-    statistics first). The global random state is restored afterwards.
+    """Run Ignite's ``FastaiLRFinder`` on a new model, optimizer and loss built as ``config`` (normalised
+    as ``data``) says, trained by the run's trainer factory in the run's resolved precision on the run's own
+    training loader (``data.train_loader``: whitened, augmented and mixed as the run's batches).
+    ``progress`` is a mode of :func:`~ignite_mlp.progress.progress_mode`: ``bar`` draws Ignite's
+    progress bar over the finder's steps. The global random state is restored afterwards.
 
-    In a multi-process run every process runs the same finder on the same batches; Ignite sums
-    the loss across them, so each gets the same curve (divided back here) and suggestion.
+    The loader draws each batch from ``(seed, epoch, batch)`` alone, so the finder's batches are
+    the ones the run trains on first, and the run still gets them after the finder.
+
+    In a multi-process run every process steps its share of each batch through
+    DistributedDataParallel, as the run does; Ignite sums the loss across them, so each gets the
+    same curve (divided back here: the mean of equal shards' losses) and suggestion.
     """
-    import ignite.distributed as idist
-    from ignite.engine import Events
-    from ignite.handlers import FastaiLRFinder
-    from torch import nn
-
-    from ignite_mlp.data import TensorLoader
-    from ignite_mlp.data.augment import make_augment
-    from ignite_mlp.engine.precision import resolve_precision
-    from ignite_mlp.engine.trainer import create_trainer
-    from ignite_mlp.model import MLP
-    from ignite_mlp.run.engines import build_optimizer
-
-    if not 0 < start_lr < end_lr:
-        raise UserError(f"--start-lr {start_lr:g} and --end-lr {end_lr:g}: need 0 < start < end; e.g. 1e-7 and 10")
-    if num_iter < 5:
-        raise UserError(f"--num-iter must be >= 5 (got {num_iter}); the finder needs a curve, try 100")
+    loader = data.train_loader
+    check_finder_range(start_lr, end_lr, num_iter)
     cuda = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):  # the run's own weights and dropout stay as without it
-        torch.manual_seed(config.seed)
-        model = MLP.from_config(config, dataset.in_features, dataset.num_classes).to(device)
+        torch.manual_seed(config.seed)  # the weights the run starts from
+        model = MLP.from_config(config, data.dataset.in_features, data.dataset.num_classes).to(device)
         optimizer = build_optimizer(model, dataclasses.replace(config, lr=float(start_lr)))
+        stepped, optimizer = ranks.wrap(model, optimizer, device)
         loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-        precision = config.precision
-        if precision == "auto":  # what the run will train in (the probe's answer is cached per machine)
-            precision = resolve_precision(config, dataset.in_features, dataset.num_classes, device).name
-        trainer = create_trainer(model, optimizer, loss_fn, device, precision)
-        loader = TensorLoader(
-            dataset.train_images,
-            dataset.train_labels,
-            config.batch_size,
-            config.mean,
-            config.std,
-            shuffle=True,
-            seed=config.seed,
-            device=device,
-            buffers=3,
-            augment=make_augment(config.augment, config.crop_padding),
-        )
-        trainer.add_event_handler(Events.EPOCH_STARTED, lambda engine: loader.set_epoch(engine.state.epoch))
+        trainer = create_trainer(stepped, optimizer, loss_fn, device, data.precision.name)
+        attach_epoch_shuffle(trainer, loader, len(loader))
+        if progress == "bar":
+            attach_progress_bar(trainer)
         finder = FastaiLRFinder()
         to_save = {"model": model, "optimizer": optimizer}
         with warnings.catch_warnings():
@@ -154,16 +178,17 @@ def _finite_loss(output: Mapping[str, Any]) -> torch.Tensor:
 
 def resolve_auto_lr(
     config: TrainConfig,
-    dataset: Dataset,
+    data: RunData,
     device: torch.device,
     write: Callable[[str], None] = print,
     run: bool = True,
+    main: bool = True,
 ) -> tuple[TrainConfig, LRCurve | None]:
-    """``--lr auto``: run the finder and return the config with its suggestion as ``lr`` (which
-    the run's configuration then records), and the curve. Any other ``lr`` is returned unchanged, with no
-    curve. ``run=False`` (listing handlers) puts the default rate in place of the finder's.
-
-    Call it after the data's normalisation statistics are in ``config``.
+    """``--lr auto``: run the finder on the run's prepared ``data`` (its loader and resolved
+    precision) and return the config with its suggestion as ``lr`` (which the run's
+    configuration then records), and the curve. Any other ``lr`` is returned unchanged, with no curve. ``run=False``
+    (listing handlers) puts the default rate in place of the finder's. The ``main`` process
+    draws the finder's progress bar as ``config.progress`` says; the others draw none.
     """
     if config.lr != "auto":
         return config, None
@@ -171,7 +196,8 @@ def resolve_auto_lr(
     if not run:
         return dataclasses.replace(config, lr=TrainConfig.__dataclass_fields__["lr"].default), None
     write(f"learning-rate finder: {NUM_ITER} steps from {START_LR:g} to {END_LR:g} ...")
-    curve = find_lr(config, dataset, device)
+    progress = progress_mode(config.progress) if main else "off"
+    curve = find_lr(config, data, device, progress=progress)
     write(curve.summary() + "; training with it")
     return dataclasses.replace(config, lr=curve.suggestion), curve
 
@@ -255,26 +281,35 @@ def lr_find(
     num_iter: int = NUM_ITER,
     out: str | Path | None = None,
     write: Callable[[str], None] = print,
+    dataset: Dataset | None = None,
 ) -> tuple[LRCurve, Path]:
-    """``ignite-mlp lr-find``: load the data, run the finder, write the plot. The plot goes to
-    ``out``, else ``config.run_dir/lr_finder.png`` when a run directory is given, else
-    ``./lr_finder.png``; nothing else is written."""
-    from ignite_mlp.config.train_config import resolve_device
-    from ignite_mlp.data import channel_stats, load_dataset, summarize
-
+    """``ignite-mlp lr-find``: prepare the data as ``train`` does (load, measure statistics,
+    whiten, build the loaders, resolve the precision), run the finder, write the plot. The plot
+    goes to ``out``, else ``config.run_dir/lr_finder.png`` when a run directory is given, else
+    ``./lr_finder.png``; nothing else is written. ``dataset`` skips loading (tests, notebooks)."""
+    check_finder_range(start_lr, end_lr, num_iter)  # before seconds of data loading
     if config.resume:
         raise UserError("lr-find starts from a new model; --resume does not apply: give the run's flags instead")
     if out is None:
         out = RunDir(config.run_dir).lr_finder if config.run_dir else Path(LR_FINDER)
     out = Path(out)
     device = resolve_device(config.device)
-    dataset = load_dataset(config.data, config.cache_dir, config.download, progress=config.progress)
-    write(summarize(dataset, config.batch_size))
-    if config.normalize == "dataset":  # as train() does: the finder sees the run's inputs
-        mean, std = channel_stats(dataset.train_images)
-        config = dataclasses.replace(config, mean=mean, std=std)
+    plan = RunPlan(
+        config=config,
+        device=device,
+        run_dir=out.parent,
+        handlers=[],
+        resume=None,
+        write=write,
+        distributed=False,
+        main=True,
+        list_handlers=False,
+        progress=progress_mode(config.progress),
+    )
+    data = prepare_data(plan, dataset)
     write(f"learning-rate finder: {num_iter} steps from {start_lr:g} to {end_lr:g} ...")
-    curve = find_lr(config, dataset, device, start_lr, end_lr, num_iter)
+    normalized = dataclasses.replace(config, mean=data.mean, std=data.std)  # as train() does
+    curve = find_lr(normalized, data, device, start_lr, end_lr, num_iter, progress=plan.progress)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         plot_lr_curve(curve, out)

@@ -47,6 +47,7 @@ from ignite_mlp.config.constraints import loss_is_nan
 from ignite_mlp.config.train_config import TrainConfig
 from ignite_mlp.data import Dataset
 from ignite_mlp.distributed import ranks
+from ignite_mlp.engine.precision import attach_step_check
 from ignite_mlp.errors import CudaError, TrainingInterrupted
 from ignite_mlp.files import write_json_atomic
 from ignite_mlp.handlers.builtin import (
@@ -156,11 +157,14 @@ def train(
         data = prepare_data(plan, dataset)
         # --lr auto: Ignite's learning-rate finder picks the rate (lr_finder.py) on the normalised data.
         normalized = dataclasses.replace(plan.config, mean=data.mean, std=data.std)
-        tuned, lr_curve = resolve_auto_lr(normalized, data.dataset, plan.device, plan.write, run=not list_handlers)
+        tuned, lr_curve = resolve_auto_lr(
+            normalized, data, plan.device, plan.write, run=not list_handlers, main=plan.main
+        )
         # Every "auto" resolved, once: from here on the run reads the spec.
         spec = resolve_spec(plan, data, lr=tuned.lr)
         # The model and its optimizer, the trainer and the evaluator.
         engines = build_engines(spec, data, plan.resume)
+        attach_step_check(engines.trainer, data.precision, spec.device, plan.write)  # a cached --precision auto
         trainer, evaluator = engines.trainer, engines.evaluator
         if spec.main and plan.resume is None and not list_handlers:
             # Created only now, so bad data or options leave no half-made run directory behind.
