@@ -254,3 +254,42 @@ def test_samples_prints_the_one_hot_line_of_the_first_image(
         assert abs(first.mean() - (40 + 80 * label)) < 25, (seed, label, first.mean())
         labels.add(label)
     assert len(labels) > 1  # the line follows the image drawn, not a fixed label
+
+
+@pytest.mark.parametrize(
+    ("argv", "suggested"),
+    [
+        (["train", "--hidden-size", "64"], "--hidden-sizes"),  # a prefix is no longer taken for the option
+        (["train", "--hiden-sizes=64"], "--hidden-sizes"),
+        (["train", "--epoch", "3"], "--epochs"),
+        (["lr-find", "--num-iters", "5"], "--num-iter"),
+        (["evaluate", "run", "--devic", "cpu"], "--device"),
+        (["samples", "--cout", "4"], "--count"),
+    ],
+)
+def test_mistyped_option_is_refused_with_a_suggestion(
+    argv: list[str], suggested: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert _run(argv) == 2
+    err = capsys.readouterr().err
+    typed = next(a for a in argv if a.startswith("--"))
+    assert err.count("\n") == 1 and f"unrecognized arguments: {typed}" in err
+    assert f"(did you mean {suggested}?)" in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_no_suggestion_for_an_option_unlike_any(capsys: pytest.CaptureFixture) -> None:
+    assert _run(["train", "--zzz"]) == 2
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --zzz" in err and "did you mean" not in err
+
+
+def test_every_parser_refuses_abbreviations() -> None:
+    import argparse
+
+    from ignite_mlp.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert not parser.allow_abbrev
+    assert all(not sub.allow_abbrev for sub in commands.choices.values())
