@@ -19,7 +19,6 @@ from ignite_mlp.run.plan import RunPlan
 
 
 @dataclass
-@dataclass
 class RunData:
     """The data set and its loaders, with the config they were built for."""
 
@@ -66,11 +65,7 @@ def prepare_data(plan: RunPlan, dataset: Dataset | None = None) -> RunData:
     served = whiten_dataset(dataset, whitening)
     train_loader, val_loader = build_loaders(served, config, plan.device, ranks.rank(), ranks.world_size())
     epoch_length = 2 if config.dry_run else (config.epoch_length or len(train_loader))
-    # The overfit check trains on fixed batches on purpose: no shuffle warning then.
-    fixed_order = bool(config.overfit_batches)
-    for warning in setup_warnings(
-        config.batch_size, config.hidden_sizes, plan.device, train_loader, val_loader, fixed_order=fixed_order
-    ):
+    for warning in setup_warnings(config.batch_size, config.hidden_sizes, plan.device):
         write(warning)
     return RunData(config, dataset, train_loader, val_loader, epoch_length, precision, whitening)
 
