@@ -293,3 +293,11 @@ def test_every_parser_refuses_abbreviations() -> None:
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     assert not parser.allow_abbrev
     assert all(not sub.allow_abbrev for sub in commands.choices.values())
+
+
+def test_dry_run_reports_no_accuracy_as_a_result(tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    argv = ["train", "--data", str(tree), "--run-dir", str(tmp_path / "r"), "--dry-run", "--no-progress"]
+    assert _run(argv) == 0
+    out = capsys.readouterr().out
+    assert "dry run finished: 1 epoch of 2 training steps" in out and "drop --dry-run" in out
+    assert "best validation accuracy" not in out
