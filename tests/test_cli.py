@@ -301,3 +301,38 @@ def test_dry_run_reports_no_accuracy_as_a_result(tree: Path, tmp_path: Path, cap
     out = capsys.readouterr().out
     assert "dry run finished: 1 epoch of 2 training steps" in out and "drop --dry-run" in out
     assert "best validation accuracy" not in out
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--data", "nope", "--no-download"],
+        ["--data", "nope/deeper"],  # download on, but offline
+        ["--list-handlers"],  # the default ./data, offline
+        ["--list-handlers", "--data", "nope", "--no-download"],
+    ],
+)
+def test_missing_data_leaves_no_folder_behind(
+    args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from ignite_mlp.data import sources
+
+    monkeypatch.setattr(sources, "CIFAR10_URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")  # refused: offline
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert _run(["train", "--no-progress", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and ("downloading is off" in err or "could not download" in err), err
+    assert list(work.iterdir()) == []  # no data folder, no runs/
+
+
+def test_list_handlers_writes_no_run_directory(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert _run(["train", "--list-handlers", "--data", str(tree), "--no-progress"]) == 0
+    assert "trainer" in capsys.readouterr().out
+    assert list(work.iterdir()) == []
