@@ -197,11 +197,12 @@ def config_from_namespace(ns: argparse.Namespace) -> TrainConfig:
 
 
 def _train(ns: argparse.Namespace) -> int:
+    config = config_from_namespace(ns)
+    config.validate()  # before torch is imported: an impossible option is answered at once
     # Imported here, not at the top: --help imports no torch (tests/test_cli.py checks it).
     from ignite_mlp.distributed.launcher import launch
     from ignite_mlp.run.training import train
 
-    config = config_from_namespace(ns)
     if ns.list_handlers:
         with tempfile.TemporaryDirectory() as scratch:  # nothing is trained, nothing is kept
             # No resume: listing needs no saved state, and must not write into the run it names.
