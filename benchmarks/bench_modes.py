@@ -33,11 +33,12 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from PIL import Image
+from reference_decoder import read_class_folders_serial  # beside this file
 
 from ignite_mlp import TrainConfig, train
 from ignite_mlp.data import Dataset
 from ignite_mlp.data.cache import SUFFIX, DataFileWriter
-from ignite_mlp.data.images import IMAGE_EXTENSIONS, read_class_folders_serial
+from ignite_mlp.data.images import IMAGE_EXTENSIONS
 from ignite_mlp.data.parallel import default_workers, read_class_folders
 from ignite_mlp.engine.precision import ProbeModel, choose_precision, probe_step_times
 from ignite_mlp.run.training import RunContext

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from ignite_mlp.config.train_config import TrainConfig, add_config_arguments
 from ignite_mlp.errors import CudaError, RankError, TrainingInterrupted, UserError
@@ -32,10 +33,55 @@ LR_FIND_OPTIONS = (
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (no usage block) and exit status 2."""
+    """argparse, but a usage error is one line (no usage block) and exit status 2; options are
+    never abbreviated, and a mistyped one gets a suggestion.
+
+    Abbreviations are off because a prefix is silently taken for a whole option: ``--hidden-size 64``
+    would set ``--hidden-sizes``, and a later option sharing the prefix would change its meaning.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False  # sub-parsers are made through this class too
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        ns, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            # The sub-command's parser knows its options; the top-level one only knows the commands.
+            parser = self._command_parser(ns)
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}{parser.suggestion(unknown)}")
+        return ns
+
+    def _command_parser(self, ns: argparse.Namespace) -> _Parser:
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                chosen = action.choices.get(getattr(ns, action.dest, None) or "")
+                if isinstance(chosen, _Parser):
+                    return chosen
+        return self
+
+    def suggestion(self, unknown: Sequence[str]) -> str:
+        """``" (did you mean --x?)"`` for the first unknown option close to one of ours, else ``""``.
+
+        >>> parser = _Parser(prog="demo")
+        >>> _ = parser.add_argument("--hidden-sizes")
+        >>> parser.suggestion(["--hidden-size", "64"])
+        ' (did you mean --hidden-sizes?)'
+        >>> parser.suggestion(["--zzz"])
+        ''
+        """
+        options = [o for o in self._option_string_actions if o.startswith("--")]
+        for arg in unknown:
+            if arg.startswith("--"):
+                close = difflib.get_close_matches(arg.split("=", 1)[0], options, n=1)
+                if close:
+                    return f" (did you mean {close[0]}?)"
+        return ""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,11 +219,12 @@ def config_from_namespace(ns: argparse.Namespace) -> TrainConfig:
 
 
 def _train(ns: argparse.Namespace) -> int:
+    config = config_from_namespace(ns)
+    config.validate()  # before torch is imported: an impossible option is answered at once
     # Imported here, not at the top: --help imports no torch (tests/test_cli.py checks it).
     from ignite_mlp.distributed.launcher import launch
     from ignite_mlp.run.training import train
 
-    config = config_from_namespace(ns)
     if ns.list_handlers:
         with tempfile.TemporaryDirectory() as scratch:  # nothing is trained, nothing is kept
             # No resume: listing needs no saved state, and must not write into the run it names.

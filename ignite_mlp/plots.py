@@ -128,6 +128,40 @@ def image_grid(
     return canvas
 
 
+def rank_within_class(labels: Sequence[int] | np.ndarray) -> np.ndarray:
+    """For each label, how many earlier labels are of the same class.
+
+    >>> rank_within_class([2, 0, 2, 2, 0]).tolist()
+    [0, 0, 1, 2, 1]
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    order = np.argsort(labels, kind="stable")
+    grouped = labels[order]
+    ranks = np.empty_like(labels)
+    # A label's first position among the grouped labels is where its class begins.
+    ranks[order] = np.arange(len(labels)) - np.searchsorted(grouped, grouped)
+    return ranks
+
+
+def spread_over_classes(true: Sequence[int] | np.ndarray, count: int) -> np.ndarray:
+    """Which images a grid of mistakes shows: up to ``count`` positions in ``true`` (the true
+    classes of misclassified images, in the order met), taken round-robin over the classes (the
+    first of each class, then the second...) and returned grouped by class.
+
+    Taking the first ``count`` would show a single class when the data are sorted by class, as
+    CIFAR-10's test set is.
+
+    >>> spread_over_classes([0, 0, 0, 0, 1, 2, 2], 4).tolist()
+    [0, 1, 4, 5]
+    """
+    true = np.asarray(true, dtype=np.int64)
+    if not len(true):
+        return np.zeros(0, dtype=np.int64)
+    key = rank_within_class(true) * (int(true.max()) + 1) + true
+    picked = np.sort(np.argsort(key, kind="stable")[:count])
+    return picked[np.argsort(true[picked], kind="stable")]
+
+
 @lru_cache(maxsize=1024)
 def _title_band(title: str, width: int, lines: int) -> np.ndarray:
     # A band of its own, so a title longer than the cell is cut, never spills over. Cached:

@@ -12,6 +12,15 @@ import pytest
 from PIL import Image
 
 CLASSES = ("ant", "bee", "cat")
+PACK_VARIABLE = "IGNITE_MLP_PACK"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A relative IGNITE_MLP_PACK is made absolute once, from the directory pytest started in:
+    tests that change directory, and the notebook's kernel (run from scripts/), would otherwise
+    look for it in the wrong place."""
+    if os.environ.get(PACK_VARIABLE):
+        os.environ[PACK_VARIABLE] = str(Path(os.environ[PACK_VARIABLE]).resolve())
 
 
 @pytest.fixture(autouse=True)
@@ -89,7 +98,7 @@ def tarball(tree: Path, tmp_path: Path) -> Path:
 @pytest.fixture
 def pack() -> Path:
     """The real CIFAR-10 JPEG pack, found through IGNITE_MLP_PACK (set by .ci/run)."""
-    path = os.environ.get("IGNITE_MLP_PACK")
+    path = os.environ.get(PACK_VARIABLE)
     if not path or not Path(path).is_file():
         pytest.skip("real-data test: set IGNITE_MLP_PACK to ../shared/data/cifar10-jpg.tar.gz")
     return Path(path)

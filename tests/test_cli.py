@@ -254,3 +254,85 @@ def test_samples_prints_the_one_hot_line_of_the_first_image(
         assert abs(first.mean() - (40 + 80 * label)) < 25, (seed, label, first.mean())
         labels.add(label)
     assert len(labels) > 1  # the line follows the image drawn, not a fixed label
+
+
+@pytest.mark.parametrize(
+    ("argv", "suggested"),
+    [
+        (["train", "--hidden-size", "64"], "--hidden-sizes"),  # a prefix is no longer taken for the option
+        (["train", "--hiden-sizes=64"], "--hidden-sizes"),
+        (["train", "--epoch", "3"], "--epochs"),
+        (["lr-find", "--num-iters", "5"], "--num-iter"),
+        (["evaluate", "run", "--devic", "cpu"], "--device"),
+        (["samples", "--cout", "4"], "--count"),
+    ],
+)
+def test_mistyped_option_is_refused_with_a_suggestion(
+    argv: list[str], suggested: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert _run(argv) == 2
+    err = capsys.readouterr().err
+    typed = next(a for a in argv if a.startswith("--"))
+    assert err.count("\n") == 1 and f"unrecognized arguments: {typed}" in err
+    assert f"(did you mean {suggested}?)" in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_no_suggestion_for_an_option_unlike_any(capsys: pytest.CaptureFixture) -> None:
+    assert _run(["train", "--zzz"]) == 2
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --zzz" in err and "did you mean" not in err
+
+
+def test_every_parser_refuses_abbreviations() -> None:
+    import argparse
+
+    from ignite_mlp.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert not parser.allow_abbrev
+    assert all(not sub.allow_abbrev for sub in commands.choices.values())
+
+
+def test_dry_run_reports_no_accuracy_as_a_result(tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    argv = ["train", "--data", str(tree), "--run-dir", str(tmp_path / "r"), "--dry-run", "--no-progress"]
+    assert _run(argv) == 0
+    out = capsys.readouterr().out
+    assert "dry run finished: 1 epoch of 2 training steps" in out and "drop --dry-run" in out
+    assert "best validation accuracy" not in out
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--data", "nope", "--no-download"],
+        ["--data", "nope/deeper"],  # download on, but offline
+        ["--list-handlers"],  # the default ./data, offline
+        ["--list-handlers", "--data", "nope", "--no-download"],
+    ],
+)
+def test_missing_data_leaves_no_folder_behind(
+    args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from ignite_mlp.data import sources
+
+    monkeypatch.setattr(sources, "CIFAR10_URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")  # refused: offline
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert _run(["train", "--no-progress", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and ("downloading is off" in err or "could not download" in err), err
+    assert list(work.iterdir()) == []  # no data folder, no runs/
+
+
+def test_list_handlers_writes_no_run_directory(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert _run(["train", "--list-handlers", "--data", str(tree), "--no-progress"]) == 0
+    assert "trainer" in capsys.readouterr().out
+    assert list(work.iterdir()) == []

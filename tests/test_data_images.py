@@ -14,7 +14,7 @@ from conftest import make_tarball, make_tree
 from PIL import Image
 
 from ignite_mlp.data import images, load_dataset
-from ignite_mlp.data.images import decode_array, read_class_folders_serial
+from ignite_mlp.data.images import decode_array
 from ignite_mlp.data.parallel import read_class_folders
 from ignite_mlp.errors import UserError
 
@@ -104,6 +104,9 @@ def test_parallel_decoding_equals_the_serial_decoder(
     tmp_path: Path, packed: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from ignite_mlp.data import parallel
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from reference_decoder import read_class_folders_serial  # the oracle: plain Pillow, one file at a time
 
     monkeypatch.setattr(parallel, "CHUNK", 3)  # 10 chunks: 2 decoded here, 8 by the pool
     tree = _jpeg_tree(tmp_path / "t")

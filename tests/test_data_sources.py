@@ -84,7 +84,21 @@ def test_a_failed_download_leaves_nothing_that_looks_finished(
     monkeypatch.setattr(sources, "CIFAR10_MD5", hashlib.md5(b"another file").hexdigest())
     with pytest.raises(UserError, match="could not download"):
         load_dataset(tmp_path / "fresh")
-    assert list((tmp_path / "fresh").iterdir()) == []
+    assert not (tmp_path / "fresh").exists()  # nor an empty folder where the data should be
     # So the next start offline says there is nothing, instead of reading a corrupt archive.
     with pytest.raises(UserError, match="downloading is off"):
         load_dataset(tmp_path / "fresh", download=False)
+
+
+def test_an_offline_download_leaves_no_folder_behind(
+    tmp_path: Path, serve: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sources, "CIFAR10_URL", f"{serve}/no-such-archive.tar.gz")  # answered 404
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    with pytest.raises(UserError, match="could not download CIFAR-10 into"):
+        load_dataset(kept / "a" / "b")
+    assert list(kept.iterdir()) == []  # a/ and a/b/ were made for the download, and removed
+    with pytest.raises(UserError, match="could not download"):
+        load_dataset(kept)
+    assert kept.is_dir()  # the user's own folder stays

@@ -142,3 +142,20 @@ def test_evaluate_shape_mismatch_speaks_of_the_run_not_of_resuming(tree: Path, t
         evaluate(run, data=str(small))
     assert "--hidden-sizes" not in str(caught.value) and "resume" not in str(caught.value)
     assert f"its own run directory ({run})" in str(caught.value)
+
+
+def test_misclassified_grid_shows_several_classes_of_data_sorted_by_class(tree: Path) -> None:
+    import numpy as np
+
+    from ignite_mlp.data import load_dataset
+    from ignite_mlp.inference.evaluate import Evaluation, misclassified_grid
+    from ignite_mlp.plots import image_grid
+
+    dataset = load_dataset(tree)  # 4 test images per class, stored class after class
+    labels = dataset.test_labels
+    assert labels.tolist() == sorted(labels.tolist())
+    wrong_everywhere = (labels + 1) % 3  # every image wrong: the first 3 mistakes are all ants
+    evaluation = Evaluation(Path("x.pt"), 1, 1.0, 0.0, {}, torch.zeros(3, 3), wrong_everywhere)
+    titles = ["pred bee\ntrue ant", "pred cat\ntrue bee", "pred ant\ntrue cat"]
+    expected = image_grid(dataset.test_images[[0, 4, 8]], titles)  # the first ant, bee and cat
+    assert np.array_equal(misclassified_grid(evaluation, dataset, count=3), expected)

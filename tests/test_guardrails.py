@@ -5,7 +5,6 @@ import math
 import torch
 from ignite.engine import Engine
 
-from ignite_mlp.data import TensorLoader
 from ignite_mlp.handlers.builtin import History
 from ignite_mlp.handlers.guardrails import (
     attach_initial_loss_check,
@@ -15,22 +14,13 @@ from ignite_mlp.handlers.guardrails import (
 )
 
 
-def _loader(shuffle: bool) -> TensorLoader:
-    return TensorLoader(
-        torch.zeros(8, 1, 1, 1, dtype=torch.uint8), torch.zeros(8, dtype=torch.long), 4, [0.5], [0.5], shuffle=shuffle
-    )
-
-
 def test_setup_warnings_only_when_a_rule_is_broken() -> None:
-    good = setup_warnings(256, [128], torch.device("cuda"), _loader(True), _loader(False))
-    assert good == []
-    assert setup_warnings(256, [100], torch.device("cpu"), _loader(True), _loader(False)) == []  # CPU: no tiles
-    bad = setup_warnings(4, [100], torch.device("cuda"), _loader(False), _loader(True))
-    assert len(bad) == 4
+    assert setup_warnings(256, [128], torch.device("cuda")) == []
+    assert setup_warnings(256, [100], torch.device("cpu")) == []  # CPU: no tiles
+    bad = setup_warnings(4, [100], torch.device("cuda"))
+    assert len(bad) == 2
     assert "batch size 4 is below 8" in bad[0] and "noisy" in bad[0]
     assert "not multiples of 32" in bad[1] and "tiles" in bad[1]
-    assert "training data is not shuffled" in bad[2] and "order" in bad[2]
-    assert "validation data is shuffled" in bad[3]
 
 
 def _first_loss_warnings(loss: float, classes: int) -> list[str]:
@@ -63,8 +53,3 @@ def test_overfit_report_verdicts() -> None:
     assert overfit_report(100.0, 2).startswith("overfit check passed")
     failed = overfit_report(40.0, 2)
     assert failed.startswith("overfit check failed") and "learning rate" in failed
-
-
-def test_fixed_order_on_purpose_silences_only_the_shuffle_warning() -> None:
-    said = setup_warnings(4, [128], torch.device("cpu"), _loader(False), _loader(False), fixed_order=True)
-    assert len(said) == 1 and "batch size 4" in said[0]

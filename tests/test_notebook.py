@@ -18,7 +18,7 @@ from typing import Any
 
 import nbformat
 import pytest
-from conftest import make_tree
+from conftest import PACK_VARIABLE, make_tree
 from nbclient import NotebookClient
 
 from ignite_mlp.notebook import bar_fits, in_jupyter
@@ -79,7 +79,7 @@ def _cell(nb: Any, snippet: str) -> Any:
 
 
 def test_notebook_runs_in_a_kernel_and_shows_the_tutorial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pack = os.environ.get("IGNITE_MLP_PACK")
+    pack = os.environ.get(PACK_VARIABLE)  # absolute (conftest.py): the kernel runs in scripts/
     data = Path(pack) if pack else make_tree(tmp_path / "tree")
     run_dir = tmp_path / "runs" / "tutorial"
     monkeypatch.setenv("TUTORIAL_DATA", str(data))

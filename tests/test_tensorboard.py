@@ -240,10 +240,45 @@ def test_confusion_matrix_and_misclassified_grid_hold_what_the_evaluator_saw(tmp
         (1, True),
         (2, True),
     ]
-    titles = ["pred cat\ntrue bee", "pred bee\ntrue ant", "pred ant\ntrue cat"]
-    expected_grid = image_grid(pixels[[1, 3, 5]].numpy(), titles, ncols=8)
+    # Grouped by true class: ant (image 3), bee (1), cat (5).
+    titles = ["pred bee\ntrue ant", "pred cat\ntrue bee", "pred ant\ntrue cat"]
+    expected_grid = image_grid(pixels[[3, 1, 5]].numpy(), titles, ncols=8)
     (first, _) = acc.Images("val/misclassified")
     assert np.array_equal(_png(first), expected_grid)
+
+
+def test_misclassified_grid_spreads_over_the_classes(tmp_path: Path) -> None:
+    from ignite.handlers.tensorboard_logger import TensorboardLogger
+
+    from ignite_mlp.handlers.tensorboard.images import ValidationImages
+
+    # Sorted by class, as CIFAR-10's test set is, and every image wrong: the first 3 are all ants.
+    pixels = torch.randint(0, 256, (12, 3, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([0] * 4 + [1] * 4 + [2] * 4)
+    logits = torch.nn.functional.one_hot((labels + 1) % 3, 3).float()
+    scale, shift = normalization([0.5], [0.5], 3)
+    batches = [(pixels[i : i + 4] * scale + shift, labels[i : i + 4]) for i in range(0, 12, 4)]
+    evaluator = Engine(lambda e, batch: (logits[4 * (e.state.iteration - 1) : 4 * e.state.iteration], batch[1]))
+    trainer = Engine(lambda e, batch: None)
+    images = ValidationImages(trainer, evaluator, CLASSES, normalization=([0.5], [0.5]), count=4)
+    tb = TensorboardLogger(log_dir=str(tmp_path))
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: (evaluator.run(batches), images.log(tb.writer, 1)))
+    trainer.run([0], max_epochs=1)
+    tb.close()
+    # Round-robin: the first ant, bee and cat, then the second ant; shown grouped by class.
+    titles = ["pred bee\ntrue ant"] * 2 + ["pred cat\ntrue bee", "pred ant\ntrue cat"]
+    expected_grid = image_grid(pixels[[0, 1, 4, 8]].numpy(), titles, ncols=8)
+    (grid,) = _read(tmp_path).Images("val/misclassified")
+    assert np.array_equal(_png(grid), expected_grid)
+
+
+def test_spread_over_classes_takes_each_class_in_turn() -> None:
+    from ignite_mlp.plots import spread_over_classes
+
+    true = [1, 1, 1, 0, 2, 1, 0]
+    assert spread_over_classes(true, 5).tolist() == [3, 6, 0, 1, 4]  # 0s, then 1s, then the 2
+    assert spread_over_classes(true, 100).tolist() == [3, 6, 0, 1, 2, 5, 4]  # all, grouped by class
+    assert spread_over_classes([], 3).tolist() == []
 
 
 def test_images_every_zero_logs_no_image_and_adds_no_metric(tmp_path: Path) -> None:

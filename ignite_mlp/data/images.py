@@ -5,9 +5,6 @@ so empty classes are seen too), skip macOS ``._*`` files alike, and refuse a fil
 member larger than :data:`MAX_FILE_BYTES` before reading it. Decoding refuses an image of more
 than :data:`MAX_IMAGE_PIXELS` before allocating it: a small file declaring 40000x40000 pixels
 is one line naming it, not an exhausted memory.
-
-:func:`read_class_folders_serial` is the one-image-at-a-time decoder this package used before
-decoding moved to a process pool (:mod:`ignite_mlp.data.parallel`); the benchmark times both.
 """
 
 from __future__ import annotations
@@ -22,9 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from tqdm.auto import tqdm
 
-from ignite_mlp.data.dataset import Dataset
 from ignite_mlp.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
@@ -112,11 +107,6 @@ def decode_arrays(items: list[tuple[str, bytes]]) -> list[np.ndarray]:
 def decode_array(data: bytes, name: str) -> np.ndarray:
     """One image file as :func:`decode_arrays` decodes it."""
     return decode_arrays([(name, data)])[0]
-
-
-def decode(data: bytes, name: str) -> torch.Tensor:
-    """One image file through Pillow only, as a tensor: the serial path's decoder."""
-    return torch.from_numpy(_decode_pil(data, name))
 
 
 def _decode_pil(data: bytes, name: str) -> np.ndarray:
@@ -225,36 +215,3 @@ def shape_mismatch(name: str, shape: tuple[int, ...], first_shape: tuple[int, ..
         f"{name}: image shape {shape} differs from {first_shape} of {first_name}; "
         "all images must share one size and channel count (resize or convert them)"
     )
-
-
-# ---------------------------------------------------------------------------- the serial decoder
-
-
-def read_class_folders_serial(path: Path, kind: str, progress: bool = False) -> Dataset:
-    """Decode a tree or tarball one image at a time in this process, with Pillow, into tensors
-    (what this package did before decoding went parallel; kept for the benchmark)."""
-    entries = iter_tarball(path) if kind == "tarball" else iter_tree(path)
-    images: dict[str, list[tuple[str, str, torch.Tensor]]] = {"train": [], "test": []}
-    class_dirs: dict[str, set[str]] = {"train": set(), "test": set()}
-    shape: tuple[int, ...] | None = None
-    first_name = ""
-    for split, cls, name, data in tqdm(entries, desc="decoding images", unit="img", disable=not progress):
-        class_dirs[split].add(cls)
-        if data is None:
-            continue
-        image = decode(data, where(path, kind, split, cls, name))
-        if shape is None:
-            shape, first_name = tuple(image.shape), where(path, kind, split, cls, name)
-        elif tuple(image.shape) != shape:
-            raise shape_mismatch(where(path, kind, split, cls, name), tuple(image.shape), shape, first_name)
-        images[split].append((cls, name, image))
-    counts = {split: Counter(cls for cls, _, _ in images[split]) for split in images}
-    classes = check_classes(path, class_dirs, counts)
-    index = {c: i for i, c in enumerate(classes)}
-    tensors = []
-    for split in ("train", "test"):
-        # Sort by (class, file name): tarball member order is arbitrary, the result must not be.
-        ordered = sorted(images[split], key=lambda e: (e[0], e[1]))
-        tensors.append(torch.stack([img for _, _, img in ordered]))
-        tensors.append(torch.tensor([index[cls] for cls, _, _ in ordered], dtype=torch.int64))
-    return Dataset(*tensors, classes=classes, source=str(path))

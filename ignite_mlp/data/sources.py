@@ -85,11 +85,14 @@ def download_cifar10(root: Path) -> None:
     """Fetch the official archive into ``root`` (torchvision checks its MD5), kept packed.
 
     It arrives under a ``.partial`` name and takes its own name only once its checksum
-    matched, so an interrupted or corrupt download is never taken for the archive.
+    matched, so an interrupted or corrupt download is never taken for the archive. The folders
+    made for it are removed again if it fails (offline, say): a failed start leaves no empty
+    ``--data`` folder behind.
     """
     from torchvision.datasets.utils import download_url
 
     partial = root / f"{CIFAR10_ARCHIVE}.partial"
+    made = _missing_folders(root)
     try:
         root.mkdir(parents=True, exist_ok=True)
         download_url(CIFAR10_URL, str(root), filename=partial.name, md5=CIFAR10_MD5)
@@ -97,11 +100,30 @@ def download_cifar10(root: Path) -> None:
     except (OSError, RuntimeError) as e:
         # URLError is an OSError; torchvision raises RuntimeError on a bad checksum.
         partial.unlink(missing_ok=True)
+        _remove_empty(made)
         raise UserError(
             f"could not download CIFAR-10 into {root} ({type(e).__name__}: {e}); offline? "
             "point --data at a local copy: a folder with cifar-10-batches-py/, a train/ test/ "
             "class-folder tree, or its .tar.gz (e.g. --data ../shared/data/cifar10-jpg.tar.gz)"
         ) from None
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first) that are empty; one that holds anything stays."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return  # not empty (or already gone): its parents are not empty either
 
 
 def _is_gzip(path: Path) -> bool:

@@ -12,30 +12,21 @@ from collections.abc import Callable, Sequence
 import torch
 from ignite.engine import Engine, Events
 
-from ignite_mlp.data import TensorLoader
 from ignite_mlp.handlers.builtin import History
 
 Write = Callable[[str], None]
 
 
-def setup_warnings(
-    batch_size: int,
-    hidden_sizes: Sequence[int],
-    device: torch.device,
-    train: TensorLoader,
-    val: TensorLoader,
-    fixed_order: bool = False,
-) -> list[str]:
-    """Warnings about the set-up itself, known before the first step (``fixed_order``: the
-    training data is unshuffled on purpose, as in the overfit check).
+def setup_warnings(batch_size: int, hidden_sizes: Sequence[int], device: torch.device) -> list[str]:
+    """Warnings about the set-up itself, known before the first step.
 
-    >>> loader = TensorLoader(torch.zeros(4, 1, 1, 1, dtype=torch.uint8), torch.zeros(4, dtype=torch.long),
-    ...                       2, [0.5], [0.5], shuffle=True)
-    >>> for w in setup_warnings(4, [100], torch.device("cuda"), loader, loader):
+    (Shuffling needs no warning: the run always shuffles training batches, except in the
+    overfit check where a fixed order is the point, and never shuffles validation.)
+
+    >>> for w in setup_warnings(4, [100], torch.device("cuda")):
     ...     print(w.split(": ")[1])
     batch size 4 is below 8
     hidden sizes [100] are not multiples of 32 on a GPU
-    validation data is shuffled
     """
     warnings = []
     if batch_size < 8:
@@ -47,16 +38,6 @@ def setup_warnings(
         warnings.append(
             f"warning: hidden sizes {list(hidden_sizes)} are not multiples of 32 on a GPU: its matrix units "
             "work on tiles, and ragged widths leave part of each tile idle"
-        )
-    if not train.shuffle and not fixed_order:
-        warnings.append(
-            "warning: training data is not shuffled: every epoch then sees the batches in the same order, "
-            "and SGD can learn that order instead of the task"
-        )
-    if val.shuffle:
-        warnings.append(
-            "warning: validation data is shuffled: it changes no number, so it is wasted work, and it makes "
-            "per-sample comparisons between epochs impossible"
         )
     return warnings
 

@@ -27,7 +27,7 @@ from ignite_mlp.engine.precision import run_precision
 from ignite_mlp.engine.trainer import create_evaluator
 from ignite_mlp.errors import UserError
 from ignite_mlp.inference.classifier import load_run
-from ignite_mlp.plots import image_grid
+from ignite_mlp.plots import image_grid, spread_over_classes
 from ignite_mlp.run.checkpoints import check_same_data
 from ignite_mlp.run.rundir import find_checkpoint
 
@@ -111,14 +111,16 @@ def _collect_predictions(evaluator: Engine) -> list[torch.Tensor]:
 
 
 def misclassified_grid(evaluation: Evaluation, dataset: Dataset, count: int = 32) -> np.ndarray | None:
-    """The first ``count`` validation images ``evaluation`` got wrong, titled with the predicted
-    and the true class (as TensorBoard's ``val/misclassified``); ``dataset`` is the one evaluated.
-    None when every image was classified right.
+    """Up to ``count`` validation images ``evaluation`` got wrong, spread over their true classes
+    and titled with the predicted and the true class (as TensorBoard's ``val/misclassified``);
+    ``dataset`` is the one evaluated. None when every image was classified right.
     """
     true = dataset.test_labels.cpu()
     if len(evaluation.predictions) != len(true):
         raise ValueError(f"{len(evaluation.predictions)} predictions for {len(true)} validation images")
-    wrong = torch.nonzero(evaluation.predictions != true).flatten()[:count]
+    wrong = torch.nonzero(evaluation.predictions != true).flatten()
+    # Not the first `count`: the data are usually sorted by class, so those would be one class.
+    wrong = wrong[torch.as_tensor(spread_over_classes(true[wrong].numpy(), count))]
     if not len(wrong):
         return None
     titles = [
@@ -172,10 +174,3 @@ def draw_samples(
     )
     x, y = next(iter(loader))
     return Samples(denormalize(x, [mean], [std]), y.tolist(), list(dataset.classes))
-
-
-def sample_grid(
-    data: str | Path | Dataset, count: int = 32, seed: int = 0, mean: float = 0.5, std: float = 0.5
-) -> np.ndarray:
-    """The grid of :func:`draw_samples`: random training images titled with their class."""
-    return draw_samples(data, count, seed, mean, std).grid()

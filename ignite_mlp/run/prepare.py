@@ -66,11 +66,7 @@ def prepare_data(plan: RunPlan, dataset: Dataset | None = None) -> RunData:
     whitening = prepare_whitening(config.whiten, config.whiten_regularizer, dataset.train_images, saved, write)
     served = whiten_dataset(dataset, whitening)
     train_loader, val_loader = build_loaders(served, config, plan.device, ranks.rank(), ranks.world_size())
-    # The overfit check trains on fixed batches on purpose: no shuffle warning then.
-    fixed_order = bool(config.overfit_batches)
-    for warning in setup_warnings(
-        config.batch_size, config.hidden_sizes, plan.device, train_loader, val_loader, fixed_order=fixed_order
-    ):
+    for warning in setup_warnings(config.batch_size, config.hidden_sizes, plan.device):
         write(warning)
     return RunData(dataset, train_loader, val_loader, config.mean, config.std, precision, whitening)
 

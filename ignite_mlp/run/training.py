@@ -116,12 +116,20 @@ class RunResult:
     stopped: str | None = None
     # What else the user should read: early stopping, the overfit check's verdict.
     notes: list[str] = field(default_factory=list)
+    # --dry-run: the run only checked the setup, so its accuracy is no result.
+    dry_run: bool = False
 
     def report(self) -> str:
         """The closing lines printed after training."""
         if self.best_epoch is None:
             return f"no epoch finished; run directory {self.run_dir}"
         lead = "".join(f"{line}\n" for line in [self.stopped, *self.notes] if line)
+        if self.dry_run:
+            return lead + (
+                "dry run finished: 1 epoch of 2 training steps and at most 2 validation batches ran; its accuracy "
+                "means nothing; drop --dry-run to train\n"
+                f"run directory:   {self.run_dir}"
+            )
         return lead + (
             f"best validation accuracy {self.best_val_acc:.2f}% at epoch {self.best_epoch}\n"
             f"best checkpoint: {self.best_checkpoint}\n"
@@ -392,6 +400,7 @@ def collect_result(spec: RunSpec, run_dir: Path, engines: Engines, hooks: Hooks)
         files=hooks.files,
         stopped=stopped,
         notes=notes,
+        dry_run=config.dry_run,
     )
 
 

@@ -12,7 +12,7 @@ from ignite.metrics import ConfusionMatrix
 
 from ignite_mlp.data import denormalize
 from ignite_mlp.handlers.tensorboard.events import add_image
-from ignite_mlp.plots import confusion_matrix_figure, image_grid
+from ignite_mlp.plots import confusion_matrix_figure, image_grid, rank_within_class, spread_over_classes
 
 SAMPLE_IMAGES = 32  # training images in the grid logged at the start
 MISCLASSIFIED_IMAGES = 32  # at most this many misclassified validation images per grid
@@ -45,10 +45,11 @@ class ValidationImages:
     epochs and at the last one.
 
     The matrix is Ignite's ``ConfusionMatrix`` attached to the evaluator. The misclassified
-    images are collected during evaluation: the first ``count`` in validation order, their
-    pixels recovered from the normalised batch (``normalization`` = (mean, std)). Once enough
-    are found, later batches cost nothing. In a multi-process run they come from rank 0's share
-    of the validation set; the matrix counts every rank's.
+    images are collected during evaluation, up to ``count`` per true class, their pixels
+    recovered from the normalised batch (``normalization`` = (mean, std)); the grid shows
+    ``count`` of them spread over the classes (:func:`spread_over_classes`). Once every class
+    has enough, later batches cost nothing. In a multi-process run they come from rank 0's
+    share of the validation set; the matrix counts every rank's.
     """
 
     def __init__(
@@ -67,7 +68,7 @@ class ValidationImages:
         self.images: list[torch.Tensor] = []
         self.predicted: list[torch.Tensor] = []
         self.true: list[torch.Tensor] = []
-        self.found = 0
+        self.per_class = torch.zeros(len(self.classes), dtype=torch.long)  # images kept per true class
         if normalization is not None:
             evaluator.add_event_handler(Events.STARTED, self._reset)
             evaluator.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
@@ -77,21 +78,26 @@ class ValidationImages:
         return epoch % self.every == 0 or epoch == self.trainer.state.max_epochs
 
     def _reset(self, _: Engine) -> None:
-        self.images, self.predicted, self.true, self.found = [], [], [], 0
+        self.images, self.predicted, self.true = [], [], []
+        self.per_class.zero_()
 
     def _collect(self, engine: Engine) -> None:
-        if self.found >= self.count or not self.due():
+        if int(self.per_class.min()) >= self.count or not self.due():
             return
         x = engine.state.batch[0]
         y_pred, y = engine.state.output[:2]
         predicted = y_pred.argmax(dim=1)
-        wrong = torch.nonzero(predicted != y).flatten()[: self.count - self.found]
+        wrong = torch.nonzero(predicted != y).flatten()
+        true = y[wrong].cpu()
+        # Keep a mistake only while its class has fewer than `count`: the grid needs no more.
+        keep = torch.as_tensor(rank_within_class(true.numpy())) + self.per_class[true] < self.count
+        wrong, true = wrong[keep.to(wrong.device)], true[keep]
         if len(wrong):
             assert self.normalization is not None
             self.images.append(denormalize(x.index_select(0, wrong.to(x.device)), *self.normalization).cpu())
             self.predicted.append(predicted[wrong].cpu())
-            self.true.append(y[wrong].cpu())
-            self.found += len(wrong)
+            self.true.append(true)
+            self.per_class += torch.bincount(true, minlength=len(self.classes))
 
     def log(self, writer: Any, step: int) -> None:
         """Write this epoch's images, if it is due; call after validation."""
@@ -100,8 +106,11 @@ class ValidationImages:
         matrix = self.evaluator.state.metrics[CONFUSION_MATRIX].cpu().numpy()
         add_image(writer, "val/confusion_matrix", confusion_matrix_figure(matrix, self.classes), step)
         if self.images:
+            true = torch.cat(self.true)
+            shown = torch.as_tensor(spread_over_classes(true.numpy(), self.count))
             titles = [
                 f"pred {self.classes[p]}\ntrue {self.classes[t]}"
-                for p, t in zip(torch.cat(self.predicted).tolist(), torch.cat(self.true).tolist(), strict=True)
+                for p, t in zip(torch.cat(self.predicted)[shown].tolist(), true[shown].tolist(), strict=True)
             ]
-            add_image(writer, "val/misclassified", image_grid(torch.cat(self.images), titles, GRID_COLUMNS), step)
+            grid = image_grid(torch.cat(self.images)[shown], titles, GRID_COLUMNS)
+            add_image(writer, "val/misclassified", grid, step)
