@@ -10,6 +10,7 @@ import torch
 from ignite_mlp.config.train_config import TrainConfig
 from ignite_mlp.data import Dataset, TensorLoader, channel_stats, load_dataset, summarize
 from ignite_mlp.data.augment import make_augment, make_mix
+from ignite_mlp.data.split import split_validation, validation_count
 from ignite_mlp.data.whitening import Whitening, prepare_whitening, whiten_dataset
 from ignite_mlp.distributed import ranks
 from ignite_mlp.engine.precision import Precision, resolve_precision
@@ -18,7 +19,6 @@ from ignite_mlp.progress import progress_mode
 from ignite_mlp.run.plan import RunPlan
 
 
-@dataclass
 @dataclass
 class RunData:
     """The data set and its loaders, with the config they were built for."""
@@ -33,6 +33,8 @@ class RunData:
     precision: Precision
     # --whiten: the ZCA transform the loaders applied (saved in the run directory), or None.
     whitening: Whitening | None = None
+    # --val-split: the data as loaded, whose test split is evaluated once at the end; None without it.
+    held_out: Dataset | None = None
 
 
 def prepare_data(plan: RunPlan, dataset: Dataset | None = None) -> RunData:
@@ -43,6 +45,10 @@ def prepare_data(plan: RunPlan, dataset: Dataset | None = None) -> RunData:
         with ranks.main_first():  # one download and decode per machine; the others read the cache
             progress = progress_mode(config.progress) if plan.main else "off"
             dataset = load_dataset(config.data, config.cache_dir, config.download, progress=progress)
+    held_out = None
+    if config.val_split:  # validate on training images; the test split waits for the end (data/split.py)
+        held_out = dataset
+        dataset = split_validation(dataset, validation_count(config.val_split, len(dataset.train_labels)), config.seed)
     write(summarize(dataset, config.batch_size))
     config.check_data(dataset.image_shape)  # the option checks that need the image shape
     # --precision auto: bf16 only where native and measured faster (precision.py). Every rank
@@ -72,7 +78,7 @@ def prepare_data(plan: RunPlan, dataset: Dataset | None = None) -> RunData:
         config.batch_size, config.hidden_sizes, plan.device, train_loader, val_loader, fixed_order=fixed_order
     ):
         write(warning)
-    return RunData(config, dataset, train_loader, val_loader, epoch_length, precision, whitening)
+    return RunData(config, dataset, train_loader, val_loader, epoch_length, precision, whitening, held_out)
 
 
 def build_loaders(
@@ -107,18 +113,24 @@ def build_loaders(
         rank=rank,
         world_size=world_size,
     )
-    val_loader = TensorLoader(
-        dataset.test_images,
-        dataset.test_labels,
+    return train_loader, validation_loader(dataset.test_images, dataset.test_labels, config, device, rank, world_size)
+
+
+def validation_loader(
+    images: torch.Tensor, labels: torch.Tensor, config: TrainConfig, device: torch.device, rank: int, world_size: int
+) -> TensorLoader:
+    """Ordered evaluation batches of ``images``: the validation split's, or the test split's once at the end."""
+    return TensorLoader(
+        images,
+        labels,
         -(-config.eval_batch_size // world_size) * world_size,
         config.mean,
         config.std,
         shuffle=False,
         device=device,
         # Normalise validation data once, unless the float copy would be large (> 1 GiB).
-        keep_normalized=dataset.test_images.numel() * 4 <= 2**30,
+        keep_normalized=images.numel() * 4 <= 2**30,
         rank=rank,
         world_size=world_size,
         even_shards=False,  # validation runs no collective per batch: shards may differ by one image
     )
-    return train_loader, val_loader

@@ -36,6 +36,7 @@ FIXED = (
     "epoch_length",
     "dry_run",
     "overfit_batches",
+    "val_split",
     "normalize",
     "mean",
     "std",

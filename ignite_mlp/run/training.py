@@ -19,6 +19,7 @@ The CLI is a thin layer over this function, so a Python user gets exactly the sa
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import signal
 import threading
@@ -36,15 +37,19 @@ from torch import nn
 from ignite_mlp.config.constraints import loss_is_nan
 from ignite_mlp.config.train_config import TrainConfig
 from ignite_mlp.data import Dataset
-from ignite_mlp.data.whitening import save_whitening
+from ignite_mlp.data.whitening import save_whitening, whiten_images
+from ignite_mlp.distributed import ranks
+from ignite_mlp.engine.trainer import create_evaluator
 from ignite_mlp.errors import CudaError, TrainingInterrupted
 from ignite_mlp.files import write_json_atomic
 from ignite_mlp.handlers.extensions import handler_table
 from ignite_mlp.handlers.guardrails import overfit_report
+from ignite_mlp.handlers.tensorboard.logger import write_test_hparams
+from ignite_mlp.run.checkpoints import safe_load, validated_weights
 from ignite_mlp.run.engines import Engines, StopRequest, build_engines, build_optimizer
 from ignite_mlp.run.lr_finder import record_lr_curve, resolve_auto_lr
 from ignite_mlp.run.plan import RunPlan, prepare_run_dir, resolve_plan
-from ignite_mlp.run.prepare import RunData, build_loaders, prepare_data
+from ignite_mlp.run.prepare import RunData, build_loaders, prepare_data, validation_loader
 from ignite_mlp.run.wiring import Hooks, attach_builtins
 
 # build_loaders and build_optimizer live with their phases; they stay importable from here.
@@ -84,14 +89,18 @@ class RunResult:
     stopped: str | None = None
     # What else the user should read: early stopping, the overfit check's verdict.
     notes: list[str] = field(default_factory=list)
+    # --val-split: the test split, evaluated once at the end with the best weights (percent, mean loss).
+    test_acc: float | None = None
+    test_loss: float | None = None
 
     def report(self) -> str:
         """The closing lines printed after training."""
         if self.best_epoch is None:
             return f"no epoch finished; run directory {self.run_dir}"
         lead = "".join(f"{line}\n" for line in [self.stopped, *self.notes] if line)
+        test = "" if self.test_acc is None else f"test accuracy {self.test_acc:.2f}% (loss {self.test_loss:.4f})\n"
         return lead + (
-            f"best validation accuracy {self.best_val_acc:.2f}% at epoch {self.best_epoch}\n"
+            f"best validation accuracy {self.best_val_acc:.2f}% at epoch {self.best_epoch}\n{test}"
             f"best checkpoint: {self.best_checkpoint}\n"
             f"run directory:   {self.run_dir} (tensorboard --logdir {self.run_dir.parent})"
         )
@@ -146,7 +155,12 @@ def train(
             hooks.tb.close()
         return RunResult(plan.run_dir, hooks.history.state_dict(), None, None, None, None, hooks.files)
     fit(plan, data, engines, hooks)
-    return collect_result(plan, engines, hooks)
+    result = collect_result(plan, engines, hooks)
+    if data.held_out is not None and result.best_checkpoint is not None:  # --val-split: now, and only now
+        result.test_acc, result.test_loss = evaluate_test_once(plan, data, engines, result.best_checkpoint)
+        if plan.main:
+            record_test_metrics(plan, engines, hooks, result.test_acc, result.test_loss)
+    return result
 
 
 # ----------------------------------------------------------------------------- 6. fit
@@ -227,6 +241,33 @@ def collect_result(plan: RunPlan, engines: Engines, hooks: Hooks) -> RunResult:
         stopped=stopped,
         notes=notes,
     )
+
+
+def evaluate_test_once(plan: RunPlan, data: RunData, engines: Engines, best_checkpoint: Path) -> tuple[float, float]:
+    """Accuracy (percent) and mean loss of the best checkpoint's weights on the test split that
+    --val-split kept aside, served as validation was (whitened, normalised, TTA): the one time
+    the run reads it. Every rank evaluates its share; Ignite's metrics sum the shares."""
+    assert data.held_out is not None
+    config = plan.config
+    model = copy.deepcopy(engines.eval_model if engines.eval_model is not None else engines.model)
+    model.load_state_dict(validated_weights(safe_load(best_checkpoint)))
+    images = data.held_out.test_images
+    if data.whitening is not None:
+        images = whiten_images(images, data.whitening)
+    loader = validation_loader(images, data.held_out.test_labels, config, plan.device, ranks.rank(), ranks.world_size())
+    evaluator = create_evaluator(model, nn.CrossEntropyLoss(), plan.device, data.precision.name, config.tta)
+    metrics = evaluator.run(loader, epoch_length=2 if config.dry_run else None).metrics
+    test_acc, test_loss = 100.0 * float(metrics["accuracy"]), float(metrics["loss"])
+    plan.write(f"test split, evaluated once with the best weights: accuracy {test_acc:.2f}%, loss {test_loss:.4f}")
+    return test_acc, test_loss
+
+
+def record_test_metrics(plan: RunPlan, engines: Engines, hooks: Hooks, test_acc: float, test_loss: float) -> None:
+    """``test_acc`` and ``test_loss`` in history.json and in the run's TensorBoard HParams entry."""
+    history = {**hooks.history.state_dict(), "test_acc": test_acc, "test_loss": test_loss}
+    write_json_atomic(hooks.files["history"], history)
+    if plan.config.tensorboard:
+        write_test_hparams(plan.run_dir, hooks.run_info, hooks.history, engines.trainer, test_acc, test_loss)
 
 
 def nan_message(trainer: Engine, config: TrainConfig) -> str | None:
