@@ -112,6 +112,7 @@ def train(
     dataset: Dataset | None = None,
     write: Callable[[str], None] = print,
     list_handlers: bool = False,
+    evaluate_test: bool = True,
 ) -> RunResult:
     """Train an MLP as ``config`` says and return what the run produced.
 
@@ -120,7 +121,8 @@ def train(
     names more of them by spec. ``dataset`` skips loading (for tests and notebooks that hold
     one). With ``config.resume`` the run continues from its newest checkpoint (see
     :meth:`TrainConfig.from_run`). ``list_handlers`` prints which handler runs on which event
-    and returns before training.
+    and returns before training. With ``config.val_split`` the test split is evaluated once at
+    the end, unless ``evaluate_test`` is False (a sweep evaluates its best trial only).
 
     Inside a multi-process run (see :func:`ignite_mlp.distributed.launcher.launch`) this is one rank:
     every rank trains its share and runs every collective; only rank 0 writes and prints.
@@ -156,7 +158,7 @@ def train(
         return RunResult(plan.run_dir, hooks.history.state_dict(), None, None, None, None, hooks.files)
     fit(plan, data, engines, hooks)
     result = collect_result(plan, engines, hooks)
-    if data.held_out is not None and result.best_checkpoint is not None:  # --val-split: now, and only now
+    if evaluate_test and data.held_out is not None and result.best_checkpoint is not None:  # --val-split: now only
         result.test_acc, result.test_loss = evaluate_test_once(plan, data, engines, result.best_checkpoint)
         if plan.main:
             record_test_metrics(plan, engines, hooks, result.test_acc, result.test_loss)
