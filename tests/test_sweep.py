@@ -194,7 +194,7 @@ def postgres_url() -> str:
 
 def test_postgres_worker_killed_mid_trial_is_run_again(tree: Path, tmp_path: Path, postgres_url: str) -> None:
     study_name = f"test-{uuid.uuid4().hex[:8]}"
-    space = _space(tmp_path, epochs=30)  # long enough trials to kill one mid-way
+    space = _space(tmp_path, epochs=12)  # long enough trials to kill one mid-way
     sweep_dir = tmp_path / "sweep"
     args = _sweep_args(tree, space, sweep_dir, 2, "--pruner", "none", "--storage", postgres_url, "--study", study_name)
     args += ["--heartbeat-interval", "1", "--grace-period", "3"]

@@ -192,7 +192,9 @@ def reclaim_dead_trials(study: optuna.Study, settings: SweepSettings) -> list[in
                 study.tell(trial.number, state=TrialState.FAIL)
             except (RuntimeError, ValueError):  # finished meanwhile: not dead after all
                 continue
-            _Retry(max_retry=3)(study, _frozen(study, trial.number))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                _Retry(max_retry=3)(study, _frozen(study, trial.number))
             reclaimed.append(trial.number)
     return reclaimed
 
