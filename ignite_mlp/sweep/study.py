@@ -32,7 +32,7 @@ from optuna.storages import RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from ignite_mlp.errors import UserError
+from ignite_mlp.errors import TrainingInterrupted, UserError
 from ignite_mlp.sweep.objective import COUNTED, FINISHED, Objective, SurplusTrial, lock_is_free, lock_path
 from ignite_mlp.sweep.space import SearchSpace, load_space, parse_space
 
@@ -366,7 +366,7 @@ def _worker_main(settings: SweepSettings, worker: int) -> None:
 
     try:
         run_worker(settings, worker, write)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, TrainingInterrupted):  # Ctrl-C: the trial ended cleanly, recorded as failed
         sys.exit(130)
     except UserError as e:
         print(f"ignite-mlp: error: {e}", file=sys.stderr, flush=True)
