@@ -114,6 +114,13 @@ class TrainConfig:
     lr_gamma: float = _opt(0.1, "step schedule: factor applied at each drop")
     patience: int = _opt(0, "early stopping: epochs without improvement before stopping (0: off)")
     early_stop_metric: str = _opt("val_loss", "val_loss | val_acc: what early stopping watches")
+    # The tutorial's rule: choose on validation data, see the test split once. 0: validate on the
+    # test split, as the tutorial's own code does.
+    val_split: float = _opt(
+        0.0,
+        "hold out N training images (or a fraction below 1), stratified by class and fixed by --seed, "
+        "for validation; the test split is then evaluated once, with the best weights, at the end (0: off)",
+    )
     # None: one pass over the training set per epoch.
     epoch_length: int | None = _opt(None, "iterations per epoch (default: one pass over the training set)")
     dry_run: bool = _opt(False, "run 2 iterations of training and validation, to check a setup in seconds")

@@ -137,6 +137,8 @@ def _check_controls(c: TrainConfig) -> None:
     length_ok = c.epoch_length is None or c.epoch_length >= 1
     check(length_ok, "--epoch-length", c.epoch_length, ">= 1", "or leave it out for a full pass")
     check(c.overfit_batches >= 0, "--overfit-batches", c.overfit_batches, ">= 0", "try 2")
+    split_ok = c.val_split == 0 or 0 < c.val_split < 1 or (c.val_split >= 1 and float(c.val_split).is_integer())
+    check(split_ok, "--val-split", c.val_split, "a count of images or a fraction below 1", "e.g. 5000 or 0.1")
 
 
 def _check_processes(c: TrainConfig) -> None:

@@ -10,6 +10,7 @@ import torch
 from ignite_mlp.config.train_config import TrainConfig
 from ignite_mlp.data import Dataset, TensorLoader, channel_stats, load_dataset, summarize
 from ignite_mlp.data.augment import make_augment, make_mix
+from ignite_mlp.data.split import split_validation, validation_count
 from ignite_mlp.data.whitening import Whitening, prepare_whitening, whiten_dataset
 from ignite_mlp.distributed import ranks
 from ignite_mlp.engine.precision import Precision, resolve_precision
@@ -33,6 +34,8 @@ class RunData:
     precision: Precision
     # --whiten: the ZCA transform the loaders applied (saved in the run directory), or None.
     whitening: Whitening | None = None
+    # --val-split: the data as loaded, whose test split is evaluated once at the end; None without it.
+    held_out: Dataset | None = None
 
 
 def prepare_data(plan: RunPlan, dataset: Dataset | None = None) -> RunData:
@@ -42,6 +45,10 @@ def prepare_data(plan: RunPlan, dataset: Dataset | None = None) -> RunData:
     if dataset is None:
         with ranks.main_first():  # one download and decode per machine; the others read the cache
             dataset = load_dataset(config.data, config.cache_dir, config.download, progress=plan.progress)
+    held_out = None
+    if config.val_split:  # validate on training images; the test split waits for the end (data/split.py)
+        held_out = dataset
+        dataset = split_validation(dataset, validation_count(config.val_split, len(dataset.train_labels)), config.seed)
     write(summarize(dataset, config.batch_size))
     config.check_data(dataset.image_shape)  # the option checks that need the image shape
     # --precision auto: bf16 only where native and measured faster (precision.py). Every rank
@@ -68,7 +75,7 @@ def prepare_data(plan: RunPlan, dataset: Dataset | None = None) -> RunData:
     train_loader, val_loader = build_loaders(served, config, plan.device, ranks.rank(), ranks.world_size())
     for warning in setup_warnings(config.batch_size, config.hidden_sizes, plan.device):
         write(warning)
-    return RunData(dataset, train_loader, val_loader, config.mean, config.std, precision, whitening)
+    return RunData(dataset, train_loader, val_loader, config.mean, config.std, precision, whitening, held_out)
 
 
 def build_loaders(
@@ -103,18 +110,24 @@ def build_loaders(
         rank=rank,
         world_size=world_size,
     )
-    val_loader = TensorLoader(
-        dataset.test_images,
-        dataset.test_labels,
+    return train_loader, validation_loader(dataset.test_images, dataset.test_labels, config, device, rank, world_size)
+
+
+def validation_loader(
+    images: torch.Tensor, labels: torch.Tensor, config: TrainConfig, device: torch.device, rank: int, world_size: int
+) -> TensorLoader:
+    """Ordered evaluation batches of ``images``: the validation split's, or the test split's once at the end."""
+    return TensorLoader(
+        images,
+        labels,
         -(-config.eval_batch_size // world_size) * world_size,
         config.mean,
         config.std,
         shuffle=False,
         device=device,
         # Normalise validation data once, unless the float copy would be large (> 1 GiB).
-        keep_normalized=dataset.test_images.numel() * 4 <= 2**30,
+        keep_normalized=images.numel() * 4 <= 2**30,
         rank=rank,
         world_size=world_size,
         even_shards=False,  # validation runs no collective per batch: shards may differ by one image
     )
-    return train_loader, val_loader

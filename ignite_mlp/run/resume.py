@@ -35,6 +35,7 @@ FIXED = (
     "epoch_length",
     "dry_run",
     "overfit_batches",
+    "val_split",
     "normalize",
     "mean",
     "std",

@@ -29,6 +29,7 @@ The CLI is a thin layer over this function, so a Python user gets exactly the sa
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import signal
 import threading
@@ -46,8 +47,10 @@ from torch import nn
 from ignite_mlp.config.constraints import loss_is_nan
 from ignite_mlp.config.train_config import TrainConfig
 from ignite_mlp.data import Dataset
+from ignite_mlp.data.whitening import whiten_images
 from ignite_mlp.distributed import ranks
 from ignite_mlp.engine.precision import attach_step_check
+from ignite_mlp.engine.trainer import create_evaluator
 from ignite_mlp.errors import CudaError, TrainingInterrupted
 from ignite_mlp.files import write_json_atomic
 from ignite_mlp.handlers.builtin import (
@@ -63,14 +66,14 @@ from ignite_mlp.handlers.builtin import (
 from ignite_mlp.handlers.extensions import handler_table
 from ignite_mlp.handlers.guardrails import attach_initial_loss_check, attach_overfitting_watch, overfit_report
 from ignite_mlp.handlers.tensorboard.images import attach_confusion_matrix
-from ignite_mlp.handlers.tensorboard.logger import attach_tensorboard, environment, run_text
+from ignite_mlp.handlers.tensorboard.logger import attach_tensorboard, environment, run_text, write_test_hparams
 from ignite_mlp.handlers.training import attach_early_stopping, attach_lr_schedule, attach_new_best_event
 from ignite_mlp.run.checkpoints import EpochMetricsState, RandomState, data_record
 from ignite_mlp.run.engines import Engines, StopRequest, build_engines, build_optimizer
 from ignite_mlp.run.lr_finder import record_lr_curve, resolve_auto_lr
 from ignite_mlp.run.plan import RunPlan, prepare_run_dir, resolve_plan
-from ignite_mlp.run.prepare import RunData, build_loaders, prepare_data
-from ignite_mlp.run.rundir import RunDir, RunLock
+from ignite_mlp.run.prepare import RunData, build_loaders, prepare_data, validation_loader
+from ignite_mlp.run.rundir import RunDir, RunLock, safe_load, validated_weights
 from ignite_mlp.run.spec import RunSpec, resolve_spec
 
 # build_loaders and build_optimizer live with their phases; they stay importable from here.
@@ -118,6 +121,9 @@ class RunResult:
     notes: list[str] = field(default_factory=list)
     # --dry-run: the run only checked the setup, so its accuracy is no result.
     dry_run: bool = False
+    # --val-split: the test split, evaluated once at the end with the best weights (percent, mean loss).
+    test_acc: float | None = None
+    test_loss: float | None = None
 
     def report(self) -> str:
         """The closing lines printed after training."""
@@ -130,8 +136,9 @@ class RunResult:
                 "means nothing; drop --dry-run to train\n"
                 f"run directory:   {self.run_dir}"
             )
+        test = "" if self.test_acc is None else f"test accuracy {self.test_acc:.2f}% (loss {self.test_loss:.4f})\n"
         return lead + (
-            f"best validation accuracy {self.best_val_acc:.2f}% at epoch {self.best_epoch}\n"
+            f"best validation accuracy {self.best_val_acc:.2f}% at epoch {self.best_epoch}\n{test}"
             f"best checkpoint: {self.best_checkpoint}\n"
             f"run directory:   {self.run_dir} (tensorboard --logdir {self.run_dir.parent})"
         )
@@ -143,6 +150,7 @@ def train(
     dataset: Dataset | None = None,
     write: Callable[[str], None] = print,
     list_handlers: bool = False,
+    evaluate_test: bool = True,
 ) -> RunResult:
     """Train an MLP as ``config`` says and return what the run produced.
 
@@ -151,7 +159,8 @@ def train(
     names more of them by spec. ``dataset`` skips loading (for tests and notebooks that hold
     one). With ``config.resume`` the run continues from its newest checkpoint (see
     :meth:`ignite_mlp.run.rundir.RunDir.resume_config`). ``list_handlers`` prints which handler
-    runs on which event and returns before training.
+    runs on which event and returns before training. With ``config.val_split`` the test split is
+    evaluated once at the end, unless ``evaluate_test`` is False (a sweep evaluates its best trial only).
 
     Inside a multi-process run (see :func:`ignite_mlp.distributed.launcher.launch`) this is one rank:
     every rank trains its share and runs every collective; only rank 0 writes and prints.
@@ -213,7 +222,12 @@ def train(
         if list_handlers:
             return _list_handlers(plan, engines, hooks)
         fit(spec, plan, data, engines, hooks)
-        return collect_result(spec, plan.run_dir, engines, hooks)
+        result = collect_result(spec, plan.run_dir, engines, hooks)
+        if evaluate_test and data.held_out is not None and result.best_checkpoint is not None:  # --val-split
+            result.test_acc, result.test_loss = evaluate_test_once(spec, plan, data, engines, result.best_checkpoint)
+            if spec.main:
+                record_test_metrics(spec, plan, engines, hooks, result.test_acc, result.test_loss)
+        return result
 
 
 def _list_handlers(plan: RunPlan, engines: Engines, hooks: Hooks) -> RunResult:
@@ -402,6 +416,37 @@ def collect_result(spec: RunSpec, run_dir: Path, engines: Engines, hooks: Hooks)
         notes=notes,
         dry_run=config.dry_run,
     )
+
+
+def evaluate_test_once(
+    spec: RunSpec, plan: RunPlan, data: RunData, engines: Engines, best_checkpoint: Path
+) -> tuple[float, float]:
+    """Accuracy (percent) and mean loss of the best checkpoint's weights on the test split that
+    --val-split kept aside, served as validation was (whitened, normalised, TTA): the one time
+    the run reads it. Every rank evaluates its share; Ignite's metrics sum the shares."""
+    assert data.held_out is not None
+    config = spec.config
+    model = copy.deepcopy(engines.eval_model if engines.eval_model is not None else engines.model)
+    model.load_state_dict(validated_weights(safe_load(best_checkpoint)))
+    images = data.held_out.test_images
+    if data.whitening is not None:
+        images = whiten_images(images, data.whitening)
+    loader = validation_loader(images, data.held_out.test_labels, config, spec.device, spec.rank, spec.world_size)
+    evaluator = create_evaluator(model, nn.CrossEntropyLoss(), spec.device, spec.precision, config.tta)
+    metrics = evaluator.run(loader, epoch_length=spec.val_batches).metrics
+    test_acc, test_loss = 100.0 * float(metrics["accuracy"]), float(metrics["loss"])
+    plan.write(f"test split, evaluated once with the best weights: accuracy {test_acc:.2f}%, loss {test_loss:.4f}")
+    return test_acc, test_loss
+
+
+def record_test_metrics(
+    spec: RunSpec, plan: RunPlan, engines: Engines, hooks: Hooks, test_acc: float, test_loss: float
+) -> None:
+    """``test_acc`` and ``test_loss`` in the run's history and in its TensorBoard HParams entry."""
+    history = {**hooks.history.state_dict(), "test_acc": test_acc, "test_loss": test_loss}
+    write_json_atomic(hooks.files["history"], history)
+    if spec.config.tensorboard:
+        write_test_hparams(plan.run_dir, hooks.run_info, hooks.history, engines.trainer, test_acc, test_loss)
 
 
 def nan_message(trainer: Engine, config: TrainConfig) -> str | None:

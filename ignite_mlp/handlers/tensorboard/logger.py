@@ -294,6 +294,19 @@ def best_metrics(history: History) -> dict[str, float]:
     return {"hparams/best_val_acc": max(acc), "hparams/best_val_loss": min(loss)} if acc else {}
 
 
+def write_test_hparams(
+    log_dir: str | Path,
+    hparams: Mapping[str, Any],
+    history: History,
+    trainer: Engine,
+    test_acc: float,
+    test_loss: float,
+) -> Path:
+    """The run's HParams entry again, now with the test split's one evaluation (--val-split)."""
+    metrics = {**best_metrics(history), "hparams/test_acc": test_acc, "hparams/test_loss": test_loss}
+    return write_hparams(log_dir, hparams, metrics, trainer.state.iteration, session_status(trainer))
+
+
 def session_status(trainer: Engine) -> str:
     """How the training session ended, in the HParams plugin's terms."""
     state = trainer.state

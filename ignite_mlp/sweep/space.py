@@ -1,0 +1,214 @@
+"""The search space of a sweep: a TOML file of fixed train options and searched ones, checked whole.
+
+    [fixed]                      # train options for every trial: the keys of run.toml
+    recipe = "tutorial"
+    epochs = 20
+
+    [search.lr]                  # a float range (a bound is a float), sampled on a log scale
+    low = 1e-4
+    high = 1e-1
+    log = true
+
+    [search.batch-size]          # an int range (both bounds ints), in steps of 64
+    low = 64
+    high = 512
+    step = 64
+
+    [search.hidden-sizes]        # one of these values (lists allowed)
+    choices = [[128], [512, 256]]
+
+Every value a trial can get is checked with :class:`TrainConfig` before anything runs, so a
+wrong type or an impossible value is one line at the start, not a failed trial an hour in.
+Importable without Ignite or Optuna (Optuna only types :func:`suggest`'s trial).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ignite_mlp.config.train_config import TrainConfig
+from ignite_mlp.errors import UserError
+
+if TYPE_CHECKING:
+    import optuna
+
+# Set by the sweep itself for every trial: a search space may not set them.
+SWEEP_OWNED = ("data", "run_dir", "resume", "overwrite", "val_split", "progress", "nproc_per_node", "handlers")
+# The validation split is drawn with the seed: searching it would score trials on different images.
+NOT_SEARCHABLE = ("seed",)
+RANGE_KEYS = {"low", "high", "log", "step"}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched option: an int or float range, or a list of choices."""
+
+    name: str  # TrainConfig's field name
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple[Any, ...] = ()
+
+    @property
+    def kind(self) -> str:
+        if self.choices:
+            return "choices"
+        return "int" if isinstance(self.low, int) and isinstance(self.high, int) else "float"
+
+
+@dataclass
+class SearchSpace:
+    """``fixed`` train options (field names) and the searched ``params``, in file order."""
+
+    fixed: dict[str, Any] = field(default_factory=dict)
+    params: list[Param] = field(default_factory=list)
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    """Read and check a search-space file; every problem is a :class:`UserError` naming it."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"--space {path}: no such file; give the path of a search-space TOML file")
+    try:
+        raw = tomllib.loads(p.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"--space {path}: not valid TOML ({e}); fix the file") from None
+    return parse_space(raw, str(path))
+
+
+def parse_space(raw: dict[str, Any], source: str = "space") -> SearchSpace:
+    """The checked :class:`SearchSpace` of a parsed TOML document.
+
+    >>> parse_space({"search": {"lr": {"low": 1e-3, "high": 0.1, "log": True}}}).params[0].kind
+    'float'
+    >>> parse_space({"search": {"epochs": {"low": 5, "high": 2}}})
+    Traceback (most recent call last):
+    ...
+    ignite_mlp.errors.UserError: --space space: [search.epochs] is an empty range (low 5 >= high 2); make low < high
+    """
+    unknown = set(raw) - {"fixed", "search"}
+    if unknown:
+        raise UserError(f"--space {source}: unknown section {sorted(unknown)[0]!r}; use [fixed] and [search.OPTION]")
+    fixed = {_field_name(key, source, "[fixed]"): value for key, value in _table(raw, "fixed", source).items()}
+    params = [_param(key, spec, source) for key, spec in _table(raw, "search", source).items()]
+    for param in params:
+        if param.name in fixed:
+            raise UserError(f"--space {source}: {_key(param.name)} is both fixed and searched; keep one")
+    space = SearchSpace(fixed, params)
+    _check_values(space, source)
+    return space
+
+
+def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
+    """The trial's train options (field names): the space's fixed ones and a value for each searched one."""
+    values = dict(space.fixed)
+    for p in space.params:
+        if p.kind == "choices":
+            # Optuna's choices are plain values: lists (hidden sizes) travel as their JSON text.
+            labels = [json.dumps(c) if isinstance(c, list) else c for c in p.choices]
+            picked = trial.suggest_categorical(p.name, labels)
+            values[p.name] = json.loads(picked) if isinstance(picked, str) and picked in _list_labels(p) else picked
+        elif p.kind == "int":
+            step = int(p.step) if p.step is not None else 1
+            values[p.name] = trial.suggest_int(p.name, int(p.low), int(p.high), step=step, log=p.log)  # type: ignore[arg-type]
+        else:
+            values[p.name] = trial.suggest_float(p.name, p.low, p.high, step=p.step, log=p.log)  # type: ignore[arg-type]
+    return values
+
+
+def decode_params(params: dict[str, Any], space: SearchSpace) -> dict[str, Any]:
+    """A finished trial's Optuna parameters as train options (list choices back from their JSON text)."""
+    lists = {p.name: _list_labels(p) for p in space.params}
+    return {k: json.loads(v) if isinstance(v, str) and v in lists.get(k, ()) else v for k, v in params.items()}
+
+
+def _list_labels(p: Param) -> set[str]:
+    return {json.dumps(c) for c in p.choices if isinstance(c, list)}
+
+
+def _table(raw: dict[str, Any], name: str, source: str) -> dict[str, Any]:
+    table = raw.get(name, {})
+    if not isinstance(table, dict):
+        raise UserError(f"--space {source}: {name} must be a table [{name}]; see ignite-mlp sweep --help")
+    return table
+
+
+def _key(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _field_name(key: str, source: str, where: str) -> str:
+    name = key.replace("-", "_")
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    aliases = {f.metadata["flag"].replace("-", "_"): f.name for f in fields.values() if "flag" in f.metadata}
+    name = aliases.get(name, name)
+    if name not in fields:
+        raise UserError(f"--space {source}: {where} unknown option {key!r}; use the train flags' names, e.g. lr")
+    if name in SWEEP_OWNED:
+        raise UserError(f"--space {source}: {where} {key!r} is set by the sweep for every trial; remove it")
+    return name
+
+
+def _param(key: str, spec: Any, source: str) -> Param:
+    where = f"[search.{key}]"
+    name = _field_name(key, source, "[search]")
+    if name in NOT_SEARCHABLE:
+        raise UserError(f"--space {source}: {where} cannot be searched (it draws the validation split); fix it")
+    if not isinstance(spec, dict):
+        raise UserError(f"--space {source}: {where} must be a table with low/high or choices")
+    if "choices" in spec:
+        choices = spec["choices"]
+        extra = set(spec) - {"choices"}
+        if extra:
+            raise UserError(f"--space {source}: {where} takes choices or low/high, not both ({sorted(extra)[0]})")
+        if not isinstance(choices, list) or not choices:
+            raise UserError(f"--space {source}: {where} choices must be a non-empty list")
+        return Param(name, choices=tuple(choices))
+    extra = set(spec) - RANGE_KEYS
+    if extra:
+        bad = sorted(extra)[0]
+        raise UserError(f"--space {source}: {where} unknown key {bad!r}; use low, high, log, step or choices")
+    if "low" not in spec or "high" not in spec:
+        raise UserError(f"--space {source}: {where} needs low and high (or choices)")
+    low, high, log, step = spec["low"], spec["high"], spec.get("log", False), spec.get("step")
+    for label, value in (("low", low), ("high", high), ("step", step)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise UserError(f"--space {source}: {where} {label} must be a number (got {value!r})")
+    if not isinstance(log, bool):
+        raise UserError(f"--space {source}: {where} log must be true or false (got {log!r})")
+    if low >= high:
+        raise UserError(f"--space {source}: {where} is an empty range (low {low} >= high {high}); make low < high")
+    if log and low <= 0:
+        raise UserError(f"--space {source}: {where} a log range needs low > 0 (got {low})")
+    if step is not None and (step <= 0 or log):
+        raise UserError(f"--space {source}: {where} step must be > 0 and without log (got {step})")
+    if typing.get_type_hints(TrainConfig)[name] is int and not (isinstance(low, int) and isinstance(high, int)):
+        raise UserError(f"--space {source}: {where} {_key(name)} takes whole numbers: write low and high as ints")
+    return Param(name, low, high, log, step)
+
+
+def _check_values(space: SearchSpace, source: str) -> None:
+    """Build the config of each extreme a trial can get: a wrong type or value fails now, named."""
+    recipe = space.fixed.get("recipe", "tutorial")
+    for p in space.params:
+        values = list(p.choices) if p.choices else [p.low, p.high]
+        for value in values:
+            settings = {**space.fixed, p.name: value}
+            try:
+                TrainConfig.from_recipe(settings.pop("recipe", recipe), **settings)
+            except UserError as e:
+                raise UserError(f"--space {source}: [search.{_key(p.name)}] value {value!r}: {e}") from None
+    if not space.params:
+        raise UserError(f"--space {source}: nothing to search; add a [search.OPTION] table, e.g. [search.lr]")
+    settings = dict(space.fixed)
+    try:
+        TrainConfig.from_recipe(settings.pop("recipe", recipe), **settings)
+    except UserError as e:
+        raise UserError(f"--space {source}: [fixed]: {e}") from None
