@@ -22,7 +22,7 @@ from conftest import make_tree
 from ignite_mlp.cli import main
 from ignite_mlp.data.whitening import Whitening
 from ignite_mlp.errors import UserError
-from ignite_mlp.run.rundir import CONFIG, RunDir, refuse_run_file
+from ignite_mlp.run.rundir import CONFIG, RunDir, RunLock, refuse_run_file
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ignite_mlp"
 
@@ -150,6 +150,26 @@ def test_a_second_writer_is_refused_naming_the_holder_and_a_killed_holder_blocks
     assert (run / ".lock").read_text().strip() == str(holder.pid)  # left behind by the killed holder ...
     assert _run(_resume(run)) == 0  # ... and blocking nothing
     assert len(json.loads((run / "history.json").read_text())["val_loss"]) == 2
+    assert not (run / ".lock").exists()  # a writer that finishes removes its lock file
+
+
+def test_a_lock_released_under_a_waiting_opener_is_taken_on_the_new_file(run: Path) -> None:
+    first = RunDir(run).lock()
+    stale = os.open(run / ".lock", os.O_RDWR)  # opened while held, as a second writer would
+    first.release()
+    assert not (run / ".lock").exists()
+    second = RunDir(run).lock()  # a new file: the descriptor still open on the old one locks nothing
+    assert (run / ".lock").read_text().strip() == str(os.getpid())
+    assert os.fstat(stale).st_ino != os.stat(run / ".lock").st_ino
+    second.release()
+    # What the retry loop asks after it locked: the file it holds is gone or replaced.
+    assert not RunLock._is_current(stale, run / ".lock")  # gone
+    (run / ".lock").write_text("")
+    assert not RunLock._is_current(stale, run / ".lock")  # replaced
+    os.close(stale)
+    fresh = os.open(run / ".lock", os.O_RDWR)
+    assert RunLock._is_current(fresh, run / ".lock")
+    os.close(fresh)
 
 
 def test_the_lock_is_exclusive_within_one_process_too(run: Path) -> None:

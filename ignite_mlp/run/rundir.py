@@ -354,11 +354,14 @@ class RunLock:
 
     The OS drops it when its process ends, however it ends: a killed run blocks nothing. A second
     writer is refused with a line naming the holder's pid. :meth:`acquire` may come later than
-    ``with`` (a new run's folder exists only once its data is loaded); leaving the block releases it.
+    ``with`` (a new run's folder exists only once its data is loaded); leaving the block releases it
+    and removes the file, so a command leaves nothing behind in the run but what it wrote (a killed
+    holder's file stays, and is simply locked anew by the next writer).
     """
 
     def __init__(self) -> None:
         self._fd: int | None = None
+        self._path: Path | None = None
 
     @property
     def held(self) -> bool:
@@ -368,6 +371,30 @@ class RunLock:
         if self._fd is not None:
             return
         path = Path(run_dir) / LOCK
+        for _ in range(100):  # a holder releasing meanwhile removes the file we locked: lock the new one
+            fd = self._lock(path, run_dir)
+            if self._is_current(fd, path):
+                break
+            os.close(fd)
+        else:
+            raise UserError(f"{run_dir}: the run's lock keeps changing hands; run again")
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd, self._path = fd, path
+
+    @staticmethod
+    def _is_current(fd: int, path: Path) -> bool:
+        """Whether the locked file is still the one at ``path`` (not removed by a releasing holder)."""
+        try:
+            there = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(fd)
+        return (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino)
+
+    @staticmethod
+    def _lock(path: Path, run_dir: Path) -> int:
+        """Open ``path`` and take its flock, or refuse naming the holder."""
         try:
             # O_NOFOLLOW: a symlink planted at the lock's name is refused, never written through.
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
@@ -384,14 +411,14 @@ class RunLock:
                 f"{run_dir} is in use by another ignite-mlp process (pid {holder}); wait for it to finish "
                 "or stop it, then run again"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
+        return fd
 
     def release(self) -> None:
         if self._fd is not None:
+            if self._path is not None:
+                self._path.unlink(missing_ok=True)  # while still held: the next writer locks a new file
             os.close(self._fd)  # closing the last descriptor drops the flock
-            self._fd = None
+            self._fd, self._path = None, None
 
     def __enter__(self) -> RunLock:
         return self
