@@ -118,3 +118,16 @@ def test_no_page_talks_about_how_the_work_went(page: Path) -> None:
     text = page.read_text()
     notes = re.findall(r"(?i)\bissue[ -]?#?\d+|#\d{1,4}\b|this session|an earlier build|lent to this project", text)
     assert not notes, f"{page.relative_to(ROOT)}: {notes}"
+
+
+def test_the_sweep_page_search_space_parses() -> None:
+    """The space.toml shown in docs/sweep.md is one that ``ignite-mlp sweep --space`` accepts."""
+    import tomllib
+
+    from ignite_mlp.sweep.space import parse_space
+
+    blocks = re.findall(r"```toml\n(.*?)```", (DOCS / "sweep.md").read_text(), re.S)
+    assert blocks, "docs/sweep.md shows no space.toml"
+    for block in blocks:
+        space = parse_space(tomllib.loads(block), "docs/sweep.md")
+        assert space.params, "the example searches nothing"

@@ -52,7 +52,7 @@ def test_the_command_finder_reads_both_ways_of_starting_the_cli() -> None:
 
 def test_the_pages_show_every_command() -> None:
     shown = {arguments[0] for _, arguments in shown_commands()}
-    assert shown == {"train", "evaluate", "samples", "lr-find", "predict", "export"}
+    assert shown == {"train", "evaluate", "samples", "lr-find", "predict", "export", "sweep"}
 
 
 def _command_id(value: str | list[str]) -> str:
