@@ -305,8 +305,13 @@ else:
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
-    """Every path under ``folder`` with its size and modification time: what a write changes."""
-    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+    """Every path under ``folder``, with a file's size and modification time: what a write changes.
+    A folder counts by its presence only: its time changes when a command takes the run's lock
+    (a file it removes again), which writes nothing."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else (0, 0)
+        for p in folder.rglob("*")
+    }
 
 
 def _environment(case: Case, world: Path, here: Path) -> dict[str, str]:

@@ -183,7 +183,7 @@ def test_best_recipe_is_strong_without_dropout_plus_whitening_and_tta() -> None:
     for key, value in RECIPES["best"].items():
         assert getattr(best, key) == value, key
     strong = TrainConfig.from_recipe("strong")
-    # What the README's ablation table adds to "strong", one row at a time, and nothing else.
+    # What the ablation table of docs/recipes.md adds to "strong", one row at a time, and nothing else.
     differ = {k for k in RECIPES["best"] if getattr(best, k) != getattr(strong, k)}
     assert differ == {"dropout", "whiten", "tta", "epochs"}
     assert best.normalize == "fixed"  # the whitening replaces --mean/--std

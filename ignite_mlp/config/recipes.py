@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 # Presets: field values applied over the defaults, under any TOML key or flag the user gives.
-# "strong" stays a pure MLP; each ingredient was kept because it paid on CIFAR-10 (README).
+# "strong" stays a pure MLP; each ingredient was kept because it paid on CIFAR-10 (docs/recipes.md).
 RECIPES: dict[str, dict[str, Any]] = {
     "tutorial": {},
     "strong": {
@@ -28,7 +28,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "epochs": 40,
     },
     # "strong" without dropout, on ZCA-whitened images, validated with the mirror image averaged
-    # in, for 60 epochs: above 70% in under 15 minutes on a 2-core CPU (README, "The best recipe").
+    # in, for 60 epochs: above 70% in under 15 minutes on a 2-core CPU (docs/recipes.md).
     "best": {
         "hidden_sizes": [2048, 1024, 512],
         "norm": "batch",

@@ -90,7 +90,7 @@ class TrainConfig:
     # "dataset": per-channel mean/std measured on the training split replace --mean/--std.
     normalize: str = _opt("fixed", "fixed (use --mean/--std) | dataset (measure them on the training set)")
 
-    # Ingredients of --recipe best (README, "The best recipe"); each off by default.
+    # Ingredients of --recipe best (docs/recipes.md); each off by default.
     # ZCA whitening measured on the training split replaces --mean/--std; kept with the run.
     whiten: str = _opt("none", "none | zca: whiten the images with statistics of the training set")
     whiten_regularizer: float = _opt(0.1, "ZCA: added to every eigenvalue, as a share of their mean")

@@ -3,7 +3,7 @@
 Neighbouring pixels of natural images are strongly correlated; a fully connected network has
 to undo that correlation with its first layer, and plain gradient descent does it slowly.
 Whitening decorrelates the pixels before training, which helps an MLP on CIFAR-10 by a few
-points (README, "The best recipe"). ZCA is the whitening closest to the original image, so the
+points (docs/recipes.md). ZCA is the whitening closest to the original image, so the
 whitened input still has the image layout: flips and crops act on it as on pixels.
 
 Whitening a batch costs a dense ``D x D`` product (``D = 3072`` for CIFAR-10), about half a
