@@ -256,16 +256,21 @@ def resolve_device(spec: str) -> torch.device:
 # ---------------------------------------------------------------- file and CLI overrides
 
 
+def read_toml(path: str | Path, flag: str = "--config", what: str = "a TOML file") -> dict[str, Any]:
+    """The tables of the TOML file ``path`` that ``flag`` named; a missing or invalid file is one line."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{flag} {path}: no such file; give the path of {what}")
+    try:
+        return tomllib.loads(p.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{flag} {path}: not valid TOML ({e}); fix the file") from None
+
+
 def load_toml(path: str | Path) -> dict[str, Any]:
     """Read a ``run.toml`` whose keys are the train flags' names without ``--`` (``hidden-sizes``,
     ``handler``) or TrainConfig's field names (``hidden_sizes``, ``handlers``)."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"--config {path}: no such file; give the path of a TOML file")
-    try:
-        raw = tomllib.loads(p.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"--config {path}: not valid TOML ({e}); fix the file") from None
+    raw = read_toml(path)
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     hints = typing.get_type_hints(TrainConfig)
     # A repeatable flag is singular (--handler) and its field plural (handlers): both name it.

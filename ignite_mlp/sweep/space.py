@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ignite_mlp.config.train_config import TrainConfig
+from ignite_mlp.config.train_config import TrainConfig, read_toml
 from ignite_mlp.errors import UserError
 
 if TYPE_CHECKING:
@@ -73,14 +72,7 @@ class SearchSpace:
 
 def load_space(path: str | Path) -> SearchSpace:
     """Read and check a search-space file; every problem is a :class:`UserError` naming it."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"--space {path}: no such file; give the path of a search-space TOML file")
-    try:
-        raw = tomllib.loads(p.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"--space {path}: not valid TOML ({e}); fix the file") from None
-    return parse_space(raw, str(path))
+    return parse_space(read_toml(path, "--space", "a search-space TOML file"), str(path))
 
 
 def parse_space(raw: dict[str, Any], source: str = "space") -> SearchSpace:
