@@ -54,3 +54,28 @@ def test_event_filters_and_their_arguments() -> None:
     assert event_filter_of(handlers[Events.ITERATION_COMPLETED][1]) is seconds
     assert ignite_filter_arguments(seconds) is None
     assert event_filter_of(handlers[Events.STARTED][0]) is None
+
+
+def test_metric_device_is_where_the_metric_accumulates() -> None:
+    from ignite.metrics import Accuracy
+
+    from ignite_mlp.handlers.ignite_compat import metric_device
+
+    assert metric_device(Accuracy(device="cpu")) == torch.device("cpu")
+
+
+def test_tensorboardx_writer_is_the_threaded_one_the_adapters_know(tmp_path) -> None:
+    from tensorboardX import SummaryWriter
+
+    from ignite_mlp.handlers.ignite_compat import tensorboardx_file_writer, tensorboardx_thread_known
+    from ignite_mlp.handlers.tensorboard.events import SynchronousEventWriter, add_scalar, write_synchronously
+
+    writer = SummaryWriter(str(tmp_path))
+    threaded = tensorboardx_file_writer(writer).event_writer
+    assert tensorboardx_thread_known(threaded)
+    write_synchronously(writer)  # through tensorboardx_stop_thread
+    assert isinstance(tensorboardx_file_writer(writer).event_writer, SynchronousEventWriter)
+    assert not threaded._worker.is_alive()  # tensorboardX's thread has ended
+    add_scalar(writer, "loss", 0.5, 1)
+    writer.close()
+    assert next(tmp_path.glob("events.out.tfevents.*")).stat().st_size > 0

@@ -1,9 +1,11 @@
-"""The few places this package reads Ignite's private attributes, each behind one small adapter.
+"""The few places this package reads Ignite's and tensorboardX's private attributes, each behind
+one small adapter, and nowhere else.
 
-All three were read from pytorch-ignite 0.5.5 (``ignite/engine/engine.py``,
-``ignite/handlers/checkpoint.py``, ``ignite/engine/events.py``). ``tests/test_ignite_compat.py``
-checks each against the installed Ignite, so an upgrade that changes one fails there, by name,
-instead of somewhere deep in a run.
+Ignite's were read from pytorch-ignite 0.5.5 (``ignite/engine/engine.py``,
+``ignite/handlers/checkpoint.py``, ``ignite/engine/events.py``, ``ignite/metrics/metric.py``),
+tensorboardX's from 2.6 (``tensorboardX/writer.py``, ``tensorboardX/event_file_writer.py``).
+``tests/test_ignite_compat.py`` checks each against the installed libraries, so an upgrade that
+changes one fails there, by name, instead of somewhere deep in a run.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import torch
 from ignite.engine import Engine
 from ignite.handlers import Checkpoint
+from ignite.metrics import Metric
 
 
 def event_handlers(engine: Engine) -> Iterator[tuple[Any, list[Callable[..., Any]]]]:
@@ -56,3 +60,33 @@ def ignite_filter_arguments(event_filter: Callable[..., bool]) -> dict[str, Any]
         return None
     names = event_filter.__code__.co_freevars
     return dict(zip(names, (c.cell_contents for c in event_filter.__closure__ or ()), strict=True))
+
+
+def metric_device(metric: Metric) -> torch.device:
+    """The device an Ignite metric accumulates on. Ignite 0.5.5 keeps it in ``metric._device``."""
+    return metric._device
+
+
+# tensorboardX 2.6's threaded event writer: the worker thread, its queue, and the writer of the
+# open event file that the thread writes through.
+_TBX_THREAD_PARTS = ("_worker", "_event_queue", "_ev_writer", "get_logdir")
+
+
+def tensorboardx_file_writer(writer: Any) -> Any:
+    """A tensorboardX ``SummaryWriter``'s file writer, made if it is not yet (``_get_file_writer()``)."""
+    return writer._get_file_writer()
+
+
+def tensorboardx_thread_known(threaded: Any) -> bool:
+    """Whether a file writer's ``event_writer`` is tensorboardX 2.6's threaded writer, as
+    :func:`tensorboardx_stop_thread` expects it."""
+    return all(hasattr(threaded, name) for name in _TBX_THREAD_PARTS)
+
+
+def tensorboardx_stop_thread(threaded: Any) -> Any:
+    """Let tensorboardX's event-writer thread write what is queued, end it (and its queue's feeder
+    thread), and return the writer of the open event file it wrote through."""
+    threaded._worker.stop()
+    threaded._event_queue.close()
+    threaded._event_queue.join_thread()
+    return threaded._ev_writer

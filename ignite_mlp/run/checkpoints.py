@@ -16,7 +16,7 @@ from ignite.handlers import Checkpoint
 from ignite.metrics import Metric
 
 from ignite_mlp.errors import UserError
-from ignite_mlp.handlers.ignite_compat import saved_filenames
+from ignite_mlp.handlers.ignite_compat import metric_device, saved_filenames
 
 if TYPE_CHECKING:
     from ignite_mlp.data import Dataset
@@ -136,7 +136,7 @@ class EpochMetricsState:
         def restore(_: Engine) -> None:
             for name, metric in self.metrics.items():
                 # Checkpoints load on the CPU; the metric accumulates on its own device.
-                values = {k: v.to(metric._device) if torch.is_tensor(v) else v for k, v in state[name].items()}
+                values = {k: v.to(metric_device(metric)) if torch.is_tensor(v) else v for k, v in state[name].items()}
                 metric.load_state_dict(values)
 
         # Attached after the metrics' own EPOCH_STARTED reset, so this runs after it.

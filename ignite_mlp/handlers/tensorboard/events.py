@@ -27,6 +27,11 @@ from tensorboardX.summary import hparams as hparams_summaries
 from tensorboardX.summary import scalar as scalar_summary
 
 from ignite_mlp.files import write_atomic
+from ignite_mlp.handlers.ignite_compat import (
+    tensorboardx_file_writer,
+    tensorboardx_stop_thread,
+    tensorboardx_thread_known,
+)
 from ignite_mlp.plots import png_bytes
 
 # The HParams entry lives in its own event file, named with this marker (see write_hparams).
@@ -64,10 +69,7 @@ class SynchronousEventWriter:
 
     def __init__(self, threaded: Any) -> None:
         # Its thread writes what is queued so far (the file header, a purge marker), then ends.
-        threaded._worker.stop()
-        threaded._event_queue.close()
-        threaded._event_queue.join_thread()  # and the queue's feeder thread with it
-        self._events = threaded._ev_writer  # owns the open event file
+        self._events = tensorboardx_stop_thread(threaded)  # owns the open event file
         self._logdir = threaded.get_logdir()
         self._closed = False
 
@@ -99,11 +101,11 @@ def write_synchronously(writer: Any) -> None:
     It relies on tensorboardX's internals (checked on 2.6); if a later version lays them out
     differently, the writer keeps its thread and training goes on, with a warning.
     """
-    file_writer = writer._get_file_writer()
+    file_writer = tensorboardx_file_writer(writer)
     threaded = file_writer.event_writer
     if isinstance(threaded, SynchronousEventWriter):
         return
-    if not all(hasattr(threaded, name) for name in ("_worker", "_event_queue", "_ev_writer", "get_logdir")):
+    if not tensorboardx_thread_known(threaded):
         warnings.warn(
             "this tensorboardX version's event writer is unknown to ignite_mlp: TensorBoard events are written "
             "by tensorboardX's thread, and a kill -9 may lose the last epoch's",
