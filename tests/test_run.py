@@ -363,3 +363,14 @@ def test_ablation_probe_script_runs_as_a_handler_in_the_resolved_precision(tree:
     # Validation runs the moving average (no TTA): the probe's "ema" row is the recorded accuracy.
     assert [row["ema"] for row in probe] == pytest.approx(result.history["val_acc_epoch"], abs=1e-3)
     assert all(set(row) >= {"plain", "tta", "ema", "ema+tta"} for row in probe)
+
+
+def test_resume_auto_from_python_continues_the_newest_run(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # --resume auto looks under ./runs
+    train(_config(tree, Path("runs/first"), epochs=1), write=lambda s: None)
+    result = train(_config(tree, Path("runs/ignored"), epochs=2, resume="auto"), write=lambda s: None)
+    assert result.run_dir.resolve() == (tmp_path / "runs" / "first").resolve()
+    assert len(json.loads((tmp_path / "runs" / "first" / "history.json").read_text())["val_loss"]) == 2
+    assert not (tmp_path / "runs" / "ignored").exists()

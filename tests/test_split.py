@@ -121,3 +121,23 @@ def test_cli_too_large_split_is_one_line_exit_2(tree: Path, tmp_path: Path, caps
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "--val-split 36 holds out 36 of the 36" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_resume_keeps_the_seed_that_drew_the_split(tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "r"
+    args = ["train", "--data", str(tree), "--run-dir", str(run), "--val-split", "9", "--epochs", "1", "--no-progress"]
+    assert main(args) == 0
+    before = (run / "history.json").read_bytes()
+    capsys.readouterr()
+    # Another seed would draw other held-out images, some of which the run has trained on.
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--seed", "5", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--seed 0 -> 5" in err
+    assert (run / "history.json").read_bytes() == before
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--no-progress"]) == 0  # the same seed goes on
+
+
+def test_without_a_split_a_resume_may_still_change_the_seed(tree: Path, tmp_path: Path) -> None:
+    run = tmp_path / "r"
+    assert main(["train", "--data", str(tree), "--run-dir", str(run), "--epochs", "1", "--no-progress"]) == 0
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--seed", "5", "--no-progress"]) == 0

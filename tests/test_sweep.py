@@ -23,6 +23,7 @@ from ignite_mlp import TrainConfig, train  # noqa: E402
 from ignite_mlp.cli import main  # noqa: E402
 from ignite_mlp.config.train_config import load_toml  # noqa: E402
 from ignite_mlp.errors import TrainingInterrupted  # noqa: E402
+from ignite_mlp.run.rundir import RunDir  # noqa: E402
 from ignite_mlp.sweep import objective as objective_module  # noqa: E402
 from ignite_mlp.sweep.study import database_url  # noqa: E402
 
@@ -123,9 +124,16 @@ def test_ctrl_c_then_the_same_command_continues_and_best_toml_reproduces(
 
     monkeypatch.setattr(objective_module, "train", train_then_ctrl_c)
     sweep_dir = tmp_path / "sweep"
-    args = _sweep_args(tree, _space(tmp_path), sweep_dir, 4, "--pruner", "none")
+    cache = tmp_path / "cache"
+    args = _sweep_args(tree, _space(tmp_path), sweep_dir, 4, "--pruner", "none", "--cache-dir", str(cache))
     assert main(args) == 130
     assert "run the same command" in capsys.readouterr().err
+    # Continuing with another space would mix two searches in one study: refused before any trial.
+    (tmp_path / "other").mkdir()
+    other = _sweep_args(tree, _space(tmp_path / "other", epochs=3), sweep_dir, 4, "--pruner", "none")
+    assert main(other) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "searches another space" in err
     before = {t.number: (t.value, t.datetime_complete) for t in _journal(sweep_dir).trials if t.value is not None}
     assert len(before) == 2 and loaded[0].test_reads == 0
     evaluations = []
@@ -141,6 +149,8 @@ def test_ctrl_c_then_the_same_command_continues_and_best_toml_reproduces(
     # The report again, from the study alone: the test split is not evaluated a second time.
     assert main(["sweep", "--report", "--sweep-dir", str(sweep_dir)]) == 0
     assert len(evaluations) == 1
+    # A trial's run records the sweep's decode cache, so evaluating it reads the same one.
+    assert RunDir(sweep_dir / "trial-0000").read_config().config.cache_dir == str(cache)
     # best.toml is a run file train takes as is, and it reproduces the best trial's validation accuracy.
     best = json.loads((sweep_dir / "best.json").read_text())
     values = load_toml(sweep_dir / "best.toml")

@@ -100,7 +100,10 @@ class Resume:
             for k, v in config.to_dict().items()
             if k in self.trained_with and k not in NOT_CHANGES and self.trained_with[k] != v
         }
-        fixed = {k: v for k, v in self.changes.items() if k in FIXED}
+        # With --val-split the seed also drew the held-out images: another seed would validate on
+        # images the run already trained on.
+        fixed_here = (*FIXED, "seed") if self.trained_with.get("val_split") else FIXED
+        fixed = {k: v for k, v in self.changes.items() if k in fixed_here}
         if fixed:
             what = ", ".join(f"{_flag(k)} {old} -> {new}" for k, (old, new) in fixed.items())
             flags, them = ("those flags", "them") if len(fixed) > 1 else ("that flag", "it")

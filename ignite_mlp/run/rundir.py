@@ -378,8 +378,15 @@ class RunLock:
             os.close(fd)
         else:
             raise UserError(f"{run_dir}: the run's lock keeps changing hands; run again")
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as e:  # a full disk: let go, or the lock would stay held for this process's life
+            path.unlink(missing_ok=True)
+            os.close(fd)
+            raise UserError(
+                f"{run_dir}: cannot write the run's lock ({e.strerror}); free some space and run again"
+            ) from None
         self._fd, self._path = fd, path
 
     @staticmethod

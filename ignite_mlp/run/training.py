@@ -73,7 +73,7 @@ from ignite_mlp.run.engines import Engines, StopRequest, build_engines, build_op
 from ignite_mlp.run.lr_finder import record_lr_curve, resolve_auto_lr
 from ignite_mlp.run.plan import RunPlan, prepare_run_dir, resolve_plan
 from ignite_mlp.run.prepare import RunData, build_loaders, prepare_data, validation_loader
-from ignite_mlp.run.rundir import RunDir, RunLock, safe_load, validated_weights
+from ignite_mlp.run.rundir import RunDir, RunLock, find_run, safe_load, validated_weights
 from ignite_mlp.run.spec import RunSpec, resolve_spec
 
 # build_loaders and build_optimizer live with their phases; they stay importable from here.
@@ -165,6 +165,8 @@ def train(
     Inside a multi-process run (see :func:`ignite_mlp.distributed.launcher.launch`) this is one rank:
     every rank trains its share and runs every collective; only rank 0 writes and prints.
     """
+    if config.resume == "auto":  # the newest resumable run under runs/, as the CLI's --resume auto
+        config = dataclasses.replace(config, resume=str(find_run("auto").path))
     with RunLock() as lock:  # one writer per run (RunDir.lock): a second is refused, naming the first
         if config.resume and Path(config.resume).is_dir() and ranks.is_main() and not list_handlers:
             lock.acquire(Path(config.resume))  # before its checkpoint is read

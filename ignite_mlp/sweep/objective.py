@@ -54,7 +54,7 @@ def run_dir_of(sweep_dir: Path, number: int) -> Path:
 
 
 def lock_path(sweep_dir: Path, number: int) -> Path:
-    """The file a live worker holds locked while it runs trial ``number`` (see :func:`trial_lock`)."""
+    """The file a live worker holds locked while it runs trial ``number`` (see :class:`TrialLock`)."""
     return sweep_dir / ".locks" / f"trial-{number:04d}.lock"
 
 
@@ -93,7 +93,9 @@ def lock_is_free(path: Path) -> bool:
         os.close(fd)
 
 
-def trial_config(values: dict[str, Any], data: str, run_dir: Path, val_split: float, device: str) -> TrainConfig:
+def trial_config(
+    values: dict[str, Any], data: str, run_dir: Path, val_split: float, device: str, cache_dir: str | None = None
+) -> TrainConfig:
     """The train options of one trial: its values, with what the sweep sets for every trial."""
     settings = dict(values)
     recipe = settings.pop("recipe", "tutorial")
@@ -107,6 +109,8 @@ def trial_config(values: dict[str, Any], data: str, run_dir: Path, val_split: fl
         val_split=val_split,
         progress="off",
         device=device,
+        # Recorded in the trial's run, so its evaluation and best.toml read the same decode cache.
+        cache_dir=cache_dir,
     )
 
 
@@ -135,9 +139,10 @@ class Objective:
         total: int,
         val_split: float,
         device: str,
+        cache_dir: str | None = None,
     ) -> None:
         self.space, self.sweep_dir, self.data, self.dataset = space, sweep_dir, data, dataset
-        self.total, self.val_split, self.device = total, val_split, device
+        self.total, self.val_split, self.device, self.cache_dir = total, val_split, device, cache_dir
         # Released by the worker after Optuna records the trial's state (see study.run_worker).
         self.lock = TrialLock()
         logging.getLogger("ignite.engine.engine.Engine").addFilter(QuietPruning())
@@ -150,7 +155,8 @@ class Objective:
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
         trial.set_user_attr("run_dir", str(run_dir))
-        config = trial_config(suggest(trial, self.space), self.data, run_dir, self.val_split, self.device)
+        values = suggest(trial, self.space)
+        config = trial_config(values, self.data, run_dir, self.val_split, self.device, self.cache_dir)
         result = train(config, [pruning(trial)], dataset=self.dataset, write=_quiet, evaluate_test=False)
         if result.stopped:  # a NaN loss: a bad point of the space, not a bug
             trial.set_user_attr("stopped", result.stopped.split(";")[0])

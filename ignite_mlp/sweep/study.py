@@ -20,7 +20,6 @@ import multiprocessing
 import os
 import socket
 import time
-import tomllib
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from optuna.storages import RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from ignite_mlp.config.train_config import read_toml
 from ignite_mlp.errors import TrainingInterrupted, UserError
 from ignite_mlp.sweep.objective import COUNTED, FINISHED, Objective, SurplusTrial, lock_is_free, lock_path
 from ignite_mlp.sweep.space import SearchSpace, load_space, parse_space
@@ -222,7 +222,14 @@ def run_worker(settings: SweepSettings, worker: int = 0, write: Callable[[str], 
     dataset = load_dataset(settings.data, settings.cache_dir, progress="off")
     sweep_dir = Path(settings.sweep_dir)
     objective = Objective(
-        space, sweep_dir, settings.data, dataset, settings.trials, settings.val_split, settings.device
+        space,
+        sweep_dir,
+        settings.data,
+        dataset,
+        settings.trials,
+        settings.val_split,
+        settings.device,
+        settings.cache_dir,
     )
     progress = TrialLines(settings.trials, settings.jobs, write)
     while True:
@@ -384,7 +391,8 @@ def record_study_settings(
     """Keep the sweep's data, validation split and search space in the study, so a report from
     any machine (``sweep --report``) writes the same best.toml; with ``from_study``, read them back.
 
-    Continuing a study with another validation split would compare trials scored on other images: refused.
+    Continuing a study with another validation split or another space would compare trials that are not
+    comparable: refused.
     """
     saved = study.user_attrs.get("sweep")
     if from_study:
@@ -397,6 +405,14 @@ def record_study_settings(
             f"--val-split {settings.val_split:g}: study {study.study_name!r} scores its trials on a split of "
             f"{saved['val_split']:g}; pass --val-split {saved['val_split']:g} to continue it"
         )
-    raw = tomllib.loads(Path(settings.space).read_text())
-    study.set_user_attr("sweep", {"data": settings.data, "val_split": settings.val_split, "space": raw})
-    return settings, parse_space(raw, settings.space)
+    raw = read_toml(settings.space, "--space", "a search-space TOML file")
+    space = parse_space(raw, settings.space)
+    if saved is not None and saved.get("space") != raw:
+        # Trials proposed from another space would be compared as if they were one search.
+        raise UserError(
+            f"--space {settings.space}: study {study.study_name!r} searches another space; give the file it was "
+            "started with, or another --study for this one"
+        )
+    if saved is None:
+        study.set_user_attr("sweep", {"data": settings.data, "val_split": settings.val_split, "space": raw})
+    return settings, space
