@@ -346,7 +346,7 @@ def fit(spec: RunSpec, plan: RunPlan, data: RunData, engines: Engines, hooks: Ho
     """Record the run's config, then train; a Ctrl-C ends in :class:`TrainingInterrupted` once
     its checkpoint is written."""
     if spec.main:
-        write_json_atomic(hooks.files["config"], hooks.run_info)
+        RunDir(plan.run_dir).write_config(hooks.run_info)
         if plan.resume is not None:
             plan.resume.record()
     with sigint_routed_to(engines.stop), cuda_errors_explained(), _closing(hooks.tb):
