@@ -5,6 +5,7 @@ from __future__ import annotations
 import colorsys
 import io
 import struct
+import warnings
 import zlib
 from pathlib import Path
 
@@ -292,3 +293,14 @@ def test_a_tree_of_float_tiffs_in_0_1_is_not_black(tmp_path: Path) -> None:
     first = np.asarray(Image.open(tmp_path / "t" / "train" / "a" / "0.tif"), dtype=np.float64)
     assert ds.train_images.shape == (6, 3, 4, 5)
     assert np.array_equal(ds.train_images[0, 0].numpy(), np.floor(first * 255 + 0.5).astype(np.uint8))
+
+
+def test_a_palette_with_transparency_keeps_its_colours_and_warns_nothing(tmp_path: Path) -> None:
+    image = Image.fromarray(np.array([[0, 1], [2, 3]], np.uint8), "P")
+    image.putpalette(bytes(range(12)) + bytes(756))
+    image.save(tmp_path / "p.png", transparency=bytes([0, 128, 255, 255]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = decode_array((tmp_path / "p.png").read_bytes(), "p.png")
+    expected = np.arange(12, dtype=np.uint8).reshape(2, 2, 3)  # index i is (3i, 3i + 1, 3i + 2)
+    assert np.array_equal(got, expected.transpose(2, 0, 1))

@@ -151,6 +151,8 @@ def to_8_bit(image: Image.Image, name: str, channels: int | None = None) -> Imag
     image = _eight_bit(image, name)
     if not kept and image.mode != "RGB":
         image = _convert(image, "RGB", name)
+    if channels is not None and channels not in _CHANNEL_MODES:
+        raise UserError(f"{name}: pictures have 1, 3 or 4 channels, not the {channels} this run was trained on")
     if channels is not None and image.mode != _CHANNEL_MODES[channels]:
         image = _convert(image, _CHANNEL_MODES[channels], name)
     return image
@@ -192,7 +194,10 @@ def _scaled(values: np.ndarray, low: float, high: float) -> np.ndarray:
 
 def _convert(image: Image.Image, mode: str, name: str) -> Image.Image:
     try:
-        return image.convert(mode)
+        with warnings.catch_warnings():
+            # Pillow suggests RGBA for a palette with transparency; dropping the alpha is meant here.
+            warnings.filterwarnings("ignore", "Palette images with Transparency", UserWarning)
+            return image.convert(mode)
     except ValueError as e:  # a mode Pillow reads but cannot convert
         raise UserError(f"{name}: image mode {image.mode} cannot be converted ({e}); save it as RGB") from None
 
