@@ -13,12 +13,14 @@ import pytest
 import torch
 from conftest import CLASSES, make_gray_tree, make_tarball, make_tree
 from PIL import Image
+from test_data_images import MODES, decode_mode_case
 
 from ignite_mlp import TrainConfig, train
 from ignite_mlp.cli import main
+from ignite_mlp.data.images import decode_array, to_8_bit
 from ignite_mlp.inference.classifier import load_classifier
 from ignite_mlp.inference.evaluate import evaluate
-from ignite_mlp.inference.predict import fit_image, predict
+from ignite_mlp.inference.predict import fit_image, predict, read_image
 from ignite_mlp.model import MLP
 
 RED, BLUE = (220, 30, 30), (30, 30, 220)
@@ -122,10 +124,9 @@ def test_odd_images_are_fitted_and_classified_like_their_plain_equivalents(rgb_r
     assert torch.equal(probabilities(Image.fromarray(grey)), _by_hand(rgb_run, np.stack([grey] * 3, axis=2)))
     opaque = np.dstack([np.full((8, 8, 3), (200, 90, 10), np.uint8), np.full((8, 8), 255, np.uint8)])
     assert torch.allclose(probabilities(Image.fromarray(opaque)), _by_hand(rgb_run, opaque[..., :3]), atol=1e-6)
-    clear = np.zeros((8, 8, 4), np.uint8)  # fully transparent black: laid over white, it is white
-    assert torch.allclose(
-        probabilities(Image.fromarray(clear)), _by_hand(rgb_run, np.full((8, 8, 3), 255, np.uint8)), atol=1e-6
-    )
+    clear = np.zeros((8, 8, 4), np.uint8)  # fully transparent: alpha dropped, as in a data set, the colour stays
+    clear[..., :3] = (40, 50, 60)
+    assert torch.allclose(probabilities(Image.fromarray(clear)), _by_hand(rgb_run, clear[..., :3]), atol=1e-6)
     deep = Image.fromarray(np.full((8, 8), 130 * 257, np.uint16))  # 16-bit grey: 130 * 257 is 8-bit 130
     assert torch.equal(probabilities(deep), _by_hand(rgb_run, np.full((8, 8, 3), 130, np.uint8)))
     palette = Image.fromarray(np.full((8, 8, 3), (90, 160, 40), np.uint8)).quantize(4)
@@ -204,3 +205,23 @@ def test_a_gray_run_classifies_colour_pictures_of_any_size(gray_run: Path, tmp_p
     # Converted to grey and fitted to 12x16: what a plain 12x16 grey image of that brightness gets.
     grey = _by_hand(gray_run, np.full((12, 16), 250, np.uint8))
     assert prediction.top[0] == (CLASSES[int(grey.argmax())], pytest.approx(float(grey.max()), abs=1e-6))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_predict_maps_every_mode_as_the_data_set_decoder_does(mode: str, tmp_path: Path) -> None:
+    """A picture of the run's size and channel count reaches the model with the pixels training saw."""
+    image, path, expected, tolerance = decode_mode_case(mode, tmp_path)
+    if path is None:  # HSV: no file holds it
+        got, decoded = fit_image(image, expected.shape), np.asarray(to_8_bit(image, "x")).transpose(2, 0, 1)
+    else:
+        got, decoded = read_image(lambda: open(path, "rb"), expected.shape), decode_array(path.read_bytes(), "x")
+    assert got.dtype == torch.uint8 and np.array_equal(got.numpy(), decoded)
+    assert np.abs(got.numpy().astype(int) - expected.astype(int)).max() <= tolerance
+
+
+def test_predict_refuses_a_float_picture_with_nan_pixels_with_its_reason(tmp_path: Path) -> None:
+    values = np.full((8, 8), 0.25, np.float32)
+    values[0, 0] = np.nan
+    Image.fromarray(values).save(tmp_path / "nan.tif")
+    with pytest.raises(ValueError, match=r"^float image with NaN or infinite pixels; "):
+        read_image(lambda: open(tmp_path / "nan.tif", "rb"), (3, 8, 8))

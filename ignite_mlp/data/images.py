@@ -9,6 +9,7 @@ is one line naming it, not an exhausted memory.
 
 from __future__ import annotations
 
+import functools
 import io
 import tarfile
 import warnings
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageCms, UnidentifiedImageError
 
 from ignite_mlp.errors import UserError
 
@@ -88,7 +89,8 @@ def decode_arrays(items: list[tuple[str, bytes]]) -> list[np.ndarray]:
     """Decode ``(name, bytes)`` image files to uint8 ``(C, H, W)`` arrays; a bad file is a
     UserError naming it.
 
-    Grayscale stays 1 channel, RGBA 4; palette and other modes become RGB. Gray and colour
+    Grayscale stays 1 channel, RGBA 4; other modes become RGB, each scaled by its real range
+    (:func:`to_8_bit`). Gray and colour
     JPEGs go through torchvision's decoder, all in one call (libjpeg-turbo: the same pixels as
     Pillow's, in about 40% of the time); everything else, and any JPEG it refuses, through Pillow.
     """
@@ -113,9 +115,9 @@ def _decode_pil(data: bytes, name: str) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as img:
             _check_pixels(img.width, img.height, name)
-            if img.mode not in ("L", "RGB", "RGBA"):
-                img = img.convert("RGB")
-            array = np.asarray(img)
+            array = np.asarray(to_8_bit(img, name))
+    except UserError:
+        raise
     except UnidentifiedImageError:
         raise UserError(f"{name}: corrupt image (not a format PIL can read); delete or replace this file") from None
     except Image.DecompressionBombError as e:  # Pillow's own limit, checked as it opens the file
@@ -123,6 +125,86 @@ def _decode_pil(data: bytes, name: str) -> np.ndarray:
     except (OSError, ValueError, SyntaxError) as e:
         raise UserError(f"{name}: corrupt or truncated image ({e}); delete or replace this file") from None
     return np.ascontiguousarray(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
+
+
+# ---------------------------------------------------------------------------- one image mode to 8 bits
+
+_CHANNEL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+
+
+def to_8_bit(image: Image.Image, name: str, channels: int | None = None) -> Image.Image:
+    """``image`` as 8-bit "L", "RGB" or "RGBA", every mode mapped by its real range (docs/data.md).
+
+    With ``channels`` None (a data set's images): "L" stays grey, "RGBA" keeps its alpha, every
+    other mode becomes RGB. With ``channels`` 1, 3 or 4 (predict fitting a picture to a run),
+    that result is then converted to "L", "RGB" or "RGBA". Alpha is dropped, never composited,
+    wherever the result has no alpha channel. 16-bit grey is scaled by 0..65535, 32-bit integer
+    grey by its own min..max when it leaves 0..255, float grey by 0..1 when it lies there, else
+    by its own min..max; NaN or infinite pixels are a UserError naming ``name``.
+
+    >>> to_8_bit(Image.fromarray(np.array([[0.0, 0.5, 1.0]], np.float32)), "a.tif").getpixel((1, 0))
+    (128, 128, 128)
+    >>> to_8_bit(Image.fromarray(np.array([[0, 257, 65535]], np.uint16)), "a.png", channels=1).getpixel((1, 0))
+    1
+    """
+    kept = image.mode in _CHANNEL_MODES.values()
+    image = _eight_bit(image, name)
+    if not kept and image.mode != "RGB":
+        image = _convert(image, "RGB", name)
+    if channels is not None and channels not in _CHANNEL_MODES:
+        raise UserError(f"{name}: pictures have 1, 3 or 4 channels, not the {channels} this run was trained on")
+    if channels is not None and image.mode != _CHANNEL_MODES[channels]:
+        image = _convert(image, _CHANNEL_MODES[channels], name)
+    return image
+
+
+def _eight_bit(image: Image.Image, name: str) -> Image.Image:
+    """Grey of more than 8 bits as 8-bit "L", Lab as sRGB; other modes as they are."""
+    if image.mode == "LAB":  # Pillow's own convert does not apply the colour transform
+        return ImageCms.applyTransform(image, _lab_to_srgb())  # type: ignore[return-value]
+    if image.mode.startswith("I;16"):  # 16-bit grey, whichever byte order
+        return Image.fromarray(_scaled(np.asarray(image, dtype=np.float64), 0.0, 65535.0))
+    if image.mode == "I":  # 32-bit integer grey
+        values = np.asarray(image, dtype=np.float64)
+        low, high = _range(values)
+        return Image.fromarray(_scaled(values, *((0.0, 255.0) if low >= 0 and high <= 255 else (low, high))))
+    if image.mode == "F":  # float grey
+        values = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise UserError(f"{name}: float image with NaN or infinite pixels; replace them or remove the file")
+        low, high = _range(values)
+        return Image.fromarray(_scaled(values, *((0.0, 1.0) if low >= 0 and high <= 1 else (low, high))))
+    return image
+
+
+def _range(values: np.ndarray) -> tuple[float, float]:
+    return (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+
+
+def _scaled(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """``values`` mapped linearly from ``low..high`` to 0..255, rounded half up; a flat image is 0.
+
+    >>> _scaled(np.array([-2.0, 0.0, 2.0]), -2.0, 2.0).tolist()
+    [0, 128, 255]
+    """
+    if high <= low:
+        return np.zeros(values.shape, np.uint8)
+    return np.floor((values - low) * (255.0 / (high - low)) + 0.5).clip(0, 255).astype(np.uint8)
+
+
+def _convert(image: Image.Image, mode: str, name: str) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            # Pillow suggests RGBA for a palette with transparency; dropping the alpha is meant here.
+            warnings.filterwarnings("ignore", "Palette images with Transparency", UserWarning)
+            return image.convert(mode)
+    except ValueError as e:  # a mode Pillow reads but cannot convert
+        raise UserError(f"{name}: image mode {image.mode} cannot be converted ({e}); save it as RGB") from None
+
+
+@functools.cache
+def _lab_to_srgb() -> ImageCms.ImageCmsTransform:
+    return ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB")
 
 
 def _check_pixels(width: int, height: int, name: str) -> None:

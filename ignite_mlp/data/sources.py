@@ -9,7 +9,8 @@ Kinds of source (what :func:`identify` returns):
 * ``datafile``: an ignite_mlp data file (see :mod:`ignite_mlp.data.cache`), used as it is.
 
 The pickles go through a restricted unpickler that builds only numpy arrays, lists, dicts,
-bytes, strings and numbers: a crafted ``data_batch_1`` cannot run code.
+bytes, strings and numbers: a crafted ``data_batch_1`` cannot run code. What it holds is then
+checked: pixels must be integers in 0..255 and labels class indices, else one line naming it.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ _CIFAR10_FILES = (*_CIFAR10_TRAIN, *_CIFAR10_TEST, "batches.meta")
 # An official batch is 31 MB; a member declaring far more is not one (and is not read).
 MAX_PICKLE_BYTES = 256 * 2**20
 # Bump when the cache layout or the decoding changes, so old caches are ignored, not misread.
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
 # ---------------------------------------------------------------------------- finding the source
@@ -197,24 +198,80 @@ def read_cifar_pickles(kind: str, path: Path) -> Decoded:
     def where(name: str) -> str:
         return f"{path}:{CIFAR10_FOLDER}/{name}" if kind == "pickles-tar" else str(path / name)
 
-    def read(names: list[str]) -> DecodedSplit:
-        images, labels = [], []
-        for name in names:
-            entry = _unpickle(files[name](), where(name), fix)
-            try:
-                images.append(np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-                labels.extend(int(y) for y in entry[b"labels"])
-            except (KeyError, ValueError, TypeError) as e:
-                raise UserError(f"{where(name)}: corrupt CIFAR-10 batch ({e}); {fix}") from None
-        return DecodedSplit([np.concatenate(images)], np.asarray(labels, dtype=np.int64))
-
-    train, test = read(_CIFAR10_TRAIN), read(_CIFAR10_TEST)
     meta = _unpickle(files["batches.meta"](), where("batches.meta"), fix)
     try:
         classes = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[b"label_names"]]
     except (KeyError, TypeError, AttributeError) as e:
         raise UserError(f"{where('batches.meta')}: holds no class names ({e}); {fix}") from None
-    return Decoded(classes, train, test)
+
+    def read(names: list[str]) -> DecodedSplit:
+        images, labels = [], []
+        for name in names:
+            entry = _unpickle(files[name](), where(name), fix)
+            try:
+                pixels = _pixels(entry[b"data"], where(name), fix).reshape(-1, 3, 32, 32)
+                batch_labels = _labels(entry[b"labels"], len(classes), where(name), fix)
+            except UserError:
+                raise
+            except (KeyError, ValueError, TypeError) as e:
+                raise UserError(f"{where(name)}: corrupt CIFAR-10 batch ({e}); {fix}") from None
+            if len(pixels) != len(batch_labels):
+                raise UserError(f"{where(name)}: {len(pixels)} images but {len(batch_labels)} labels; {fix}")
+            images.append(pixels)
+            labels.append(batch_labels)
+        return DecodedSplit([np.concatenate(images)], np.concatenate(labels))
+
+    return Decoded(classes, read(_CIFAR10_TRAIN), read(_CIFAR10_TEST))
+
+
+def _pixels(data: Any, where: str, fix: str) -> np.ndarray:
+    """A batch's pixels as uint8, refused (naming what was found) unless they are integers in 0..255.
+
+    >>> _pixels(np.array([-1.5, 0.5]), "data_batch_1", "replace it")
+    Traceback (most recent call last):
+    ...
+    ignite_mlp.errors.UserError: data_batch_1: pixels are float64 (-1.5 to 0.5), not 8-bit integers 0..255; replace it
+    """
+    array = np.asarray(data)
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype.kind in "iu" and array.dtype != np.bool_:
+        low, high = (int(array.min()), int(array.max())) if array.size else (0, 0)
+        if 0 <= low and high <= 255:
+            return array.astype(np.uint8)
+        found = f"{array.dtype} from {low} to {high}"
+    elif array.dtype.kind == "f" and array.size:
+        finite = array[np.isfinite(array)]
+        span = f"{finite.min():g} to {finite.max():g}" if finite.size else "no finite value"
+        found = f"{array.dtype} ({span}{', NaN or infinite among them' if finite.size < array.size else ''})"
+    else:
+        found = str(array.dtype)
+    raise UserError(f"{where}: pixels are {found}, not 8-bit integers 0..255; {fix}")
+
+
+def _labels(data: Any, num_classes: int, where: str, fix: str) -> np.ndarray:
+    """A batch's labels as int64, refused (naming the first bad one) unless each is a class index.
+
+    >>> _labels([3, 2.0], 10, "data_batch_1", "replace it")
+    Traceback (most recent call last):
+    ...
+    ignite_mlp.errors.UserError: data_batch_1: label 2.0 (position 1) is not a class index 0..9; replace it
+    """
+    values = data.tolist() if isinstance(data, np.ndarray) else list(data)
+    for i, label in enumerate(values):
+        if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < num_classes:
+            raise UserError(
+                f"{where}: label {_shown(label)} (position {i}) is not a class index 0..{num_classes - 1}; {fix}"
+            )
+    return np.asarray(values, dtype=np.int64)
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)``, kept short: a crafted file's value must not flood the terminal."""
+    if isinstance(value, int) and value.bit_length() > 1000:  # repr of a huge int is slow, or refused
+        return f"(an integer of {value.bit_length()} bits)"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _folder_files(folder: Path) -> Mapping[str, Callable[[], bytes]]:

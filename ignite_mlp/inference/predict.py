@@ -1,9 +1,9 @@
 """Classify your own pictures with a trained run: ``ignite-mlp predict RUN_OR_CHECKPOINT INPUT...``.
 
 INPUT is image files, folders (searched recursively for image files) or ``.tar.gz`` archives.
-Every image, whatever its size and mode, is brought to the run's input: converted to its
-channel count (transparency laid over white first), resized keeping its aspect ratio until it
-covers the run's image size, then centre-cropped to it (an image already that size is left
+Every image, whatever its size and mode, is brought to the run's input: its mode mapped to 8 bits
+and its channel count as the data set's images are (alpha dropped), resized keeping its aspect
+ratio until it covers the run's image size, then centre-cropped to it (an image already that size is left
 as it is, so the run's own images are classified exactly as in validation). A file that
 cannot be read gets a line on stderr and the rest go on.
 """
@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from ignite_mlp.data.images import IMAGE_EXTENSIONS
+from ignite_mlp.data.images import IMAGE_EXTENSIONS, to_8_bit
+from ignite_mlp.errors import UserError
 from ignite_mlp.inference.classifier import Classifier, top_k
 
 FORMATS = ("table", "json", "csv")
@@ -54,42 +55,27 @@ class PredictSummary:
 
 
 def fit_image(image: Image.Image, shape: Sequence[int]) -> torch.Tensor:
-    """``image`` as uint8 ``(C, H, W)`` of ``shape``: converted to C channels (1: grey, 3: RGB,
-    4: RGBA; transparency laid over white for 1 and 3), then resized keeping its aspect ratio
-    to cover ``H x W`` and centre-cropped (Pillow's ``ImageOps.fit``, bilinear).
+    """``image`` as uint8 ``(C, H, W)`` of ``shape``: its mode mapped to 8 bits and C channels as
+    a data set's images are (``to_8_bit``: 1 grey, 3 RGB, 4 RGBA; alpha dropped for 1 and 3),
+    then resized keeping its aspect ratio to cover ``H x W`` and centre-cropped (Pillow's
+    ``ImageOps.fit``, bilinear).
 
     >>> fit_image(Image.new("RGBA", (40, 20), (255, 0, 0, 255)), (3, 8, 8)).shape
     torch.Size([3, 8, 8])
-    >>> fit_image(Image.new("LA", (2, 2), (0, 0)), (1, 2, 2)).flatten().tolist()  # transparent: white
-    [255, 255, 255, 255]
+    >>> fit_image(Image.new("LA", (2, 2), (90, 0)), (1, 2, 2)).flatten().tolist()  # alpha dropped
+    [90, 90, 90, 90]
     """
     channels, height, width = (int(v) for v in shape)
     image = ImageOps.exif_transpose(image)  # photos: the way the camera was held
-    if channels == 4:
-        image = image.convert("RGBA")
-    else:
-        if image.has_transparency_data:
-            rgba = image.convert("RGBA")
-            image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-        if image.mode.startswith("I"):  # 16- or 32-bit grey: scaled to 8 bits (Pillow would clip)
-            image = Image.fromarray(_to_8_bits(np.asarray(image, dtype=np.float64), image.mode))
-        image = image.convert("L" if channels == 1 else "RGB")
+    try:
+        image = to_8_bit(image, "image", channels)  # every mode mapped as the data set's images are
+    except UserError as e:
+        raise ValueError(str(e).removeprefix("image: ")) from None
     if image.size != (width, height):
         image = ImageOps.fit(image, (width, height), method=Image.Resampling.BILINEAR)
     array = np.asarray(image)
     tensor = torch.from_numpy(array.copy())
     return tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
-
-
-def _to_8_bits(deep: np.ndarray, mode: str) -> np.ndarray:
-    """16-bit grey (or 32-bit holding 8- or 16-bit values, else scaled by its maximum) as uint8.
-
-    >>> _to_8_bits(np.array([0.0, 257.0, 65535.0]), "I;16").tolist()
-    [0, 1, 255]
-    """
-    peak = float(deep.max(initial=0.0))
-    full = 65535.0 if mode.startswith("I;16") or 255 < peak <= 65535 else 255.0 if peak <= 255 else peak
-    return np.round(deep.clip(0, None) / full * 255).astype(np.uint8)
 
 
 def read_image(source: Callable[[], IO[bytes]], shape: Sequence[int]) -> torch.Tensor:
