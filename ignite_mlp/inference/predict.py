@@ -18,6 +18,7 @@ import io
 import json
 import sys
 import tarfile
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,12 +102,16 @@ def read_image(source: Callable[[], IO[bytes]], shape: Sequence[int], name: str 
     """Open, decode and fit one image (see :func:`fit_image`); raises ValueError with the reason
     (an image over the pixel limit before it is decoded)."""
     try:
-        with source() as stream, Image.open(stream) as image:
+        with source() as stream, warnings.catch_warnings():
+            # Pillow warns of images over its own limit as it opens them; ours, lower, is checked below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(stream)
             # JPEG: decode at the smallest power-of-two reduction still at least as large as needed.
-            side = max(int(shape[1]), int(shape[2]))
-            image.draft(None, (side, side))
-            check_pixels(image.width, image.height, name)  # the size it will decode to, from its header
-            return fit_image(image, shape)
+            with image:
+                side = max(int(shape[1]), int(shape[2]))
+                image.draft(None, (side, side))
+                check_pixels(image.width, image.height, name)  # the size it will decode to, from its header
+                return fit_image(image, shape)
     except UserError as e:
         raise ValueError(str(e).removeprefix(f"{name}: ")) from None
     except Image.DecompressionBombError as e:
