@@ -35,9 +35,9 @@ def iter_tree(root: Path) -> Iterator[Entry]:
     """Yield (split, class, file name, bytes) for a folder tree; bytes None marks a class folder."""
     for split in ("train", "test"):
         split_dir = root / split
-        budget = Budget(str(split_dir))
         if not split_dir.is_dir():
             continue
+        budget = Budget(str(split_dir))
         for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
             yield split, class_dir.name, "", None
             for file in sorted(class_dir.iterdir()):
