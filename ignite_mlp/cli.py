@@ -166,22 +166,25 @@ def _sweep(ns: argparse.Namespace) -> int:
 
 
 def _evaluate(ns: argparse.Namespace) -> int:
-    from ignite_mlp.inference.evaluate import evaluate
+    from ignite_mlp.inference.evaluate import cannot_write, check_output_file, evaluate
     from ignite_mlp.plots import confusion_matrix_figure, save_png
     from ignite_mlp.run.rundir import CONFUSION, find_checkpoint, writing
 
     run, _ = find_checkpoint(ns.target)
-    out = Path(ns.out) if ns.out else run.confusion_matrix
+    out = check_output_file(ns.out) if ns.out else run.confusion_matrix
     with writing(out, allowed=(CONFUSION,)):  # the run's lock, when the plot goes into a run
         result = evaluate(ns.target, data=ns.data, device=ns.device)
         print(result.report())
-        save_png(confusion_matrix_figure(result.confusion, list(result.per_class)), out)
+        try:
+            save_png(confusion_matrix_figure(result.confusion, list(result.per_class)), out)
+        except OSError as e:
+            raise cannot_write(out, e) from None
     print(f"confusion matrix: {out}")
     return 0
 
 
 def _samples(ns: argparse.Namespace) -> int:
-    from ignite_mlp.inference.evaluate import draw_samples
+    from ignite_mlp.inference.evaluate import cannot_write, check_output_file, draw_samples
     from ignite_mlp.plots import save_png
 
     if ns.count < 1:
@@ -190,9 +193,13 @@ def _samples(ns: argparse.Namespace) -> int:
         raise UserError(f"--seed must be in [0, 2**32 - 1] (got {ns.seed}); e.g. --seed 0")
     from ignite_mlp.run.rundir import writing
 
+    check_output_file(ns.out)
     samples = draw_samples(ns.data, ns.count, ns.seed)
     with writing(ns.out):
-        out = save_png(samples.grid(), ns.out)
+        try:
+            out = save_png(samples.grid(), ns.out)
+        except OSError as e:
+            raise cannot_write(ns.out, e) from None
     print(f"{len(samples.labels)} samples: {out}")
     print(f"first sample (top left): {samples.one_hot_line(0)}")  # the tutorial's one-hot printout
     return 0

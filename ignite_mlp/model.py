@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ignite_mlp.config.choices import ACTIVATIONS, NORMS
+from ignite_mlp.config.validation import check_model_size
 from ignite_mlp.errors import UserError
 
 
@@ -75,6 +76,8 @@ class MLP(nn.Module):
             raise UserError(f"norm must be one of {NORMS} and activation one of {ACTIVATIONS}")
         if blocks < 0 or expansion < 1:
             raise UserError(f"--blocks must be >= 0 and --expansion >= 1 (got {blocks}, {expansion})")
+        # Before any layer is allocated: a run's configuration file may ask for any size.
+        check_model_size(in_features, list(hidden_sizes), num_classes, blocks, expansion)
         layers: list[nn.Module] = [nn.Flatten()]
         width = in_features
         for h in hidden_sizes:

@@ -78,7 +78,7 @@ def test_a_file_over_the_size_cap_is_one_line_naming_it(
     tree = make_tree(tmp_path / "t")
     (tree / "train" / "bee" / "0002.png").write_bytes(b"\x89PNG" + bytes(5000))
     source = make_tarball(tree, tmp_path / "t.tar.gz") if packed else tree
-    monkeypatch.setattr(images, "MAX_FILE_BYTES", 4096)  # the real images are ~250 bytes
+    monkeypatch.setenv("IGNITE_MLP_MAX_MEMBER_BYTES", "4096")  # the real images are ~250 bytes
     with pytest.raises(UserError, match=r"bee/0002.png: 5004 bytes, more than") as e:
         load_dataset(source)
     assert "\n" not in str(e.value)

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from ignite_mlp.config.train_config import TrainConfig
 
 DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
+# 4 GiB of float32 weights (and about four times that to train): far beyond an MLP on images.
+MAX_PARAMETERS = 2**30
 
 
 def check(ok: bool, flag: str, value: Any, rule: str, fix: str) -> None:
@@ -56,6 +58,8 @@ def validate(c: TrainConfig) -> None:
     _check_finite(c)
     _check_training(c)
     _check_ingredients(c)
+    # The smallest model these options describe (1 input, 2 classes): refused before any data is read.
+    check_model_size(1, c.hidden_sizes, 2, c.blocks, c.expansion)
     _check_controls(c)
     _check_processes(c)
 
@@ -70,6 +74,42 @@ def check_data(c: TrainConfig, image_shape: tuple[int, int, int]) -> None:
         f"below the image size {height}x{width}",
         f"try --crop-padding {max(1, min(height, width) // 8)}",
     )
+
+
+def parameter_count(in_features: int, hidden_sizes: list[int], classes: int, blocks: int, expansion: int) -> int:
+    """The weights and biases of the MLP these sizes describe (its norm layers' few left out).
+
+    >>> parameter_count(3072, [100], 10, 0, 4)  # 3072*100 + 100, then 100*10 + 10
+    308310
+    """
+    count, width = 0, in_features
+    for h in hidden_sizes:
+        count += width * h + h
+        width = h
+    count += blocks * (2 * width * width * expansion + width * expansion + width)
+    return count + width * classes + classes
+
+
+def check_model_size(in_features: int, hidden_sizes: list[int], classes: int, blocks: int, expansion: int) -> None:
+    """Refuse a model over :data:`MAX_PARAMETERS` before a byte of it is allocated, with its size.
+
+    >>> try:
+    ...     check_model_size(1, [100000000000], 2, 0, 4)
+    ... except UserError as e:
+    ...     for part in str(e).split(", "):
+    ...         print(part)
+    --hidden-sizes [100000000000] (--blocks 0
+    --expansion 4) make a model of 400000000002 parameters
+    1600.0 GB of float32 weights alone
+    more than the 1073741824 parameters allowed; give smaller widths such as --hidden-sizes 512 256
+    """
+    count = parameter_count(in_features, hidden_sizes, classes, blocks, expansion)
+    if count > MAX_PARAMETERS:
+        raise UserError(
+            f"--hidden-sizes {hidden_sizes} (--blocks {blocks}, --expansion {expansion}) make a model of {count} "
+            f"parameters, {4 * count / 1e9:.1f} GB of float32 weights alone, more than the {MAX_PARAMETERS} parameters "
+            "allowed; give smaller widths such as --hidden-sizes 512 256"
+        )
 
 
 def _check_finite(c: TrainConfig) -> None:

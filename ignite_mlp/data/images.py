@@ -1,10 +1,11 @@
 """Class-folder trees and their tarballs: walking them, and decoding one image file.
 
 Both walkers yield ``(split, class, file name, bytes)`` (bytes ``None`` marks a class folder,
-so empty classes are seen too), skip macOS ``._*`` files alike, and refuse a file or tar
-member larger than :data:`MAX_FILE_BYTES` before reading it. Decoding refuses an image of more
-than :data:`MAX_IMAGE_PIXELS` before allocating it: a small file declaring 40000x40000 pixels
-is one line naming it, not an exhausted memory.
+so empty classes are seen too), skip macOS ``._*`` files alike, and keep the limits of
+:mod:`ignite_mlp.data.limits`: a file or tar member over the size limit is refused before it is
+read (a member's size from its tar header), and so is a source of too many files or bytes.
+Decoding refuses an image of too many pixels before allocating it: a small file declaring
+40000x40000 pixels is one line naming it, not an exhausted memory.
 """
 
 from __future__ import annotations
@@ -21,13 +22,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageCms, UnidentifiedImageError
 
+from ignite_mlp.data.limits import Budget, check_pixels
 from ignite_mlp.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
-# Far beyond any image an MLP trains on, far below what exhausts a machine's memory.
-MAX_FILE_BYTES = 64 * 2**20
-MAX_IMAGE_PIXELS = 2**26
-
 Entry = tuple[str, str, str, bytes | None]
 
 
@@ -40,11 +38,13 @@ def iter_tree(root: Path) -> Iterator[Entry]:
         split_dir = root / split
         if not split_dir.is_dir():
             continue
+        budget = Budget(str(split_dir))
         for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
             yield split, class_dir.name, "", None
             for file in sorted(class_dir.iterdir()):
                 if _is_image_name(file.name) and file.is_file():
-                    _check_size(file.stat().st_size, str(file))
+                    budget.count()
+                    budget.take(file.stat().st_size, str(file))
                     yield split, class_dir.name, file.name, file.read_bytes()
 
 
@@ -52,13 +52,15 @@ def iter_tarball(path: Path) -> Iterator[Entry]:
     """Same as :func:`iter_tree` for a .tar.gz, streamed without unpacking to disk."""
     try:
         with tarfile.open(path, "r:gz") as tar:
+            budget = Budget(str(path))
             for member in tar:
+                budget.count()
                 parts = [p for p in member.name.split("/") if p not in ("", ".")]
                 if member.isdir() and len(parts) >= 2 and parts[-2] in ("train", "test"):
                     yield parts[-2], parts[-1], "", None
                 elif member.isfile() and len(parts) >= 3 and parts[-3] in ("train", "test"):
                     if _is_image_name(parts[-1]):
-                        _check_size(member.size, f"{path}:{member.name}")
+                        budget.take(member.size, f"{path}:{member.name}")
                         yield parts[-3], parts[-2], parts[-1], tar.extractfile(member).read()  # type: ignore[union-attr]
     except (tarfile.TarError, EOFError, OSError) as e:
         raise UserError(f"--data {path}: damaged or truncated tarball ({e}); download or copy it again") from None
@@ -67,14 +69,6 @@ def iter_tarball(path: Path) -> Iterator[Entry]:
 def _is_image_name(name: str) -> bool:
     # macOS writes "._<name>" metadata files beside each file it copies: not images.
     return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("._")
-
-
-def _check_size(size: int, where: str) -> None:
-    if size > MAX_FILE_BYTES:
-        raise UserError(
-            f"{where}: {size} bytes, more than the {MAX_FILE_BYTES // 2**20} MB an image file may have here; "
-            "remove it from the data set"
-        )
 
 
 def where(path: Path, kind: str, split: str, cls: str, name: str) -> str:
@@ -208,11 +202,7 @@ def _lab_to_srgb() -> ImageCms.ImageCmsTransform:
 
 
 def _check_pixels(width: int, height: int, name: str) -> None:
-    if width * height > MAX_IMAGE_PIXELS:
-        raise UserError(
-            f"{name}: declares {width}x{height} pixels, more than the {MAX_IMAGE_PIXELS} an image may have here; "
-            "delete or shrink this file"
-        )
+    check_pixels(width, height, name)  # the limit every reader of images shares
 
 
 def _plain_jpeg(data: bytes, name: str) -> bool:

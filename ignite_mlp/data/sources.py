@@ -20,6 +20,7 @@ import importlib
 import io
 import os
 import pickle
+import re
 import tarfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -49,6 +50,7 @@ CACHE_VERSION = 3
 
 def identify(path: Path, download: bool) -> tuple[str, Path]:
     """Return ``(kind, path)`` (kinds in the module docstring); download CIFAR-10 if allowed."""
+    refuse_url(path)
     if path.is_file():
         try:
             if is_data_file(path):
@@ -80,6 +82,25 @@ def identify(path: Path, download: bool) -> tuple[str, Path]:
         )
     download_cifar10(path)
     return "pickles-tar", path / CIFAR10_ARCHIVE
+
+
+def refuse_url(path: Path) -> None:
+    """Refuse a URL given as ``--data`` (as a path, ``http://host/x`` would become folders
+    ``http:/host/x``), unless such a local path really exists.
+
+    >>> try:
+    ...     refuse_url(Path("https://example.com/data.tar.gz"))
+    ... except UserError as e:
+    ...     print(str(e).split(";")[0])
+    --data https://example.com/data.tar.gz: URLs are not supported
+    """
+    text = str(path)
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]+:/", text) and not path.exists():
+        url = re.sub(r"^([A-Za-z0-9+.-]+):/(?!/)", r"\1://", text)  # a Path folds "//" into "/"
+        raise UserError(
+            f"--data {url}: URLs are not supported; download the file and give its local path "
+            "(without --data, CIFAR-10 is downloaded for you)"
+        )
 
 
 def download_cifar10(root: Path) -> None:

@@ -12,8 +12,10 @@ check is not left behind.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import json
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +93,8 @@ def export(target: str | Path, fmt: str, out: str | Path | None = None, data: st
         raise UserError(f"--out {path}: is a folder; give a file name such as {path / default.name}")
     if not path.parent.is_dir():
         raise UserError(f"--out {path}: folder {path.parent} does not exist; create it or choose another --out")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise UserError(f"--out {path}: folder {path.parent} is not writable; choose another --out")
     images, source = validation_images(classifier, CHECK_IMAGES, data)
     # Written beside the target and renamed over it only once it passed: never a bad or half file.
     try:
@@ -170,7 +174,10 @@ def _write_torchscript(classifier: Classifier, path: Path) -> None:
         # TorchScript is deprecated in favour of torch.export, but loads anywhere torch runs.
         warnings.simplefilter("ignore", FutureWarning)
         scripted = torch.jit.script(classifier.module)
-        torch.jit.save(scripted, str(path), _extra_files={"ignite_mlp.json": json.dumps(metadata(classifier))})
+        try:
+            torch.jit.save(scripted, str(path), _extra_files={"ignite_mlp.json": json.dumps(metadata(classifier))})
+        except RuntimeError as e:  # TorchScript's writer reports a failed open or write so, not as OSError
+            raise OSError(errno.EIO, f"torch.jit.save failed: {str(e).splitlines()[0]}") from None
 
 
 def _run_torchscript(path: Path, images: torch.Tensor) -> torch.Tensor:

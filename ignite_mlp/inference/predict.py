@@ -5,7 +5,10 @@ Every image, whatever its size and mode, is brought to the run's input: its mode
 and its channel count as the data set's images are (alpha dropped), resized keeping its aspect
 ratio until it covers the run's image size, then centre-cropped to it (an image already that size is left
 as it is, so the run's own images are classified exactly as in validation). A file that
-cannot be read gets a line on stderr and the rest go on.
+cannot be read gets a line on stderr and the rest go on; so does one over the limits of
+:mod:`ignite_mlp.data.limits` (pixels, bytes, members), checked from its header before it is
+decoded or read, so memory stays bounded whatever the input. A non-finite probability refuses
+the run: it is a damaged model, not a result.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import io
 import json
 import sys
 import tarfile
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +29,7 @@ import torch
 from PIL import Image, ImageOps
 
 from ignite_mlp.data.images import IMAGE_EXTENSIONS, to_8_bit
+from ignite_mlp.data.limits import Budget, check_member_bytes, check_pixels
 from ignite_mlp.errors import UserError
 from ignite_mlp.inference.classifier import Classifier, top_k
 
@@ -78,14 +83,22 @@ def fit_image(image: Image.Image, shape: Sequence[int]) -> torch.Tensor:
     return tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
 
 
-def read_image(source: Callable[[], IO[bytes]], shape: Sequence[int]) -> torch.Tensor:
-    """Open, decode and fit one image (see :func:`fit_image`); raises ValueError with the reason."""
+def read_image(source: Callable[[], IO[bytes]], shape: Sequence[int], name: str = "image") -> torch.Tensor:
+    """Open, decode and fit one image (see :func:`fit_image`); raises ValueError with the reason
+    (an image over the pixel limit before it is decoded)."""
     try:
-        with source() as stream, Image.open(stream) as image:
+        with source() as stream, warnings.catch_warnings():
+            # Pillow warns of images over its own limit as it opens them; ours, lower, is checked below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(stream)
             # JPEG: decode at the smallest power-of-two reduction still at least as large as needed.
-            side = max(int(shape[1]), int(shape[2]))
-            image.draft(None, (side, side))
-            return fit_image(image, shape)
+            with image:
+                side = max(int(shape[1]), int(shape[2]))
+                image.draft(None, (side, side))
+                check_pixels(image.width, image.height, name)  # the size it will decode to, from its header
+                return fit_image(image, shape)
+    except UserError as e:
+        raise ValueError(str(e).removeprefix(f"{name}: ")) from None
     except Image.DecompressionBombError as e:
         raise ValueError(f"image too large ({e})") from None
     except (OSError, SyntaxError, ValueError, EOFError, Image.UnidentifiedImageError) as e:
@@ -104,30 +117,45 @@ def find_inputs(inputs: Sequence[str]) -> Iterator[tuple[str, Callable[[], IO[by
             if not files:
                 yield text, None, f"no image files in this folder (looked for {', '.join(IMAGE_EXTENSIONS)})"
             for file in files:
-                yield str(file), _file_opener(file), ""
+                yield str(file), _checked_opener(file), ""
         elif path.is_file() and (text.endswith((".tar.gz", ".tgz"))):
             yield from _tar_inputs(path)
         elif path.is_file():
-            yield text, _file_opener(path), ""
+            yield text, _checked_opener(path), ""
         else:
             yield text, None, "no such file or folder"
 
 
-def _file_opener(path: Path) -> Callable[[], IO[bytes]]:
-    return lambda: open(path, "rb")
+def _checked_opener(path: Path) -> Callable[[], IO[bytes]]:
+    def opener() -> IO[bytes]:
+        check_member_bytes(path.stat().st_size, str(path))
+        return open(path, "rb")
+
+    return opener
 
 
 def _tar_inputs(path: Path) -> Iterator[tuple[str, Callable[[], IO[bytes]] | None, str]]:
     """The image members of a .tar.gz, read one at a time as the archive streams by."""
     found = False
+    budget = Budget(str(path))
     try:
         with tarfile.open(path, "r:gz") as tar:
             for member in tar:
+                budget.count()
                 name = member.name.split("/")[-1]
                 if member.isfile() and name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("._"):
                     found = True
+                    where = f"{path}:{member.name}"
+                    try:  # the size its header declares, before a byte of it is read
+                        budget.take(member.size, where)
+                    except UserError as e:
+                        yield where, None, str(e).removeprefix(f"{where}: ")
+                        continue
                     data = tar.extractfile(member).read()  # type: ignore[union-attr]
-                    yield f"{path}:{member.name}", (lambda data=data: io.BytesIO(data)), ""
+                    yield where, (lambda data=data: io.BytesIO(data)), ""
+    except UserError as e:  # too many members or bytes: the rest of the archive is not read
+        yield str(path), None, str(e).removeprefix(f"{path}: ")
+        return
     except (tarfile.TarError, EOFError, OSError) as e:
         yield str(path), None, f"damaged or truncated archive ({e})"
         return
@@ -163,6 +191,13 @@ def predict(
         if not images:
             return
         probabilities = classifier.probabilities(torch.stack(images))
+        finite = torch.isfinite(probabilities).all(dim=1)
+        if not bool(finite.all()):
+            raise UserError(
+                f"{classifier.checkpoint}: gives non-finite probabilities (NaN or inf) for "
+                f"{names[int((~finite).nonzero()[0])]}; the model or its preprocessing is damaged: "
+                "use another checkpoint or train again"
+            )
         batch = [Prediction(n, t) for n, t in zip(names, top_k(probabilities, classifier.classes, top), strict=True)]
         predictions.extend(batch)
         if on_batch is not None:
@@ -174,7 +209,7 @@ def predict(
     for name, opener, error in find_inputs(inputs):
         if opener is not None:
             try:
-                images.append(read_image(opener, classifier.image_shape))
+                images.append(read_image(opener, classifier.image_shape, name))
                 names.append(name)
             except ValueError as e:
                 error = str(e)

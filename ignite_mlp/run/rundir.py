@@ -285,6 +285,7 @@ class RunDir:
         weights = validated_weights(safe_load(checkpoint))
         fix = f"use the checkpoint with its own run directory ({self.path}) and data of its image shape"
         check_model_shapes(model, weights, checkpoint, fix)
+        _refuse_non_finite(weights, checkpoint, "use another checkpoint (or train again)")
         model.load_state_dict(weights)
         return model.eval()
 
@@ -312,6 +313,7 @@ class RunDir:
             raise UserError(f"{path}: mean {tuple(mean.shape)} and matrix {tuple(matrix.shape)} differ; restore it")
         if features is not None and d != features:
             raise UserError(f"{path}: measured on images of {d} values, the run's have {features}; restore it")
+        _refuse_non_finite({"mean": mean, "matrix": matrix}, path, "restore it or train again")
         return Whitening(mean.float(), matrix.float())
 
     def write_whitening(self, whitening: Whitening) -> Path:
@@ -584,6 +586,14 @@ def check_model_shapes(
         raise UserError(
             f"{source}: the checkpoint's architecture differs from this run's ({'; '.join(problems)}); {fix}"
         )
+
+
+def _refuse_non_finite(tensors: Mapping[str, torch.Tensor], source: Path, fix: str) -> None:
+    """Refuse weights or a transform holding NaN or infinity: every output would be NaN, not a result."""
+    for key, value in tensors.items():
+        if value.dtype.is_floating_point and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise UserError(f"{source}: {key} holds {bad} non-finite value(s) (NaN or inf); the file is damaged: {fix}")
 
 
 def _plain_tensor(value: Any) -> bool:
