@@ -141,3 +141,19 @@ def test_without_a_split_a_resume_may_still_change_the_seed(tree: Path, tmp_path
     run = tmp_path / "r"
     assert main(["train", "--data", str(tree), "--run-dir", str(run), "--epochs", "1", "--no-progress"]) == 0
     assert main(["train", "--resume", str(run), "--epochs", "2", "--seed", "5", "--no-progress"]) == 0
+
+
+def test_evaluate_names_a_split_runs_test_images_as_such(tree: Path, tmp_path: Path) -> None:
+    from ignite_mlp.inference.evaluate import evaluate
+
+    run = tmp_path / "r"
+    result = train(
+        TrainConfig(data=str(tree), run_dir=str(run), epochs=1, batch_size=8, progress=False, val_split=9),
+        write=lambda s: None,
+    )
+    evaluation = evaluate(run)
+    assert evaluation.accuracy == pytest.approx(result.test_acc)  # the test split, as recorded once
+    assert f"test split loss {evaluation.loss:.4f}" in evaluation.report()
+    plain = tmp_path / "plain"
+    train(TrainConfig(data=str(tree), run_dir=str(plain), epochs=1, progress=False), write=lambda s: None)
+    assert "validation loss" in evaluate(plain).report()

@@ -70,12 +70,14 @@ class Evaluation:
     confusion: torch.Tensor  # rows: true class, columns: predicted class
     # The predicted class of every validation image, in the data's order.
     predictions: torch.Tensor = dataclasses.field(default_factory=lambda: torch.empty(0, dtype=torch.long))
+    # What the images are to the run: its validation data, or (a --val-split run) its test split.
+    split: str = "validation"
 
     def report(self) -> str:
         width = max(len(c) for c in self.per_class)
         lines = [
             f"checkpoint: {self.checkpoint}" + (f" (epoch {self.epoch})" if self.epoch else ""),
-            f"validation loss {self.loss:.4f}, accuracy {self.accuracy:.2f}%",
+            f"{self.split} loss {self.loss:.4f}, accuracy {self.accuracy:.2f}%",
             "per-class accuracy:",
         ]
         lines += [f"  {name:<{width}}  {acc:6.2f}%" for name, acc in self.per_class.items()]
@@ -124,6 +126,8 @@ def evaluate(
         per_class={name: float(acc) for name, acc in zip(dataset.classes, per_class.tolist(), strict=True)},
         confusion=confusion,
         predictions=torch.cat(predictions).cpu() if predictions else torch.empty(0, dtype=torch.long),
+        # A --val-split run validated on held-out training images: these are its test images.
+        split="test split" if config.val_split else "validation",
     )
 
 
