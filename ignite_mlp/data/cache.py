@@ -202,8 +202,9 @@ def read_header(path: Path) -> dict[str, Any]:
             raise DataFileError("header length out of range")
         try:
             header = json.loads(f.read(length))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise DataFileError(f"unreadable header ({e})") from None
+        # ValueError: also an integer of thousands of digits; RecursionError: arrays nested too deep.
+        except (ValueError, RecursionError) as e:
+            raise DataFileError(f"unreadable header ({type(e).__name__})") from None
     _check_header(header, size)
     return header
 
@@ -212,8 +213,8 @@ def _check_header(header: Any, size: int) -> None:
     try:
         arrays = {name: header["arrays"][name] for name in _ARRAYS}
         classes, declared = header["classes"], header["size"]
-        shapes = {name: tuple(int(n) for n in a["shape"]) for name, a in arrays.items()}
-        offsets = {name: int(a["offset"]) for name, a in arrays.items()}
+        shapes = {name: tuple(_count(n) for n in _list(a["shape"])) for name, a in arrays.items()}
+        offsets = {name: _count(a["offset"]) for name, a in arrays.items()}
         dtypes = {name: a["dtype"] for name, a in arrays.items()}
     except (KeyError, TypeError, ValueError) as e:
         raise DataFileError(f"incomplete header ({e!r})") from None
@@ -234,6 +235,20 @@ def _check_header(header: Any, size: int) -> None:
         if offsets[name] < end or offsets[name] % _ALIGN or offsets[name] + nbytes > size:
             raise DataFileError(f"{name} lies outside the file or overlaps another array")
         end = offsets[name] + nbytes
+
+
+def _list(value: Any) -> list:
+    """A shape as the header must hold it: a JSON list (a string would iterate as digits)."""
+    if not isinstance(value, list):
+        raise TypeError(f"shape {value!r} is not a list")
+    return value
+
+
+def _count(value: Any) -> int:
+    """A size or offset as the header must hold it: a JSON integer, not negative (no float, string or bool)."""
+    if type(value) is not int or value < 0:
+        raise ValueError(f"{value!r} is not a whole number >= 0")
+    return value
 
 
 def _map(path: Path, spec: dict[str, Any], mode: str) -> np.ndarray:
