@@ -265,6 +265,8 @@ def read_toml(path: str | Path, flag: str = "--config", what: str = "a TOML file
         return tomllib.loads(p.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{flag} {path}: not valid TOML ({e}); fix the file") from None
+    except RecursionError:  # tomllib parses nested arrays recursively
+        raise UserError(f"{flag} {path}: not valid TOML (arrays or tables nested too deep); fix the file") from None
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
