@@ -20,6 +20,8 @@ def sweep_command(ns: argparse.Namespace) -> int:
 
     if not ns.report and (ns.space is None or ns.trials is None):
         raise UserError("sweep needs --space SPACE.TOML and --trials N (or --report to report a study)")
+    if ns.trials is not None and ns.trials < 1:  # else "or 1" below would quietly run a trial
+        raise UserError(f"--trials must be >= 1 (got {ns.trials}); e.g. --trials 20")
     settings = SweepSettings(
         data=ns.data,
         space=ns.space or "",
