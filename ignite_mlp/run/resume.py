@@ -21,7 +21,7 @@ from ignite_mlp.config.train_config import TrainConfig
 from ignite_mlp.errors import UserError
 from ignite_mlp.handlers.training import restore_ema
 from ignite_mlp.run.checkpoints import remove_orphans, restore
-from ignite_mlp.run.rundir import RunDir, check_model_shapes, safe_load
+from ignite_mlp.run.rundir import RunDir, check_model_shapes, refuse_non_finite, safe_load
 
 # Restored only when they still apply (see restore_controls); everything else must be there.
 CONTROLS = ("lr_scheduler", "early_stopping", "ema_model")
@@ -162,8 +162,12 @@ class Resume:
         return self.iteration + 1
 
     def check_model(self, model: nn.Module) -> None:
-        """Refuse a model whose layers differ from the saved weights', naming the difference."""
-        check_model_shapes(model, self.saved.get("model", {}), self.checkpoint)
+        """Refuse a model whose layers differ from the saved weights', naming the difference, and
+        saved weights holding NaN or infinity (training on from them would stop at the first step)."""
+        for key in ("model", "ema_model"):
+            if key in self.saved or key == "model":
+                check_model_shapes(model, self.saved.get(key, {}), self.checkpoint)
+                refuse_non_finite(self.saved[key], self.checkpoint, "resume from another checkpoint or train again")
 
     def apply(
         self,

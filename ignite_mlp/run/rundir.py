@@ -22,6 +22,7 @@ import json
 import os
 import pickle
 import re
+import warnings
 import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from torch import nn
 
 from ignite_mlp.config.choices import PRECISIONS
 from ignite_mlp.config.train_config import TrainConfig, merge_sources
+from ignite_mlp.data.limits import check_pixels
 from ignite_mlp.data.whitening import Whitening
 from ignite_mlp.errors import UserError
 from ignite_mlp.files import write_atomic, write_json_atomic
@@ -197,8 +199,10 @@ class RunDir:
             raise UserError(f"{self.path}: no run there ({path.name} missing); give a run directory")
         try:
             values = json.loads(path.read_bytes())
-        except (OSError, ValueError) as e:  # (UnicodeDecodeError and JSONDecodeError are ValueErrors)
-            raise UserError(f"{path}: unreadable ({e}); restore it from a copy or train again") from None
+        # (UnicodeDecodeError and JSONDecodeError are ValueErrors; RecursionError: arrays nested too deep)
+        except (OSError, ValueError, RecursionError) as e:
+            reason = "nested too deep" if isinstance(e, RecursionError) else e
+            raise UserError(f"{path}: unreadable ({reason}); restore it from a copy or train again") from None
         if not isinstance(values, dict):
             raise UserError(f"{path}: holds a {type(values).__name__}, not a run's configuration; restore it")
         known = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -219,6 +223,10 @@ class RunDir:
             ints = isinstance(shape, list) and all(type(v) is int and v > 0 for v in shape)
             if not ints or len(shape) != 3:
                 raise UserError(f"{path}: image_shape must be three positive ints (got {shape!r}); restore the file")
+            check_pixels(shape[2], shape[1], f"{path}: image_shape")  # no model sized for a bomb's pixels
+        handlers = values.get("handlers", [])
+        if not (isinstance(handlers, list) and all(isinstance(h, str) for h in handlers)):
+            raise UserError(f"{path}: handlers must be a list of specs (got {handlers!r}); restore the file")
         precision = values.get("resolved_precision")
         if precision is not None and precision not in PRECISIONS:
             raise UserError(f"{path}: resolved_precision must be one of {PRECISIONS} (got {precision!r}); restore it")
@@ -285,7 +293,7 @@ class RunDir:
         weights = validated_weights(safe_load(checkpoint))
         fix = f"use the checkpoint with its own run directory ({self.path}) and data of its image shape"
         check_model_shapes(model, weights, checkpoint, fix)
-        _refuse_non_finite(weights, checkpoint, "use another checkpoint (or train again)")
+        refuse_non_finite(weights, checkpoint, "use another checkpoint (or train again)")
         model.load_state_dict(weights)
         return model.eval()
 
@@ -295,7 +303,7 @@ class RunDir:
         """The whitening the run trained with; ``features``: the values of one image (C * H * W)."""
         path = self.whitening
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = _load_quietly(path)
             mean, matrix = state["mean"], state["matrix"]
             if not (_plain_tensor(mean) and _plain_tensor(matrix)):
                 raise TypeError("not tensors")
@@ -313,7 +321,7 @@ class RunDir:
             raise UserError(f"{path}: mean {tuple(mean.shape)} and matrix {tuple(matrix.shape)} differ; restore it")
         if features is not None and d != features:
             raise UserError(f"{path}: measured on images of {d} values, the run's have {features}; restore it")
-        _refuse_non_finite({"mean": mean, "matrix": matrix}, path, "restore it or train again")
+        refuse_non_finite({"mean": mean, "matrix": matrix}, path, "restore it or train again")
         return Whitening(mean.float(), matrix.float())
 
     def write_whitening(self, whitening: Whitening) -> Path:
@@ -328,7 +336,7 @@ class RunDir:
         """The run's metrics per epoch."""
         try:
             values = json.loads(self.history.read_bytes())
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, RecursionError) as e:
             raise UserError(
                 f"{self.history}: unreadable ({e}); the run has not finished an epoch or it is damaged"
             ) from None
@@ -340,7 +348,7 @@ class RunDir:
         """Every resume recorded so far (an unreadable record starts afresh: it is only a log)."""
         try:
             values = json.loads(self.resumes.read_bytes())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return []
         return values if isinstance(values, list) else []
 
@@ -526,10 +534,17 @@ def config_for_command(cli_values: dict[str, Any], toml_path: str | None = None)
 
 
 def safe_load(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``, turning every failure into a clear UserError."""
+    """Load a checkpoint with ``weights_only=True``, turning every failure into a clear UserError.
+
+    A message never passes on torch's own advice to retry with ``weights_only=False``: that
+    would run whatever code the file holds."""
     path = Path(path)
+    if _is_torchscript(path):
+        raise UserError(
+            f"{path}: a TorchScript program, not a checkpoint, refused (it holds code); give a run's checkpoint"
+        )
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = _load_quietly(path)
     except FileNotFoundError:
         raise UserError(f"{path}: no such checkpoint file") from None
     except pickle.UnpicklingError as e:
@@ -541,12 +556,34 @@ def safe_load(path: str | Path) -> dict[str, Any]:
             "only load checkpoints written by ignite_mlp or another source you trust"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        reason = (
+            "it holds objects other than tensors"
+            if "weights_only" in str(e)
+            else (str(e).splitlines() or [type(e).__name__])[0]
+        )
         raise UserError(
-            f"{path}: corrupt or truncated checkpoint ({e}); delete it or resume from another run"
+            f"{path}: corrupt or truncated checkpoint ({reason}); delete it or resume from another run"
         ) from None
     if not isinstance(state, dict):
         raise UserError(f"{path}: not an ignite_mlp checkpoint (holds a {type(state).__name__})")
     return state
+
+
+def _load_quietly(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` without torch's warnings (one about checking a sparse
+    tensor, say): the command's answer is its one line, and a sparse tensor is refused anyway."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _is_torchscript(path: Path) -> bool:
+    """Is ``path`` a TorchScript archive (``torch.jit.save``): a zip holding a ``code/`` folder?"""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.split("/")[1:2] == ["code"] for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def validated_weights(state: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -571,7 +608,7 @@ def check_model_shapes(
     for key, value in saved.items():
         if not _plain_tensor(value):
             raise UserError(
-                f"{source}: {key} holds a {type(value).__name__} where a tensor goes; the checkpoint is damaged "
+                f"{source}: {key} holds {_described(value)}; the checkpoint is damaged "
                 "or not ignite_mlp's: use another checkpoint"
             )
     own = model.state_dict()
@@ -588,12 +625,24 @@ def check_model_shapes(
         )
 
 
-def _refuse_non_finite(tensors: Mapping[str, torch.Tensor], source: Path, fix: str) -> None:
+def refuse_non_finite(tensors: Mapping[str, torch.Tensor], source: Path, fix: str) -> None:
     """Refuse weights or a transform holding NaN or infinity: every output would be NaN, not a result."""
     for key, value in tensors.items():
         if value.dtype.is_floating_point and not bool(torch.isfinite(value).all()):
             bad = int((~torch.isfinite(value)).sum())
             raise UserError(f"{source}: {key} holds {bad} non-finite value(s) (NaN or inf); the file is damaged: {fix}")
+
+
+def _described(value: Any) -> str:
+    """What a value that is not a plain tensor is, for a message.
+
+    >>> _described("weights")
+    'a str where a tensor goes'
+    """
+    if isinstance(value, torch.Tensor):
+        kind = f"{str(value.layout).removeprefix('torch.')} {str(value.dtype).removeprefix('torch.')}"
+        return f"a {kind} tensor, not a dense tensor of numbers"
+    return f"a {type(value).__name__} where a tensor goes"
 
 
 def _plain_tensor(value: Any) -> bool:
