@@ -206,12 +206,16 @@ def _samples(ns: argparse.Namespace) -> int:
 
 
 def _lr_find(ns: argparse.Namespace) -> int:
+    from ignite_mlp.inference.evaluate import check_output_file
     from ignite_mlp.run.lr_finder import FINDER_FLAGS, lr_find, train_command
     from ignite_mlp.run.rundir import LR_FINDER, RunDir, config_for_command, writing
 
     given = {k: v for k, v in vars(ns).items() if k not in ("command", "config_file", *FINDER_FLAGS)}
     config = config_for_command(dict(given), ns.config_file)
-    out = Path(ns.out) if ns.out else RunDir(config.run_dir).lr_finder if config.run_dir else Path(LR_FINDER)
+    # A given --out is checked as evaluate's is: a folder that does not exist is a typo, not one to make.
+    out = (
+        check_output_file(ns.out) if ns.out else RunDir(config.run_dir).lr_finder if config.run_dir else Path(LR_FINDER)
+    )
     with writing(out, allowed=(LR_FINDER,)):  # the run's lock, when the plot goes into a run
         curve, plot = lr_find(config, ns.start_lr, ns.end_lr, ns.num_iter, out)
     print(curve.summary())
