@@ -161,6 +161,8 @@ def validation_images(classifier: Classifier, count: int = 256, data: str | None
     try:
         dataset = load_dataset(data or classifier.config.data, classifier.config.cache_dir, download=False)
     except UserError as e:
+        if data is not None:  # data the user named: its problem is the answer, not random images
+            raise
         generator = torch.Generator().manual_seed(0)
         images = torch.randint(0, 256, (count, *classifier.image_shape), dtype=torch.uint8, generator=generator)
         return images, f"{count} random images (the run's data could not be read: {e})"
