@@ -1,6 +1,11 @@
 """A tour of bad inputs given to the real command (``python -m ignite_mlp``): each must be answered
 with one line on stderr and exit status 2, no traceback, and nothing written outside the case's
-own folder (no data file, run or checkpoint of the shared set-up changed, no payload run).
+own folder (no data file, run or checkpoint of the shared set-up changed, no payload run). An
+input that is odd but harmless (an archive member that is a link or a device, a dangling symlink
+as --out) must instead succeed, exit 0, and write its output in the case's folder. The cases
+cover every reader (images, archives, CIFAR-10 pickles, data files, checkpoints, a run's
+config.json and whitening, TOML files, search spaces, option values) and every writer (--out,
+--run-dir, export); docs/reliability.md lists the promises they hold.
 
 The set-up (tiny trees, damaged copies, one trained run, one whitened run) is made once for the
 module, and every case runs once in the module's fixture: a few as typed, in a new interpreter,
