@@ -133,6 +133,8 @@ class Case:
     status: int = 2  # 0: the input is harmless and the command does its work
     env: dict[str, str] = field(default_factory=dict)  # added to the case's environment
     writes: str = ""  # with status 0: the file (in the case's folder) the command must write
+    shows: str = ""  # with status 0: a part of stdout (predict's table: an image classified)
+    hides: str = ""  # with status 0: what stdout must not name (a member that is no regular file)
 
 
 def _train(*args: str) -> Callable[[Path, Path], list[str]]:
@@ -655,14 +657,32 @@ for name, message in (
     _add(Case(f"image {name} in a tree", _train("--data", "{w}/" + folder), message))
     _add(Case(f"image {name} in a tree, samples", _data("{w}/" + folder), message))
     _add(Case(f"image {name} to predict", _cmd("predict", "{w}/done", "{w}/img/" + name), "could not be read", lines=2))
-_add(Case("one good image to predict", _cmd("predict", "{w}/done", "{w}/img/good.png"), "", status=0, lines=0))
+_add(
+    Case(
+        "one good image to predict",
+        _cmd("predict", "{w}/done", "{w}/img/good.png"),
+        "",
+        status=0,
+        lines=0,
+        shows="good.png",
+    )
+)
 
 # Archives: a member that is no plain file is skipped (nothing is ever extracted to disk).
-for i, label in enumerate(ARCHIVE_EXTRAS):
+for i, (label, (name, kind, _)) in enumerate(ARCHIVE_EXTRAS.items()):
     _add(Case(f"archive with a {label}", _data(f"{{w}}/a{i}.tar.gz"), "", status=0, lines=0, writes="s.png"))
+    # A regular member is classified under its own name (read in memory, whatever its path says);
+    # a link or device member is skipped, never followed.
+    regular = kind == tarfile.REGTYPE
     _add(
         Case(
-            f"archive with a {label}, predict", _cmd("predict", "{w}/done", f"{{w}}/a{i}.tar.gz"), "", status=0, lines=0
+            f"archive with a {label}, predict",
+            _cmd("predict", "{w}/done", f"{{w}}/a{i}.tar.gz"),
+            "",
+            status=0,
+            lines=0,
+            shows=name.rsplit("/", 1)[-1] if regular else "0000.png",
+            hides="" if regular else name.rsplit("/", 1)[-1],
         )
     )
 _add(
@@ -1117,6 +1137,7 @@ class Answer:
     status: int
     stderr: str
     folder: Path
+    stdout: str = ""
 
 
 def run_fresh(case: Case, world: Path, here: Path) -> Answer:
@@ -1125,7 +1146,7 @@ def run_fresh(case: Case, world: Path, here: Path) -> Answer:
     argv = [sys.executable, "-m", "ignite_mlp", *case.argv(world, here)]
     env = _environment(case, world, here)
     done = subprocess.run(argv, cwd=here, env=env, capture_output=True, text=True, timeout=300)
-    return Answer(done.returncode, done.stderr, here)
+    return Answer(done.returncode, done.stderr, here, done.stdout)
 
 
 def run_forked(cases: list[tuple[Case, Path]], world: Path) -> dict[str, Answer]:
@@ -1154,7 +1175,7 @@ def run_forked(cases: list[tuple[Case, Path]], world: Path) -> dict[str, Answer]
             forker.stdin.write(json.dumps(request) + "\n")  # type: ignore[union-attr]
             forker.stdin.flush()  # type: ignore[union-attr]
             status = json.loads(forker.stdout.readline())["status"]  # type: ignore[union-attr]
-            answers[case.name] = Answer(status, (here / "stderr").read_text(), here)
+            answers[case.name] = Answer(status, (here / "stderr").read_text(), here, (here / "stdout").read_text())
     finally:
         forker.stdin.close()  # type: ignore[union-attr]
         forker.wait(timeout=60)
@@ -1193,6 +1214,8 @@ def test_bad_input_is_one_line_and_exit_2(case: Case, tour: tuple) -> None:
     assert not (world / "nowhere").exists()  # no write through a dangling link
     if case.writes:
         assert (answer.folder / case.writes).is_file()
+    assert case.shows in answer.stdout, answer.stdout
+    assert not case.hides or case.hides not in answer.stdout, answer.stdout
     assert not (world / "PWNED").exists()  # no crafted pickle ran
     assert not (world.parent / "outside.png").exists() and not (world / "escape.png").exists()
     assert changed == [], "a case wrote into the shared data or runs"
