@@ -305,7 +305,8 @@ def run_predict(
     predictions, summary = predict(classifier, inputs, top, batch_size, emit, complain, progress)
     if fmt == "table" and predictions:
         print(format_table(predictions), file=out)
-    if summary.failed:
+    if summary.failed and (summary.classified or len(summary.failed) > 1):
+        # (One input that could not be read: its own line says all, and stays the only one.)
         print(
             f"ignite-mlp: {len(summary.failed)} input(s) could not be read, {summary.classified} classified", file=err
         )
