@@ -308,7 +308,7 @@ def lr_find(
     )
     data = prepare_data(plan, dataset)
     write(f"learning-rate finder: {num_iter} steps from {start_lr:g} to {end_lr:g} ...")
-    normalized = dataclasses.replace(config, mean=data.mean, std=data.std)  # as train() does
+    normalized = data.normalized(config)  # as train() does
     curve = find_lr(normalized, data, device, start_lr, end_lr, num_iter, progress=plan.progress)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -37,6 +37,11 @@ class RunData:
     # --val-split: the data as loaded, whose test split is evaluated once at the end; None without it.
     held_out: Dataset | None = None
 
+    def normalized(self, config: TrainConfig) -> TrainConfig:
+        """``config`` with the mean and std these loaders normalise with (measured with
+        ``--normalize dataset``): what the model, the finder and the spec are built for."""
+        return dataclasses.replace(config, mean=list(self.mean), std=list(self.std))
+
 
 def prepare_data(plan: RunPlan, dataset: Dataset | None = None) -> RunData:
     """Load the data (once per machine), print its summary, resolve the precision, measure the

@@ -332,18 +332,6 @@ class RunDir:
 
     # ------------------------------------------------------------------------ other records
 
-    def read_history(self) -> dict[str, list[float]]:
-        """The run's metrics per epoch."""
-        try:
-            values = json.loads(self.history.read_bytes())
-        except (OSError, ValueError, RecursionError) as e:
-            raise UserError(
-                f"{self.history}: unreadable ({e}); the run has not finished an epoch or it is damaged"
-            ) from None
-        if not isinstance(values, dict):
-            raise UserError(f"{self.history}: holds no metrics; it is damaged")
-        return values
-
     def read_resumes(self) -> list[Any]:
         """Every resume recorded so far (an unreadable record starts afresh: it is only a log)."""
         try:

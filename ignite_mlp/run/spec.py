@@ -94,9 +94,7 @@ def resolve_spec(plan: RunPlan, data: RunData, lr: float | str) -> RunSpec:
     """The spec of a run planned as ``plan`` on ``data``, trained at the learning rate ``lr``
     (``--lr auto`` already resolved to a number)."""
     config = plan.config
-    resolved = dataclasses.replace(
-        config, lr=float(lr), mean=list(data.mean), std=list(data.std), precision=data.precision.name
-    )
+    resolved = dataclasses.replace(data.normalized(config), lr=float(lr), precision=data.precision.name)
     dry = config.dry_run
     return RunSpec(
         config=resolved,

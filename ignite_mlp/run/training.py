@@ -175,7 +175,7 @@ def train(
         # The dataflow: the data (read once per machine), its statistics, this rank's loaders.
         data = prepare_data(plan, dataset)
         # --lr auto: Ignite's learning-rate finder picks the rate (lr_finder.py) on the normalised data.
-        normalized = dataclasses.replace(plan.config, mean=data.mean, std=data.std)
+        normalized = data.normalized(plan.config)
         tuned, lr_curve = resolve_auto_lr(
             normalized, data, plan.device, plan.write, run=not list_handlers, main=plan.main
         )
