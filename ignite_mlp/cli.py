@@ -139,24 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_sweep_parser(commands: argparse._SubParsersAction) -> None:
+    from ignite_mlp.sweep.settings import add_sweep_arguments  # its defaults are SweepSettings'
+
     sweep = commands.add_parser(
         "sweep", help="search hyperparameters with Optuna on a validation split (one machine or many)"
     )
-    sweep.add_argument("--data", default="./data", help="data folder or .tar.gz (default: ./data)")
-    sweep.add_argument("--space", metavar="SPACE.TOML", help="search space: [fixed] options, [search.OPTION] ranges")
-    sweep.add_argument("--trials", type=int, help="finished trials the study should hold, over all workers")
-    sweep.add_argument("--jobs", type=int, default=1, help="worker processes on this machine (default: 1)")
-    sweep.add_argument("--sweep-dir", default="runs/sweep", help="trial runs, journal and report (default: runs/sweep)")
-    sweep.add_argument("--storage", help="database URL shared by machines (default: a journal file in --sweep-dir)")
-    sweep.add_argument("--study", help="study name (default: the sweep folder's name)")
-    sweep.add_argument("--seed", type=int, help="seed of the sampler's proposals (each worker adds its index)")
-    sweep.add_argument("--pruner", default="median", help="median | hyperband | none (default: median)")
-    sweep.add_argument("--val-split", type=float, default=5000, help="validation images held out (default: 5000)")
-    sweep.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
-    sweep.add_argument("--cache-dir", help="decoded-data cache (default: ~/.cache/ignite_mlp)")
-    sweep.add_argument("--heartbeat-interval", type=int, default=60, help="database: seconds between heartbeats")
-    sweep.add_argument("--grace-period", type=int, default=180, help="database: silent seconds before a trial is dead")
-    sweep.add_argument("--report", action="store_true", help="only print the table and write the best files")
+    add_sweep_arguments(sweep)
 
 
 def _sweep(ns: argparse.Namespace) -> int:

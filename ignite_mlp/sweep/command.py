@@ -15,39 +15,29 @@ def sweep_command(ns: argparse.Namespace) -> int:
         import optuna_integration  # noqa: F401
     except ImportError as e:
         raise UserError(f"sweep needs Optuna ({e.name} is missing): pip install 'ignite_mlp[sweep]'") from None
+    from ignite_mlp.sweep.objective import SweepStopped
     from ignite_mlp.sweep.report import write_report
-    from ignite_mlp.sweep.study import SweepSettings, open_study, record_study_settings, run_sweep
+    from ignite_mlp.sweep.settings import absolute, settings_from_args
+    from ignite_mlp.sweep.study import report_study, run_sweep, study_record
 
     if not ns.report and (ns.space is None or ns.trials is None):
         raise UserError("sweep needs --space SPACE.TOML and --trials N (or --report to report a study)")
-    if ns.trials is not None and ns.trials < 1:  # else "or 1" below would quietly run a trial
-        raise UserError(f"--trials must be >= 1 (got {ns.trials}); e.g. --trials 20")
-    settings = SweepSettings(
-        data=ns.data,
-        space=ns.space or "",
-        sweep_dir=ns.sweep_dir,
-        trials=ns.trials or 1,
-        jobs=ns.jobs,
-        storage=ns.storage,
-        study=ns.study,
-        seed=ns.seed,
-        pruner=ns.pruner,
-        val_split=ns.val_split,
-        device=ns.device,
-        cache_dir=ns.cache_dir,
-        heartbeat_interval=ns.heartbeat_interval,
-        grace_period=ns.grace_period,
-    )
-    if ns.report:
-        settings.check()
-        study = open_study(settings, create=False)
-        settings, space = record_study_settings(study, settings, from_study=True)
-    else:
-        try:
-            study = run_sweep(settings)
-        except (KeyboardInterrupt, TrainingInterrupted):
-            print("ignite-mlp: sweep stopped; finished trials are kept; run the same command to go on", file=sys.stderr)
-            return 130
-        settings, space = record_study_settings(study, settings, from_study=True)
-    write_report(study, space, settings)
+    settings = settings_from_args(ns)
+    try:
+        if ns.report:
+            study, saved, space = report_study(settings)
+        else:
+            try:
+                study = run_sweep(settings)
+            except (KeyboardInterrupt, TrainingInterrupted, SweepStopped):
+                print(
+                    "ignite-mlp: sweep stopped; finished trials are kept; run the same command to go on",
+                    file=sys.stderr,
+                )
+                return 130
+            saved, space = study_record(study)
+        write_report(study, space, saved, absolute(settings).sweep_dir)
+    except OSError as e:  # a full disk, a folder made read-only while it ran
+        where = e.filename or "the sweep folder"
+        raise UserError(f"{where}: {e.strerror}; free the space or fix the folder, then run the same command") from None
     return 0

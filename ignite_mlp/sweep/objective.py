@@ -9,10 +9,11 @@ validation accuracy and stops a trial that is behind. The test split is never re
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
+import signal
 import socket
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,9 @@ from optuna_integration import PyTorchIgnitePruningHandler
 
 from ignite_mlp.config.train_config import TrainConfig
 from ignite_mlp.data import Dataset
+from ignite_mlp.errors import UserError
 from ignite_mlp.run.training import RunContext, train
+from ignite_mlp.sweep.locks import TrialLock, lock_path
 from ignite_mlp.sweep.space import SearchSpace, suggest
 
 # What counts towards --trials, and what will: finished, running, and queued again after a death.
@@ -44,6 +47,51 @@ class SurplusTrial(Exception):
     """A trial asked for after the study already had its --trials: recorded as failed, never run."""
 
 
+class SweepStopped(Exception):
+    """Ctrl-C was pressed: no further trial is started (the running one is recorded as failed)."""
+
+
+class StopFlag:
+    """The sweep's SIGINT handler: the first Ctrl-C asks every part to stop (the running trial
+    after its current step, the worker before its next trial); a second one stops at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def check(self) -> None:
+        if self.requested:
+            raise SweepStopped("stopped by Ctrl-C")
+
+
+def relay_ctrl_c(stop: StopFlag) -> Any:
+    """A run handler: while the trial trains, ``train`` routes Ctrl-C to its own stop request; this
+    chains the sweep's flag in front of it, so a press that ends a trial also ends the sweep (a
+    trial that finishes its last step anyway would otherwise leave the press forgotten)."""
+
+    def attach(trainer: Engine, evaluator: Engine, context: RunContext) -> None:
+        def chain(engine: Engine) -> None:
+            inner = signal.getsignal(signal.SIGINT)
+            if not callable(inner) or inner is stop:  # train runs off the main thread: nothing routed
+                return
+
+            def both(signum: int, frame: Any) -> None:
+                stop.requested = True
+                inner(signum, frame)
+
+            signal.signal(signal.SIGINT, both)  # train's block puts the sweep's handler back at its end
+            if stop.requested:  # pressed while the trial was being set up
+                inner(signal.SIGINT, None)
+
+        trainer.add_event_handler(Events.STARTED, chain)
+
+    return attach
+
+
 def run_dir_of(sweep_dir: Path, number: int) -> Path:
     """Where trial ``number`` runs.
 
@@ -53,52 +101,21 @@ def run_dir_of(sweep_dir: Path, number: int) -> Path:
     return sweep_dir / f"trial-{number:04d}"
 
 
-def lock_path(sweep_dir: Path, number: int) -> Path:
-    """The file a live worker holds locked while it runs trial ``number`` (see :class:`TrialLock`)."""
-    return sweep_dir / ".locks" / f"trial-{number:04d}.lock"
-
-
-class TrialLock:
-    """An exclusive lock on a trial's lock file, held while its worker runs it and until Optuna
-    has recorded its end. The kernel drops it when the process dies (even by ``kill -9``): that
-    is how a restarted sweep tells a dead worker's trial from a live one (:func:`lock_is_free`)."""
-
-    def __init__(self) -> None:
-        self._fd: int | None = None
-
-    def acquire(self, path: Path) -> None:
-        self.release()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing releases the lock
-            self._fd = None
-
-
-def lock_is_free(path: Path) -> bool:
-    """Whether nobody holds ``path``'s lock: its trial's worker is gone."""
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
-
-
 def trial_config(
-    values: dict[str, Any], data: str, run_dir: Path, val_split: float, device: str, cache_dir: str | None = None
+    values: dict[str, Any],
+    data: str,
+    run_dir: Path,
+    val_split: float,
+    device: str,
+    cache_dir: str | None = None,
+    precision: str | None = None,
 ) -> TrainConfig:
-    """The train options of one trial: its values, with what the sweep sets for every trial."""
+    """The train options of one trial: its values, with what the sweep sets for every trial (the
+    precision decided once for the sweep, unless the space sets it)."""
     settings = dict(values)
     recipe = settings.pop("recipe", "tutorial")
+    if precision is not None and settings.get("precision", "auto") == "auto":
+        settings["precision"] = precision
     return TrainConfig.from_recipe(
         recipe,
         **settings,
@@ -128,7 +145,10 @@ def pruning(trial: optuna.Trial) -> Any:
 
 
 class Objective:
-    """Optuna's objective: train one trial's run and return its best validation accuracy (percent)."""
+    """Optuna's objective: train one trial's run and return its best validation accuracy (percent).
+
+    ``create_lock`` is held by the worker from the moment it asks Optuna for a trial: released
+    here once the trial's own lock is held (see :mod:`.locks`)."""
 
     def __init__(
         self,
@@ -140,29 +160,48 @@ class Objective:
         val_split: float,
         device: str,
         cache_dir: str | None = None,
+        precision: str | None = None,
+        stop: StopFlag | None = None,
+        create_lock: TrialLock | None = None,
     ) -> None:
         self.space, self.sweep_dir, self.data, self.dataset = space, sweep_dir, data, dataset
         self.total, self.val_split, self.device, self.cache_dir = total, val_split, device, cache_dir
-        # Released by the worker after Optuna records the trial's state (see study.run_worker).
+        self.precision, self.stop, self.create_lock = precision, stop or StopFlag(), create_lock or TrialLock()
+        # Released by the worker after Optuna records the trial's state (see workers.run_worker).
         self.lock = TrialLock()
         logging.getLogger("ignite.engine.engine.Engine").addFilter(QuietPruning())
 
     def __call__(self, trial: optuna.Trial) -> float:
-        refuse_surplus(trial, self.total)
-        run_dir = run_dir_of(self.sweep_dir, trial.number)
-        self.lock.acquire(lock_path(self.sweep_dir, trial.number))
-        # Set only once the lock is held: a running trial with a run_dir and a free lock lost its worker.
+        try:
+            refuse_surplus(trial, self.total)
+            run_dir = run_dir_of(self.sweep_dir, trial.number)
+            self.lock.acquire(lock_path(self.sweep_dir, trial.number))
+        finally:
+            self.create_lock.release()
+        self.stop.check()
+        refuse_link(run_dir)
+        # Set only once the lock is held: a running trial whose lock is free lost its worker.
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
         trial.set_user_attr("run_dir", str(run_dir))
         values = suggest(trial, self.space)
-        config = trial_config(values, self.data, run_dir, self.val_split, self.device, self.cache_dir)
-        result = train(config, [pruning(trial)], dataset=self.dataset, write=_quiet, evaluate_test=False)
+        config = trial_config(values, self.data, run_dir, self.val_split, self.device, self.cache_dir, self.precision)
+        handlers = [pruning(trial), relay_ctrl_c(self.stop)]
+        result = train(config, handlers, dataset=self.dataset, write=_quiet, evaluate_test=False)
         if result.stopped:  # a NaN loss: a bad point of the space, not a bug
             trial.set_user_attr("stopped", result.stopped.split(";")[0])
         if result.best_val_acc is None:
             raise optuna.TrialPruned("no epoch finished")
         return result.best_val_acc
+
+
+def refuse_link(run_dir: Path) -> None:
+    """A trial folder that is a symbolic link would have the run written elsewhere: refused."""
+    try:
+        if stat.S_ISLNK(os.lstat(run_dir).st_mode):
+            raise UserError(f"{run_dir}: is a symbolic link; a trial runs only in its own folder: remove the link")
+    except FileNotFoundError:
+        pass
 
 
 def refuse_surplus(trial: optuna.Trial, total: int) -> None:

@@ -5,10 +5,14 @@ pictures, and the test split evaluated once, for the best trial only.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import io
 import json
 import math
 import socket
+import time
+import uuid
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -21,9 +25,9 @@ from ignite_mlp.files import write_atomic, write_json_atomic
 from ignite_mlp.run.rundir import RunDir
 from ignite_mlp.sweep.objective import FINISHED
 from ignite_mlp.sweep.space import SearchSpace, decode_params
-from ignite_mlp.sweep.study import SweepSettings, settings_dict
 
-# Where the one test evaluation is kept: in the study, so every machine's report sees it.
+# Where each evaluation of the test split is kept: in the study, so every machine's report sees
+# it, each under a key of its own ("test_evaluation:<id>"), so none is ever overwritten.
 TEST_ATTR = "test_evaluation"
 
 
@@ -91,43 +95,89 @@ def run_file(options: dict[str, Any], comment: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def best_options(trial: FrozenTrial, space: SearchSpace, settings: SweepSettings) -> dict[str, Any]:
-    """The train options of ``trial`` as ``train --config`` takes them: the same data, validation
-    split and seed, so a rerun scores on the same held-out images."""
-    options = {**space.fixed, **decode_params(trial.params, space)}
-    return {"data": settings.data, "val_split": settings.val_split, **options}
+# Train options a reproduction must not copy: where the trial ran, and how it showed progress.
+NOT_COPIED = ("run_dir", "resume", "overwrite", "progress", "handlers")
+
+
+def best_options(trial: FrozenTrial, space: SearchSpace, saved: dict[str, Any]) -> dict[str, Any]:
+    """The train options of ``trial`` as ``train --config`` takes them: its run's recorded
+    configuration, every "auto" as it resolved (the learning rate, the statistics, the precision,
+    the device), the data's absolute path and the sweep's validation split; from the study's
+    record when its run is not on this machine."""
+    from ignite_mlp.config.train_config import TrainConfig
+
+    run = RunDir(str(trial.user_attrs.get("run_dir", "")))
+    fields = [f.name for f in dataclasses.fields(TrainConfig)]
+    if trial.user_attrs.get("host") == socket.gethostname() and run.is_run():
+        values = run.read_config().values
+        options = {k: values[k] for k in fields if k in values and k not in NOT_COPIED and values[k] is not None}
+        options["precision"] = values.get("resolved_precision", options.get("precision"))
+        options["device"] = values.get("resolved_device", options.get("device"))
+    else:
+        options = {**space.fixed, **decode_params(trial.params, space)}
+        if saved.get("precision") and options.get("precision", "auto") == "auto":
+            options["precision"] = saved["precision"]
+    return {**options, "data": saved["data"], "val_split": saved["val_split"]}
+
+
+def test_evaluations(study: optuna.Study) -> list[dict[str, Any]]:
+    """Every evaluation of the test split the study recorded, oldest first."""
+    records = [v for k, v in study.user_attrs.items() if k.startswith(TEST_ATTR) and isinstance(v, dict)]
+    return sorted(records, key=lambda r: str(r.get("at", "")))
 
 
 def evaluate_best_once(study: optuna.Study, trial: FrozenTrial, write: Callable[[str], None]) -> dict[str, Any] | None:
-    """The best trial's test accuracy and loss: evaluated once (then kept in the study), on the
-    machine that holds its run; None, with a line saying where to evaluate it, elsewhere."""
-    saved = study.user_attrs.get(TEST_ATTR)
-    if saved and saved.get("trial") == trial.number:
-        return saved
+    """The best trial's test accuracy and loss: evaluated once (then recorded in the study, under a
+    key of its own that nothing overwrites), on the machine that holds its run; None, with a line
+    saying where to evaluate it, elsewhere. When another trial was evaluated before, it says
+    plainly that the test split is now seen a second time."""
+    earlier = test_evaluations(study)
+    mine = [r for r in earlier if r.get("trial") == trial.number]
+    if mine:
+        return mine[0]
     run_dir, host = Path(str(trial.user_attrs.get("run_dir", ""))), trial.user_attrs.get("host")
     if host != socket.gethostname() or not RunDir(run_dir).is_run():
         write(f"test split: trial {trial.number}'s run is on {host}; run this report there to evaluate it once")
         return None
     from ignite_mlp.inference.evaluate import evaluate
 
+    start = time.monotonic()
     result = evaluate(run_dir)
-    record = {"trial": trial.number, "test_acc": result.accuracy, "test_loss": result.loss, "host": host}
-    study.set_user_attr(TEST_ATTR, record)
+    record = {
+        "trial": trial.number,
+        "test_acc": result.accuracy,
+        "test_loss": result.loss,
+        "seconds": round(time.monotonic() - start, 3),
+        "at": datetime.datetime.now(datetime.UTC).isoformat(),
+        "host": host,
+    }
+    study.set_user_attr(f"{TEST_ATTR}:{uuid.uuid4().hex}", record)
+    if earlier:
+        seen = ", ".join(f"trial {r.get('trial')} ({r.get('test_acc', float('nan')):.2f}%)" for r in earlier)
+        write(
+            f"test split: seen a second time: the best trial is now {trial.number}, and the test split was "
+            f"already evaluated for {seen}; both records are kept (best.json's test_evaluations)"
+        )
     return record
 
 
 def write_report(
-    study: optuna.Study, space: SearchSpace, settings: SweepSettings, write: Callable[[str], None] = print
+    study: optuna.Study,
+    space: SearchSpace,
+    saved: dict[str, Any],
+    sweep_dir: str | Path,
+    write: Callable[[str], None] = print,
 ) -> dict[str, Any] | None:
-    """Print the table; write best.json, best.toml and the two PNGs in the sweep folder; return best.json's content."""
-    sweep_dir = Path(settings.sweep_dir)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    """Print the table; write best.json, best.toml and the two PNGs in the sweep folder; return
+    best.json's content. ``saved`` is the study's record of its sweep (its settings as it ran)."""
+    sweep_dir = Path(sweep_dir)
     write(table(study))
     best = best_trial(study)
     if best is None:
         write("no trial completed yet: nothing to report as best")
         return None
     test = evaluate_best_once(study, best, write)
+    options = best_options(best, space, saved)
     record = {
         "trial": best.number,
         "params": decode_params(best.params, space),
@@ -137,19 +187,25 @@ def write_report(
         "host": best.user_attrs.get("host"),
         "test_acc": test["test_acc"] if test else None,
         "test_loss": test["test_loss"] if test else None,
+        "test_evaluations": test_evaluations(study),
         "study": study.study_name,
-        "settings": settings_dict(settings),
+        "data": saved["data"],
+        "data_fingerprint": saved.get("data_fingerprint"),
+        "precision": options.get("precision"),
+        "options": options,
+        "settings": saved.get("settings", {}),
     }
     write_json_atomic(sweep_dir / "best.json", record)
     comment = (
         f"The best trial ({best.number}) of sweep study {study.study_name!r}: validation accuracy {best.value:.2f}%.\n"
-        "ignite-mlp train --config best.toml reproduces it (add --run-dir DIR)."
+        "Every value as the trial resolved it (precision, learning rate, statistics, device): from any folder,\n"
+        "ignite-mlp train --config best.toml --run-dir DIR reproduces its history."
     )
-    write_atomic(sweep_dir / "best.toml", run_file(best_options(best, space, settings), comment).encode())
+    write_atomic(sweep_dir / "best.toml", run_file(options, comment).encode())
     pictures = write_plots(study, sweep_dir, write)
     write(f"best trial {best.number}: validation accuracy {best.value:.2f}% ({record['run_dir']} on {record['host']})")
     if test:
-        write(f"test split (evaluated once, for this trial only): accuracy {test['test_acc']:.2f}%")
+        write(f"test split (evaluated once for this trial): accuracy {test['test_acc']:.2f}%")
     write(f"best.json, best.toml{''.join(', ' + p.name for p in pictures)}: {sweep_dir}")
     return record
 

@@ -25,7 +25,10 @@ Importable without Ignite or Optuna (Optuna only types :func:`suggest`'s trial).
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import itertools
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,10 +41,17 @@ if TYPE_CHECKING:
     import optuna
 
 # Set by the sweep itself for every trial: a search space may not set them.
-SWEEP_OWNED = ("data", "run_dir", "resume", "overwrite", "val_split", "progress", "nproc_per_node", "handlers")
+SWEEP_OWNED = (
+    *("data", "run_dir", "resume", "overwrite", "val_split", "progress", "nproc_per_node", "handlers"),
+    *("device", "cache_dir", "backend"),
+)
 # The validation split is drawn with the seed: searching it would score trials on different images.
 NOT_SEARCHABLE = ("seed",)
 RANGE_KEYS = {"low", "high", "log", "step"}
+# Beyond this many combinations of the options' extremes, each pair of options is checked instead.
+MAX_COMBINATIONS = 4096
+# The spaces the project ships (``--space tutorial``): see the files' own comments.
+SHIPPED = Path(__file__).resolve().parent / "spaces"
 
 
 @dataclass(frozen=True)
@@ -70,9 +80,33 @@ class SearchSpace:
     params: list[Param] = field(default_factory=list)
 
 
+def shipped_spaces() -> list[Path]:
+    return sorted(SHIPPED.glob("*.toml"))
+
+
+def space_path(path: str | Path) -> Path:
+    """``path``, or the shipped space of that name (``tutorial``, ``strong``) when no such file exists."""
+    p = Path(path)
+    if not p.exists() and (SHIPPED / f"{p.name}.toml").is_file() and p.name == str(path):
+        return SHIPPED / f"{p.name}.toml"
+    return p
+
+
+def read_space(path: str | Path) -> dict[str, Any]:
+    """The parsed TOML of a search-space file; a missing one names the spaces the project ships."""
+    p = space_path(path)
+    if not p.is_file():
+        names = ", ".join(s.stem for s in shipped_spaces())
+        raise UserError(
+            f"--space {path}: no such file; give a search-space TOML file, or one the project ships: {names} "
+            f"(in {SHIPPED})"
+        )
+    return read_toml(p, "--space", "a search-space TOML file")
+
+
 def load_space(path: str | Path) -> SearchSpace:
     """Read and check a search-space file; every problem is a :class:`UserError` naming it."""
-    return parse_space(read_toml(path, "--space", "a search-space TOML file"), str(path))
+    return parse_space(read_space(path), str(path))
 
 
 def parse_space(raw: dict[str, Any], source: str = "space") -> SearchSpace:
@@ -88,8 +122,16 @@ def parse_space(raw: dict[str, Any], source: str = "space") -> SearchSpace:
     unknown = set(raw) - {"fixed", "search"}
     if unknown:
         raise UserError(f"--space {source}: unknown section {sorted(unknown)[0]!r}; use [fixed] and [search.OPTION]")
-    fixed = {_field_name(key, source, "[fixed]"): value for key, value in _table(raw, "fixed", source).items()}
+    fixed: dict[str, Any] = {}
+    for key, value in _table(raw, "fixed", source).items():
+        name = _field_name(key, source, "[fixed]")
+        if name in fixed:
+            raise UserError(f"--space {source}: [fixed] sets {_key(name)} twice (two spellings); keep one")
+        fixed[name] = value
     params = [_param(key, spec, source) for key, spec in _table(raw, "search", source).items()]
+    for first, second in itertools.combinations(params, 2):
+        if first.name == second.name:
+            raise UserError(f"--space {source}: {_key(first.name)} is searched twice (two spellings); keep one")
     for param in params:
         if param.name in fixed:
             raise UserError(f"--space {source}: {_key(param.name)} is both fixed and searched; keep one")
@@ -142,7 +184,10 @@ def _field_name(key: str, source: str, where: str) -> str:
     aliases = {f.metadata["flag"].replace("-", "_"): f.name for f in fields.values() if "flag" in f.metadata}
     name = aliases.get(name, name)
     if name not in fields:
-        raise UserError(f"--space {source}: {where} unknown option {key!r}; use the train flags' names, e.g. lr")
+        known = sorted({_key(n) for n in fields} | {_key(n) for n in aliases})
+        close = difflib.get_close_matches(key.replace("_", "-"), known, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else "use the train flags' names, e.g. lr"
+        raise UserError(f"--space {source}: {where} unknown option {key!r}; {hint}")
     if name in SWEEP_OWNED:
         raise UserError(f"--space {source}: {where} {key!r} is set by the sweep for every trial; remove it")
     return name
@@ -181,26 +226,99 @@ def _param(key: str, spec: Any, source: str) -> Param:
         raise UserError(f"--space {source}: {where} a log range needs low > 0 (got {low})")
     if step is not None and (step <= 0 or log):
         raise UserError(f"--space {source}: {where} step must be > 0 and without log (got {step})")
-    if typing.get_type_hints(TrainConfig)[name] is int and not (isinstance(low, int) and isinstance(high, int)):
+    is_int = typing.get_type_hints(TrainConfig)[name] is int
+    if is_int and not (isinstance(low, int) and isinstance(high, int)):
         raise UserError(f"--space {source}: {where} {_key(name)} takes whole numbers: write low and high as ints")
+    if step is not None:
+        _check_step(low, high, step, isinstance(low, int) and isinstance(high, int), f"--space {source}: {where}")
     return Param(name, low, high, log, step)
 
 
+def _check_step(low: float, high: float, step: float, ints: bool, where: str) -> None:
+    """A grid Optuna takes as written: a whole step for an int range, no longer than the range,
+    and ``high`` on the grid (Optuna would move it with a warning)."""
+    if ints and not isinstance(step, int):
+        raise UserError(
+            f"{where} step {step} on a range of whole numbers: give a whole step, e.g. {max(1, round(step))}"
+        )
+    if step > high - low:
+        raise UserError(f"{where} step {step} is longer than the range {low}..{high}: a grid of one value; shorten it")
+    steps = (high - low) / step
+    if not math.isclose(steps, round(steps), rel_tol=0, abs_tol=1e-9):
+        on_grid = low + math.floor(steps) * step
+        raise UserError(f"{where} high {high} is not low + a whole number of steps of {step}; make high {on_grid:g}")
+
+
+def extremes(p: Param) -> list[Any]:
+    """The values of ``p`` that bound what a trial can get: every choice, or low and the highest
+    grid point."""
+    if p.choices:
+        return list(p.choices)
+    if p.step is None:
+        return [p.low, p.high]
+    top = p.low + math.floor((p.high - p.low) / p.step + 1e-9) * p.step  # type: ignore[operator]
+    return [p.low, int(top) if isinstance(p.low, int) and isinstance(p.step, int) else top]
+
+
+def combinations(space: SearchSpace) -> typing.Iterator[dict[str, Any]]:
+    """The trial settings at the space's corners: every combination of the options' extremes, or,
+    past :data:`MAX_COMBINATIONS`, every pair of options at their extremes (the rest at their first)."""
+    values = [extremes(p) for p in space.params]
+    if math.prod(len(v) for v in values) <= MAX_COMBINATIONS:
+        for combo in itertools.product(*values):
+            yield {p.name: v for p, v in zip(space.params, combo, strict=True)}
+        return
+    first = {p.name: v[0] for p, v in zip(space.params, values, strict=True)}
+    for (i, a), (j, b) in itertools.combinations(enumerate(values), 2):
+        for x, y in itertools.product(a, b):
+            yield {**first, space.params[i].name: x, space.params[j].name: y}
+
+
+def trial_options(space: SearchSpace, values: dict[str, Any]) -> TrainConfig:
+    settings = {**space.fixed, **values}
+    return TrainConfig.from_recipe(settings.pop("recipe", "tutorial"), **settings)
+
+
+def _where(space: SearchSpace, values: dict[str, Any]) -> str:
+    """The searched values of one corner, as the space writes them."""
+    return ", ".join(f"{_key(k)} = {v!r}" for k, v in values.items() if k in {p.name for p in space.params})
+
+
 def _check_values(space: SearchSpace, source: str) -> None:
-    """Build the config of each extreme a trial can get: a wrong type or value fails now, named."""
-    recipe = space.fixed.get("recipe", "tutorial")
-    for p in space.params:
-        values = list(p.choices) if p.choices else [p.low, p.high]
-        for value in values:
-            settings = {**space.fixed, p.name: value}
-            try:
-                TrainConfig.from_recipe(settings.pop("recipe", recipe), **settings)
-            except UserError as e:
-                raise UserError(f"--space {source}: [search.{_key(p.name)}] value {value!r}: {e}") from None
+    """Build the config of each value alone, then of each corner of the space: a wrong type, an
+    impossible value or an impossible combination fails now, named."""
     if not space.params:
         raise UserError(f"--space {source}: nothing to search; add a [search.OPTION] table, e.g. [search.lr]")
-    settings = dict(space.fixed)
+    for p in space.params:
+        for value in extremes(p):
+            try:
+                trial_options(space, {p.name: value})
+            except UserError as e:
+                raise UserError(f"--space {source}: [search.{_key(p.name)}] value {value!r}: {e}") from None
     try:
-        TrainConfig.from_recipe(settings.pop("recipe", recipe), **settings)
+        trial_options(space, {})
     except UserError as e:
         raise UserError(f"--space {source}: [fixed]: {e}") from None
+    for values in combinations(space):
+        try:
+            trial_options(space, values)
+        except UserError as e:
+            raise UserError(f"--space {source}: the trial with {_where(space, values)}: {e}") from None
+
+
+def check_against_data(space: SearchSpace, image_shape: tuple[int, int, int], classes: int, source: str) -> None:
+    """Every corner of the space against the data: the crop against the image size, the model's
+    size against the images and classes."""
+    from ignite_mlp.config.validation import check_model_size
+
+    c, h, w = image_shape
+    for values in combinations(space):
+        config = trial_options(space, values)
+        try:
+            config.check_data(image_shape)
+            check_model_size(c * h * w, list(config.hidden_sizes), classes, config.blocks, config.expansion)
+        except UserError as e:
+            raise UserError(
+                f"--space {source}: on this data ({c}x{h}x{w} images), the trial with "
+                f"{_where(space, values) or 'the fixed options'}: {e}"
+            ) from None
