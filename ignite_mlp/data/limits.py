@@ -15,6 +15,7 @@ delete or shrink this file (or raise the limit: IGNITE_MLP_MAX_PIXELS=1600000000
 
 from __future__ import annotations
 
+import decimal
 import os
 from dataclasses import dataclass
 
@@ -26,6 +27,8 @@ MAX_MEMBER_BYTES = ("IGNITE_MLP_MAX_MEMBER_BYTES", 64 * 2**20)
 # CIFAR-10 is 60000 files; each tar member read keeps a small record in memory until the archive closes.
 MAX_MEMBERS = ("IGNITE_MLP_MAX_MEMBERS", 2_000_000)
 MAX_TOTAL_BYTES = ("IGNITE_MLP_MAX_TOTAL_BYTES", 16 * 2**30)
+# The largest limit a variable may set: beyond it a count or a byte total is no limit at all.
+MOST = 2**63
 
 
 def limit(setting: tuple[str, int]) -> int:
@@ -38,13 +41,15 @@ def limit(setting: tuple[str, int]) -> int:
     text = os.environ.get(name, "").strip()
     if not text:
         return default
-    try:
-        value = int(float(text)) if "e" in text.lower() else int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise UserError(f"{name}={text}: must be a positive whole number (the default is {default}); fix or unset it")
-    return value
+    try:  # Decimal: 1e6 is a whole number, 1.5e0 is not, 1e400 is not a float's inf
+        number = decimal.Decimal(text)
+    except decimal.InvalidOperation:
+        number = decimal.Decimal("NaN")
+    if not number.is_finite() or number != number.to_integral_value() or not 1 <= number <= MOST:
+        raise UserError(
+            f"{name}={text}: must be a positive whole number, at most 2**63 (the default is {default}); fix or unset it"
+        )
+    return int(number)
 
 
 def _refuse(where: str, what: str, setting: tuple[str, int], fix: str, suggested: int) -> UserError:

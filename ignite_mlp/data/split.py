@@ -49,6 +49,27 @@ def class_quotas(counts: list[int], n: int) -> list[int]:
     return [min(q, c) for q, c in zip(quotas, counts, strict=True)]
 
 
+def check_split(counts: list[int], n: int, classes: list[str]) -> None:
+    """Refuse a split of ``n`` that holds out every training image of a class (training would
+    never see it); the message names the largest smaller split that leaves each class some images.
+
+    >>> check_split([5, 5, 1], 4, ["a", "b", "c"])
+    >>> check_split([5, 5, 1], 5, ["a", "b", "c"])
+    Traceback (most recent call last):
+    ...
+    ignite_mlp.errors.UserError: --val-split 5 holds out all 1 training images of class 'c'; give fewer, e.g. 4
+    """
+    emptied = [i for i, (q, c) in enumerate(zip(class_quotas(counts, n), counts, strict=True)) if c and q >= c]
+    if not emptied:
+        return
+    most = n - 1
+    while most > 0 and any(c and q >= c for q, c in zip(class_quotas(counts, most), counts, strict=True)):
+        most -= 1
+    cls = emptied[0]
+    fix = f"give fewer, e.g. {most}" if most else "add training images to it"
+    raise UserError(f"--val-split {n} holds out all {counts[cls]} training images of class {classes[cls]!r}; {fix}")
+
+
 def validation_indices(labels: torch.Tensor, n: int, seed: int, num_classes: int) -> torch.Tensor:
     """The sorted indices of the ``n`` held-out images: each class's quota drawn at random with
     a generator seeded by ``seed`` alone, so the same seed always holds out the same images."""
@@ -71,6 +92,7 @@ def split_validation(dataset: Dataset, n: int, seed: int) -> Dataset:
     >>> val.train_labels.tolist(), val.test_labels.tolist()
     ([0, 0, 1, 1], [0, 1])
     """
+    check_split(torch.bincount(dataset.train_labels, minlength=dataset.num_classes).tolist(), n, dataset.classes)
     held = validation_indices(dataset.train_labels, n, seed, dataset.num_classes)
     keep = torch.ones(len(dataset.train_labels), dtype=torch.bool)
     keep[held] = False

@@ -120,13 +120,16 @@ class Decided:
 
 def decide(settings: SweepSettings, space: SearchSpace, dataset: Any, saved: dict[str, Any] | None) -> Decided:
     """The split, the fingerprint and the precision: the study's when it has them, else decided now."""
-    from ignite_mlp.data.split import validation_count
+    import torch
+
+    from ignite_mlp.data.split import check_split, validation_count
 
     train_size = len(dataset.train_labels)
     given = settings.val_split
     if given is None:
         given = saved["val_split"] if saved else min(VAL_CAP, max(1, int(VAL_FRACTION * train_size)))
     count = validation_count(given, train_size)
+    check_split(torch.bincount(dataset.train_labels, minlength=dataset.num_classes).tolist(), count, dataset.classes)
     fingerprint = data_fingerprint(dataset)
     if saved is not None:
         if saved.get("data_fingerprint", fingerprint) != fingerprint:
