@@ -17,6 +17,8 @@ optuna = pytest.importorskip("optuna", reason="the sweep extra: pip install 'ign
 
 from optuna.storages.journal import JournalFileBackend, JournalStorage  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
+from sweep_helpers import journal_study, sweep_args, write_space  # noqa: E402
+from sweep_helpers import postgres_url as _postgres_url  # noqa: E402
 
 import ignite_mlp.data  # noqa: E402
 from ignite_mlp import TrainConfig, train  # noqa: E402
@@ -26,34 +28,9 @@ from ignite_mlp.errors import TrainingInterrupted  # noqa: E402
 from ignite_mlp.run.rundir import RunDir  # noqa: E402
 from ignite_mlp.sweep import objective as objective_module  # noqa: E402
 
-SPACE = """
-[fixed]
-epochs = {epochs}
-hidden-sizes = [16]
-batch-size = 8
-tensorboard = false
-
-[search.lr]
-low = {low}
-high = 0.2
-log = true
-"""
-
-
-def _space(tmp_path: Path, epochs: int = 2, low: float = 0.01, text: str | None = None) -> Path:
-    path = tmp_path / "space.toml"
-    path.write_text(text if text is not None else SPACE.format(epochs=epochs, low=low))
-    return path
-
-
-def _sweep_args(tree: Path, space: Path, sweep_dir: Path, trials: int, *extra: str) -> list[str]:
-    common = ["--data", str(tree), "--space", str(space), "--sweep-dir", str(sweep_dir), "--val-split", "9"]
-    return ["sweep", *common, "--trials", str(trials), "--device", "cpu", "--seed", "0", *extra]
-
-
-def _journal(sweep_dir: Path) -> optuna.Study:
-    storage = JournalStorage(JournalFileBackend(str(sweep_dir / "journal.log")))
-    return optuna.load_study(study_name=sweep_dir.name, storage=storage)
+_space = write_space
+_sweep_args = sweep_args
+_journal = journal_study
 
 
 def _states(study: optuna.Study) -> list[TrialState]:
@@ -194,12 +171,7 @@ def test_pruning_stops_a_hopeless_trial_early(tree: Path, tmp_path: Path) -> Non
 
 @pytest.fixture
 def postgres_url() -> str:
-    url = os.environ.get("IGNITE_MLP_TEST_POSTGRES")
-    if not url:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI must test the database path: .ci/run exports IGNITE_MLP_TEST_POSTGRES")
-        pytest.skip("no PostgreSQL: set IGNITE_MLP_TEST_POSTGRES=postgresql://user:password@localhost/db")
-    return url  # as the user gives it: no driver spelled in, Optuna's own tools take the same URL
+    return _postgres_url()  # as the user gives it: no driver spelled in, Optuna's own tools take the same URL
 
 
 def test_postgres_worker_killed_mid_trial_is_run_again(tree: Path, tmp_path: Path, postgres_url: str) -> None:
@@ -243,3 +215,311 @@ def test_postgres_worker_killed_mid_trial_is_run_again(tree: Path, tmp_path: Pat
     assert trials[killed].state == TrialState.FAIL
     rerun = [t for t in trials if t.system_attrs.get("failed_trial") == killed]
     assert rerun and rerun[0].state == TrialState.COMPLETE and rerun[0].params == trials[killed].params
+    # The URL as given opens in optuna-dashboard (psycopg 3, SQLAlchemy's default driver).
+    _same_trials(_dashboard_reads(postgres_url, study_name), trials)
+
+
+# ----------------------------------------------------------------------------- what a sweep hands back
+
+
+def _toml(path: Path) -> dict:
+    import tomllib
+
+    return tomllib.loads(path.read_text())
+
+
+def test_best_toml_from_another_folder_reproduces_the_trials_history(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # relative paths, as a user types them
+    write_space(tmp_path)
+    args = ["sweep", "--data", "tree", "--space", "space.toml", "--sweep-dir", "sweep", "--trials", "2"]
+    assert main([*args, "--device", "cpu", "--seed", "0", "--pruner", "none"]) == 0
+    sweep_dir = tmp_path / "sweep"
+    assert all(Path(t.user_attrs["run_dir"]).is_absolute() for t in _journal(sweep_dir).trials)
+    best = json.loads((sweep_dir / "best.json").read_text())
+    recorded = json.loads((Path(best["run_dir"]) / "config.json").read_text())
+    values = _toml(sweep_dir / "best.toml")
+    assert values["data"] == str(tree) and Path(values["data"]).is_absolute()
+    decided = json.loads((sweep_dir / "sweep.json").read_text())["precision"]
+    # The trial was told the sweep's precision (its request is not "auto"), and best.toml carries it.
+    assert recorded["precision"] == recorded["resolved_precision"] == values["precision"] == decided
+    assert values["lr"] == recorded["lr"] and values["mean"] == recorded["mean"] and values["std"] == recorded["std"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["train", "--config", str(sweep_dir / "best.toml"), "--run-dir", "again", "--progress", "off"]) == 0
+    trial_history = json.loads((Path(best["run_dir"]) / "history.json").read_text())
+    again = json.loads((elsewhere / "again" / "history.json").read_text())
+    assert trial_history["val_acc_epoch"] and {k: again[k] for k in trial_history} == trial_history
+    assert again["test_acc"] == pytest.approx(best["test_acc"])
+
+
+def test_a_study_continued_on_other_data_is_refused_and_a_moved_copy_is_taken(
+    tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import shutil
+
+    from conftest import make_tree
+
+    sweep_dir, space = tmp_path / "sweep", write_space(tmp_path)
+    assert main(sweep_args(tmp_path / "tre", space, sweep_dir, 1)) == 2  # a mistyped --data: one line
+    assert not sweep_dir.exists()  # and nothing made that could remember it
+    assert main(sweep_args(tree, space, sweep_dir, 1, "--pruner", "none")) == 0
+    other = make_tree(tmp_path / "other", seed=1)
+    capsys.readouterr()
+    assert main(sweep_args(other, space, sweep_dir, 2)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "ran its trials on other data" in err, err
+    assert len(_journal(sweep_dir).trials) == 1  # no trial ran on the other data
+    moved = tmp_path / "moved"
+    shutil.copytree(tree, moved)  # the same images elsewhere: the same data
+    assert main(sweep_args(moved, space, sweep_dir, 2, "--pruner", "none")) == 0
+    assert _toml(sweep_dir / "best.toml")["data"] == str(moved)
+    assert json.loads((sweep_dir / "best.json").read_text())["data"] == str(moved)
+
+
+def test_a_new_best_sees_the_test_split_a_second_time_said_plainly_and_both_records_are_kept(
+    tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import shutil
+
+    from optuna.trial import create_trial
+
+    sweep_dir = tmp_path / "sweep"
+    assert main(sweep_args(tree, write_space(tmp_path), sweep_dir, 1, "--pruner", "none")) == 0
+    first = json.loads((sweep_dir / "best.json").read_text())["test_evaluations"]
+    assert [r["trial"] for r in first] == [0]
+    # A better trial joins the study (another machine's, say): its run is a copy of trial 0's.
+    study = _journal(sweep_dir)
+    shutil.copytree(sweep_dir / "trial-0000", sweep_dir / "trial-0001")
+    old = study.trials[0]
+    better = create_trial(
+        value=old.value + 1,
+        params=old.params,
+        distributions=old.distributions,
+        user_attrs={**old.user_attrs, "run_dir": str(sweep_dir / "trial-0001")},
+    )
+    study.add_trial(better)
+    capsys.readouterr()
+    assert main(["sweep", "--report", "--sweep-dir", str(sweep_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "seen a second time" in out and "trial 0" in out
+    records = json.loads((sweep_dir / "best.json").read_text())["test_evaluations"]
+    assert [r["trial"] for r in records] == [0, 1] and records[0] == first[0]  # the first one untouched
+    keys = [k for k in _journal(sweep_dir).user_attrs if k.startswith("test_evaluation")]
+    assert len(keys) == 2
+    assert main(["sweep", "--report", "--sweep-dir", str(sweep_dir)]) == 0  # nothing evaluated a third time
+    assert len(json.loads((sweep_dir / "best.json").read_text())["test_evaluations"]) == 2
+
+
+def test_a_sweep_folder_holding_another_studys_trials_is_refused(
+    tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    sweep_dir, space = tmp_path / "sweep", write_space(tmp_path)
+    assert main(sweep_args(tree, space, sweep_dir, 1, "--pruner", "none")) == 0
+    before = (sweep_dir / "trial-0000" / "config.json").read_bytes()
+    capsys.readouterr()
+    other = ["--storage", f"sqlite:///{tmp_path / 'other.db'}"]  # the same study name, another storage
+    assert main(sweep_args(tree, space, sweep_dir, 1, *other)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds the trials of 'sweep'" in err, err
+    assert (sweep_dir / "trial-0000" / "config.json").read_bytes() == before
+
+
+def test_continuing_with_the_same_seed_proposes_new_parameters(tree: Path, tmp_path: Path) -> None:
+    sweep_dir, space = tmp_path / "sweep", write_space(tmp_path, epochs=1)
+    assert main(sweep_args(tree, space, sweep_dir, 2, "--pruner", "none")) == 0
+    assert main(sweep_args(tree, space, sweep_dir, 4, "--pruner", "none")) == 0
+    lrs = [t.params["lr"] for t in _journal(sweep_dir).trials]
+    assert len(lrs) == 4 and len(set(lrs)) == 4, lrs
+
+
+def test_report_keeps_the_settings_the_sweep_ran_with(tree: Path, tmp_path: Path) -> None:
+    sweep_dir, space = tmp_path / "sweep", write_space(tmp_path, epochs=1)
+    assert main(sweep_args(tree, space, sweep_dir, 2, "--pruner", "none", "--jobs", "2")) == 0
+    ran = json.loads((sweep_dir / "best.json").read_text())["settings"]
+    assert ran["jobs"] == 2
+    assert main(["sweep", "--report", "--sweep-dir", str(sweep_dir)]) == 0
+    assert json.loads((sweep_dir / "best.json").read_text())["settings"] == ran
+
+
+def test_the_precision_is_decided_once_from_the_space_or_the_rule() -> None:
+    from ignite_mlp.sweep.space import parse_space
+    from ignite_mlp.sweep.study import decide_precision
+
+    searched = parse_space({"search": {"precision": {"choices": ["fp32", "bf16"]}}})
+    fixed = parse_space({"fixed": {"precision": "fp32"}, "search": {"lr": {"low": 0.01, "high": 0.1}}})
+    free = parse_space({"search": {"lr": {"low": 0.01, "high": 0.1}}})
+    assert decide_precision(searched, "cpu")[0] is None  # each trial asks for its own
+    assert decide_precision(fixed, "cpu")[0] == "fp32"
+    assert decide_precision(free, "cpu")[0] in ("fp32", "bf16")
+    assert decide_precision(free, "cpu") == decide_precision(free, "cpu")  # a rule, not a measurement
+
+
+# ----------------------------------------------------------------------------- locks and dead workers
+
+
+_HOLD = (
+    "import sys, time; from pathlib import Path; from ignite_mlp.sweep.locks import TrialLock\n"
+    "lock = TrialLock(); lock.acquire(Path(sys.argv[1])); print('held', flush=True); time.sleep(600)\n"
+)
+
+
+def _holder(path: Path) -> subprocess.Popen:
+    """A child process holding ``path``'s lock (as a worker holds its trial's)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    child = subprocess.Popen([sys.executable, "-c", _HOLD, str(path)], env=env, stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None and child.stdout.readline().strip() == "held"
+    return child
+
+
+def test_trial_lock_is_held_until_released_or_its_process_dies(tmp_path: Path) -> None:
+    from ignite_mlp.sweep.locks import TrialLock, lock_is_free
+
+    path = tmp_path / ".locks" / "trial-0000.lock"
+    assert lock_is_free(path)  # no file: nobody holds it
+    lock = TrialLock()
+    lock.acquire(path)
+    assert lock.held and not lock_is_free(path)
+    assert not TrialLock().acquire(path, blocking=False)  # a second holder is refused
+    lock.release()
+    assert lock_is_free(path)
+    child = _holder(path)
+    try:
+        assert not lock_is_free(path)
+    finally:
+        child.kill()  # kill -9: the kernel drops the lock
+        child.wait()
+    assert lock_is_free(path) and TrialLock().acquire(path, blocking=False)
+
+
+def test_trial_lock_never_follows_a_link(tmp_path: Path) -> None:
+    from ignite_mlp.errors import UserError
+    from ignite_mlp.sweep.locks import TrialLock
+
+    outside = tmp_path / "outside"
+    (tmp_path / ".locks").mkdir()
+    (tmp_path / ".locks" / "trial-0000.lock").symlink_to(outside)
+    with pytest.raises(UserError, match="symbolic link"):
+        TrialLock().acquire(tmp_path / ".locks" / "trial-0000.lock")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / ".locks").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(UserError, match="symbolic link"):
+        TrialLock().acquire(tmp_path / "sweep" / ".locks" / "trial-0000.lock")
+    assert not outside.exists() and list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_refuse_surplus_steps_back_for_the_earlier_trials() -> None:
+    from ignite_mlp.sweep.objective import SurplusTrial, refuse_surplus
+
+    study = optuna.create_study(direction="maximize")
+    for value in (1.0, 2.0, 3.0):
+        study.add_trial(optuna.trial.create_trial(value=value))
+    trial = study.ask()  # trial 3, after three finished ones
+    refuse_surplus(trial, 4)  # room for it
+    with pytest.raises(SurplusTrial):
+        refuse_surplus(trial, 3)
+    assert "already had its 3 trials" in study.trials[3].user_attrs["note"]
+
+
+def _dead_trial(study: optuna.Study, host: str, run_dir: str | None) -> int:
+    """A running trial as a worker leaves it when it dies (under ``host``, before or after its run folder)."""
+    trial = study.ask({"lr": optuna.distributions.FloatDistribution(0.01, 0.2, log=True)})
+    trial.set_user_attr("host", host)
+    if run_dir is not None:
+        trial.set_user_attr("run_dir", run_dir)
+    return trial.number
+
+
+def test_dead_journal_workers_are_recognised_whatever_their_host(
+    tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    sweep_dir, space = tmp_path / "sweep", write_space(tmp_path, epochs=1)
+    assert main(sweep_args(tree, space, sweep_dir, 1, "--pruner", "none")) == 0
+    study = _journal(sweep_dir)
+    renamed = _dead_trial(study, "container-before-restart", str(sweep_dir / "trial-0001"))
+    early = _dead_trial(study, "container-before-restart", None)  # died before recording its run folder
+    capsys.readouterr()
+    assert main(sweep_args(tree, space, sweep_dir, 3, "--pruner", "none")) == 0
+    out = capsys.readouterr().out
+    trials = _journal(sweep_dir).trials
+    assert trials[renamed].state == trials[early].state == TrialState.FAIL
+    assert f"trial {renamed}: its worker died" in out and f"trial {early}: its worker died" in out
+    reruns = {t.system_attrs.get("failed_trial") for t in trials if t.state == TrialState.COMPLETE}
+    assert {renamed, early} <= reruns  # each dead trial run again, with its parameters
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
+
+
+def test_a_worker_waiting_on_a_live_trial_says_what_it_waits_for(tree: Path, tmp_path: Path) -> None:
+    from ignite_mlp.sweep.locks import lock_path
+
+    sweep_dir, space = tmp_path / "sweep", write_space(tmp_path, epochs=1)
+    assert main(sweep_args(tree, space, sweep_dir, 1, "--pruner", "none")) == 0
+    number = _dead_trial(_journal(sweep_dir), "another-machine", str(sweep_dir / "trial-0001"))
+    holder = _holder(lock_path(sweep_dir, number))  # its worker is alive
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PYTHONUNBUFFERED": "1"}
+    args = sweep_args(tree, space, sweep_dir, 2, "--pruner", "none")
+    sweep = subprocess.Popen([sys.executable, "-m", "ignite_mlp", *args], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert sweep.stdout is not None
+        lines = []
+        for line in sweep.stdout:  # the waiting line comes before anything is run
+            lines.append(line)
+            if "waiting for trials" in line:
+                break
+        assert f"waiting for trials {number} (another-machine" in lines[-1] and "lock files" in lines[-1]
+        holder.kill()  # now it dies: its trial is run again here
+        rest = sweep.communicate(timeout=120)[0]
+        assert sweep.returncode == 0 and f"trial {number}: its worker died" in rest
+    finally:
+        for process in (holder, sweep):
+            if process.poll() is None:
+                process.kill()
+
+
+# ----------------------------------------------------------------------------- optuna-dashboard
+
+
+def _dashboard_reads(storage: str, name: str) -> dict:
+    """optuna-dashboard's own server on ``storage`` (as its command line takes it): study ``name``'s detail."""
+    import threading
+    import urllib.request
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    optuna_dashboard = pytest.importorskip("optuna_dashboard", reason="the sweep extra: optuna-dashboard")
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = make_server("127.0.0.1", 0, optuna_dashboard.wsgi(storage), handler_class=Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    try:
+        studies = json.loads(urllib.request.urlopen(f"{base}/api/studies", timeout=30).read())["study_summaries"]
+        (study_id,) = [s["study_id"] for s in studies if s["study_name"] == name]
+        return json.loads(urllib.request.urlopen(f"{base}/api/studies/{study_id}", timeout=30).read())
+    finally:
+        server.shutdown()
+
+
+def _same_trials(detail: dict, ours: list) -> None:
+    """What the dashboard shows is what Optuna's own API reads: values and parameters, trial by trial."""
+    shown = [t for t in detail["trials"] if t["state"] in ("Complete", "Pruned")]
+    mine = [t for t in ours if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert [t["number"] for t in shown] == [t.number for t in mine] and mine
+    assert [t["values"] for t in shown if t["state"] == "Complete"] == [
+        [t.value] for t in mine if t.state == TrialState.COMPLETE
+    ]
+    assert [{p["name"]: float(p["param_external_value"]) for p in t["params"]} for t in shown] == [
+        t.params for t in mine
+    ]
+
+
+def test_optuna_dashboard_reads_a_sweeps_journal(tree: Path, tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    assert main(sweep_args(tree, write_space(tmp_path, epochs=1), sweep_dir, 2, "--pruner", "none")) == 0
+    _same_trials(_dashboard_reads(str(sweep_dir / "journal.log"), "sweep"), _journal(sweep_dir).trials)

@@ -27,7 +27,9 @@ FILE_EVERY = 30.0
 
 def trial_line(study_trials: list[FrozenTrial], trial: FrozenTrial, total: int, jobs: int) -> str:
     """The line printed when ``trial`` finishes (``study_trials``: the study's trials then)."""
-    finished = [t for t in study_trials if t.state in FINISHED]
+    # The trials finished by then (a look at the study may come after several finished).
+    end = trial.datetime_complete
+    finished = [t for t in study_trials if t.state in FINISHED and (end is None or t.datetime_complete <= end)]
     left = max(0, total - len(finished))
     epochs = len(trial.intermediate_values)
     value = f"{trial.value:.2f}%" if trial.value is not None else "-"

@@ -192,15 +192,17 @@ def settings_from_args(ns: argparse.Namespace) -> SweepSettings:
 
 
 def absolute(settings: SweepSettings) -> SweepSettings:
-    """``settings`` with the sweep folder, a local data path and the cache folder absolute, so
+    """``settings`` with the sweep folder, the data, the space file and the cache folder absolute, so
     every trial, record and report names them the same from any folder."""
 
     def local(path: str | None) -> str | None:
         return None if path is None or "://" in path else os.path.abspath(os.path.expanduser(path))
 
+    space = local(settings.space) if settings.space and os.path.exists(settings.space) else settings.space
     return dataclasses.replace(
         settings,
         sweep_dir=local(settings.sweep_dir) or "",
         data=local(settings.data) or "",
+        space=space or "",
         cache_dir=local(settings.cache_dir),
     )
