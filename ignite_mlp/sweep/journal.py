@@ -35,6 +35,16 @@ BACKUP = ".damaged-"
 
 def check_journal_path(path: Path) -> None:
     """Refuse a journal path that is a link, not a regular file, or cannot be written: one line each."""
+    refuse_odd_journal(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        raise UserError(f"{path}: cannot be written ({e.strerror}); give a --sweep-dir this user can write") from None
+    os.close(fd)
+
+
+def refuse_odd_journal(path: Path) -> None:
+    """Refuse a journal path that is a link or not a regular file (nothing made)."""
     try:
         info = os.lstat(path)
     except FileNotFoundError:
@@ -47,11 +57,6 @@ def check_journal_path(path: Path) -> None:
         )
     if info is not None and not stat.S_ISREG(info.st_mode):
         raise UserError(f"{path}: is not a file (a folder?); move it away or give another --sweep-dir")
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-    except OSError as e:
-        raise UserError(f"{path}: cannot be written ({e.strerror}); give a --sweep-dir this user can write") from None
-    os.close(fd)
 
 
 class SweepJournal(JournalFileBackend):

@@ -82,19 +82,20 @@ class SweepSettings:
             )
         if self.val_split is not None and not (0 < self.val_split < float("inf")):
             raise UserError(f"--val-split {self.val_split:g}: give a count of images or a fraction such as 0.1")
-        self._check_storage()
+        self.check_storage()
         if self.heartbeat_interval < 1 or self.grace_period <= self.heartbeat_interval:
             raise UserError(
                 f"--grace-period ({self.grace_period}) must exceed --heartbeat-interval ({self.heartbeat_interval}), "
                 "which must be >= 1; e.g. 60 and 180"
             )
+
+    def check_storage(self) -> None:
+        """Refuse a storage that is no URL, SQLite with several workers, or a study name too long for it."""
         if len(self.study_name) > MAX_STUDY_NAME:
             raise UserError(
                 f"--study: a name of {len(self.study_name)} characters; a study's name holds at most "
                 f"{MAX_STUDY_NAME} (the databases' limit): give a shorter one"
             )
-
-    def _check_storage(self) -> None:
         if self.storage is None:
             return
         if "://" not in self.storage:
@@ -177,7 +178,7 @@ def settings_from_args(ns: argparse.Namespace) -> SweepSettings:
         data=ns.data,
         space=ns.space or "",
         sweep_dir=ns.sweep_dir,
-        trials=ns.trials or 1,
+        trials=ns.trials if ns.trials is not None else 1,
         jobs=ns.jobs,
         storage=ns.storage,
         study=ns.study,

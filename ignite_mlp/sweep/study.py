@@ -55,12 +55,18 @@ def check_folder(settings: SweepSettings, create: bool) -> list[str]:
     if not stat.S_ISDIR(os.stat(folder).st_mode):
         raise UserError(f"--sweep-dir {folder}: is a file, not a folder; give a folder for the sweep")
     for entry in folder.iterdir():
-        if entry.is_symlink() and _owned(entry.name) and entry.name != JOURNAL + ".lock":
+        # Optuna's journal lock is a link to the journal by design (held while a record is written).
+        optuna_lock = entry.name == JOURNAL + ".lock" and os.readlink(entry) == str(folder / JOURNAL)
+        if entry.is_symlink() and _owned(entry.name) and not optuna_lock:
             raise UserError(
                 f"--sweep-dir {folder}: {entry.name} is a symbolic link; a sweep writes only its own files: remove it"
             )
     if create and not os.access(folder, os.W_OK):
         raise UserError(f"--sweep-dir {folder}: cannot be written; give a folder this user can write")
+    if settings.storage is None:
+        from ignite_mlp.sweep.journal import refuse_odd_journal
+
+        refuse_odd_journal(folder / JOURNAL)
     locks = folder / LOCKS
     if locks.is_dir() and not locks.is_symlink():
         links = [p.name for p in locks.iterdir() if p.is_symlink()]
@@ -72,7 +78,7 @@ def check_folder(settings: SweepSettings, create: bool) -> list[str]:
 def _owned(name: str) -> bool:
     """The names a sweep writes in its folder (Optuna's journal lock is a link by design)."""
     return (
-        name in (JOURNAL, RECORD, LOCKS, "best.json", "best.toml")
+        name in (JOURNAL, JOURNAL + ".lock", RECORD, LOCKS, "best.json", "best.toml")
         or name.startswith(("trial-", JOURNAL + ".damaged-"))
         or name.endswith(".png")
     )
@@ -118,18 +124,24 @@ class Decided:
     precision_reason: str
 
 
-def decide(settings: SweepSettings, space: SearchSpace, dataset: Any, saved: dict[str, Any] | None) -> Decided:
-    """The split, the fingerprint and the precision: the study's when it has them, else decided now."""
+def split_count(given: float | None, dataset: Any) -> int:
+    """The images ``--val-split`` holds out of ``dataset`` (the default's when ``given`` is None),
+    refused when it is none, all, or every image of a class."""
     import torch
 
     from ignite_mlp.data.split import check_split, validation_count
 
     train_size = len(dataset.train_labels)
-    given = settings.val_split
-    if given is None:
-        given = saved["val_split"] if saved else min(VAL_CAP, max(1, int(VAL_FRACTION * train_size)))
+    given = min(VAL_CAP, max(1, int(VAL_FRACTION * train_size))) if given is None else given
     count = validation_count(given, train_size)
     check_split(torch.bincount(dataset.train_labels, minlength=dataset.num_classes).tolist(), count, dataset.classes)
+    return count
+
+
+def decide(settings: SweepSettings, space: SearchSpace, dataset: Any, saved: dict[str, Any] | None) -> Decided:
+    """The split, the fingerprint and the precision: the study's when it has them, else decided now."""
+    given = settings.val_split if settings.val_split is not None or saved is None else saved["val_split"]
+    count = split_count(given, dataset)
     fingerprint = data_fingerprint(dataset)
     if saved is not None:
         if saved.get("data_fingerprint", fingerprint) != fingerprint:
@@ -137,7 +149,7 @@ def decide(settings: SweepSettings, space: SearchSpace, dataset: Any, saved: dic
                 f"--data {settings.data}: study {settings.study_name!r} ran its trials on other data "
                 f"({saved.get('data')}); give that data, or another --study for this data"
             )
-        if validation_count(saved["val_split"], train_size) != count:
+        if split_count(saved["val_split"], dataset) != count:
             raise UserError(
                 f"--val-split {given:g}: study {settings.study_name!r} scores its trials on {saved['val_split']:g} "
                 f"held-out images; pass --val-split {saved['val_split']:g} (or leave it out) to continue it"
@@ -232,9 +244,13 @@ def prepare(settings: SweepSettings, write: Callable[[str], None]) -> tuple[Any,
     check_folder(settings, create=False) if Path(settings.sweep_dir).exists() else None
     dataset = load_dataset(settings.data, settings.cache_dir, progress="off")  # a wrong --data: nothing made
     check_against_data(space, dataset.image_shape, dataset.num_classes, settings.space)
+    split_count(settings.val_split, dataset)  # a bad split is refused before anything is made
+    if settings.storage is not None:  # a database that cannot be opened: refused before the folder is made
+        study = open_study(settings)
     check_folder(settings, create=True)
+    if settings.storage is None:
+        study = open_study(settings)  # created once here, so workers only load it
     own_folder(Path(settings.sweep_dir) / LOCKS)
-    study = open_study(settings)  # created once here, so workers only load it
     for note in mend_line(study):
         write(f"ignite-mlp: {note}")
     study_id = claim_folder(study, settings)
@@ -310,8 +326,10 @@ def epochs_of(space: SearchSpace) -> int | None:
 def report_study(settings: SweepSettings) -> tuple[optuna.Study, dict[str, Any], SearchSpace]:
     """The study ``--report`` reports on: nothing is made where there is no sweep."""
     settings = absolute(settings)
+    settings.check_storage()
+    # With a database the report is written into the folder given; a journal's folder must exist.
+    check_folder(settings, create=settings.storage is not None)
     if settings.storage is None:
-        check_folder(settings, create=False)
         if not os.path.lexists(settings.journal):
             raise UserError(f"--sweep-dir {settings.sweep_dir}: no sweep there ({JOURNAL} missing); give its folder")
     study = open_study(settings, create=False)
