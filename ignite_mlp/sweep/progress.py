@@ -143,10 +143,10 @@ class Monitor:
 
     def poll(self) -> None:
         trials = self.study.get_trials(deepcopy=False)
-        for t in trials:
-            if t.state in FINISHED and t.number not in self.seen:
-                self.seen.add(t.number)
-                self.display.line(trial_line(trials, t, self.total, self.jobs))
+        new = [t for t in trials if t.state in FINISHED and t.number not in self.seen]
+        for t in sorted(new, key=lambda t: (t.datetime_complete or t.datetime_start, t.number)):  # in finishing order
+            self.seen.add(t.number)
+            self.display.line(trial_line(trials, t, self.total, self.jobs))
         self.display.status(status_text(trials, self.total, self.jobs, self.epochs))
 
     def start(self) -> None:
