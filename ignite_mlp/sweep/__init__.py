@@ -3,7 +3,7 @@ machine to many; the test split is seen once for each best trial, and every look
 
 * :mod:`~ignite_mlp.sweep.settings`: what the command asks for, its defaults, the checks of the settings;
 * :mod:`~ignite_mlp.sweep.space`: the search-space TOML file, checked whole, at every corner and against the data;
-* :mod:`~ignite_mlp.sweep.storage`, :mod:`~ignite_mlp.sweep.journal`: where the study lives, and a journal that outlives a crash;
+* :mod:`~ignite_mlp.sweep.storage`, :mod:`~ignite_mlp.sweep.journal`: the storage; a journal that survives a crash;
 * :mod:`~ignite_mlp.sweep.study`: what a sweep decides once and keeps in its study; the sweep run to its count;
 * :mod:`~ignite_mlp.sweep.workers`, :mod:`~ignite_mlp.sweep.locks`: the workers, dead ones, Ctrl-C;
 * :mod:`~ignite_mlp.sweep.objective`: one trial = one ordinary run, pruned through Ignite;
