@@ -146,13 +146,24 @@ def _resume_matches(stopped: Path, reference: Path) -> None:
 
 
 def test_kill_9_then_resume_equals_an_uninterrupted_run(bigger_tree: Path, tmp_path: Path) -> None:
+    """The reference trains on an idle machine; the killed run and its resume with three processes
+    spinning beside them (--precision auto decides the same either way): the same history, exactly."""
     import signal
 
+    from conftest import busy_cpu
+
     epochs = 12
-    reference, killed, proc = _signal_mid_run(bigger_tree, tmp_path, epochs, 3, signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL
-    assert len(_history(killed)["val_loss"]) < epochs, "the run must really have been cut short"
-    _resume_matches(killed, reference)
+    reference = tmp_path / "reference"
+    assert _run(_train_argv(bigger_tree, reference, epochs)) == 0
+    killed = tmp_path / "killed"
+    with busy_cpu():
+        proc = _start_training(bigger_tree, killed, epochs)
+        _wait_for_epochs(killed, 2, proc)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait() == -signal.SIGKILL
+        assert len(_history(killed)["val_loss"]) < epochs, "the run must really have been cut short"
+        assert _run(["train", "--resume", str(killed), "--no-progress"]) == 0
+    assert _history(killed) == _history(reference)
     assert len(list((killed / "checkpoints").glob("best_*.pt"))) == 1
 
 

@@ -47,9 +47,9 @@ from torch import nn
 from ignite_mlp.config.constraints import loss_is_nan
 from ignite_mlp.config.train_config import TrainConfig
 from ignite_mlp.data import Dataset
+from ignite_mlp.data.identity import data_record
 from ignite_mlp.data.whitening import whiten_images
 from ignite_mlp.distributed import ranks
-from ignite_mlp.engine.precision import attach_step_check
 from ignite_mlp.engine.trainer import create_evaluator
 from ignite_mlp.errors import CudaError, TrainingInterrupted
 from ignite_mlp.files import write_json_atomic
@@ -68,7 +68,7 @@ from ignite_mlp.handlers.guardrails import attach_initial_loss_check, attach_ove
 from ignite_mlp.handlers.tensorboard.images import attach_confusion_matrix
 from ignite_mlp.handlers.tensorboard.logger import attach_tensorboard, environment, run_text, write_test_hparams
 from ignite_mlp.handlers.training import attach_early_stopping, attach_lr_schedule, attach_new_best_event
-from ignite_mlp.run.checkpoints import EpochMetricsState, RandomState, data_record
+from ignite_mlp.run.checkpoints import EpochMetricsState, RandomState
 from ignite_mlp.run.engines import Engines, StopRequest, build_engines, build_optimizer
 from ignite_mlp.run.lr_finder import record_lr_curve, resolve_auto_lr
 from ignite_mlp.run.plan import RunPlan, prepare_run_dir, resolve_plan
@@ -183,7 +183,6 @@ def train(
         spec = resolve_spec(plan, data, lr=tuned.lr)
         # The model and its optimizer, the trainer and the evaluator.
         engines = build_engines(spec, data, plan.resume)
-        attach_step_check(engines.trainer, data.precision, spec.device, plan.write)  # a cached --precision auto
         trainer, evaluator = engines.trainer, engines.evaluator
         if spec.main and plan.resume is None and not list_handlers:
             # Created only now, so bad data or options leave no half-made run directory behind.
@@ -199,7 +198,7 @@ def train(
         attach_validation(trainer, evaluator, data.val_loader, epoch_length=spec.val_batches)
         history.attach(trainer, evaluator)
         # With the classes and image shape, so predict and export need nothing but the run directory.
-        run_info = {**spec.record(), **data_record(data.dataset)}
+        run_info = {**spec.record(), **data_record(data.loaded)}
         tb = _attach_tensorboard(spec, plan, data, engines, history, run_info, lr_per_iteration=scheduler is not None)
         stopper = attach_early_stopping(trainer, evaluator, spec.config.patience, spec.config.early_stop_metric)
         to_save = _resume_state(engines, history, scheduler, stopper)
@@ -434,7 +433,7 @@ def evaluate_test_once(
     if data.whitening is not None:
         images = whiten_images(images, data.whitening)
     loader = validation_loader(images, data.held_out.test_labels, config, spec.device, spec.rank, spec.world_size)
-    evaluator = create_evaluator(model, nn.CrossEntropyLoss(), spec.device, spec.precision, config.tta)
+    evaluator = create_evaluator(model, nn.CrossEntropyLoss(), spec.device, config.tta)
     metrics = evaluator.run(loader, epoch_length=spec.val_batches).metrics
     test_acc, test_loss = 100.0 * float(metrics["accuracy"]), float(metrics["loss"])
     plan.write(f"test split, evaluated once with the best weights: accuracy {test_acc:.2f}%, loss {test_loss:.4f}")
