@@ -84,8 +84,19 @@ def check_labels(labels: torch.Tensor, num_classes: int, split: str) -> None:
         )
 
 
-def summarize(dataset: Dataset, batch_size: int) -> str:
-    """A printout like the tutorial's: classes, counts, image shape, batches per epoch."""
+def summarize(dataset: Dataset, batch_size: int, held: str = "test") -> str:
+    """A printout like the tutorial's: classes, counts, image shape, batches per epoch. ``held``
+    names what the ``test_*`` tensors are to the run: the test split, or with ``--val-split`` the
+    validation images held out of the training split.
+
+    >>> images = torch.zeros(4, 1, 2, 2, dtype=torch.uint8)
+    >>> print(summarize(Dataset(images, torch.tensor([0, 1, 0, 1]), images[:2], torch.tensor([0, 1]), ["a", "b"], "d"),
+    ...                 batch_size=2, held="validation"))
+    data: d
+      2 classes (train/validation images): a 2/1, b 2/1
+      train 4 images, validation 2 images, image shape 1x2x2 (4 inputs)
+      2 batches of 2 per epoch
+    """
     c, h, w = dataset.image_shape
     counts = torch.bincount(dataset.train_labels, minlength=dataset.num_classes).tolist()
     test_counts = torch.bincount(dataset.test_labels, minlength=dataset.num_classes).tolist()
@@ -93,8 +104,8 @@ def summarize(dataset: Dataset, batch_size: int) -> str:
     batches = -(-len(dataset.train_labels) // batch_size)
     return (
         f"data: {dataset.source}\n"
-        f"  {dataset.num_classes} classes (train/test images): {per_class}\n"
-        f"  train {len(dataset.train_labels)} images, test {len(dataset.test_labels)} images, "
+        f"  {dataset.num_classes} classes (train/{held} images): {per_class}\n"
+        f"  train {len(dataset.train_labels)} images, {held} {len(dataset.test_labels)} images, "
         f"image shape {c}x{h}x{w} ({dataset.in_features} inputs)\n"
         f"  {batches} batches of {batch_size} per epoch"
     )

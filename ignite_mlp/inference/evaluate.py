@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from ignite.engine import Engine, Events
 from ignite.metrics import ConfusionMatrix
 from torch import nn
 
+from ignite_mlp import checkpoint_names
 from ignite_mlp.config.train_config import resolve_device
 from ignite_mlp.data import Dataset, TensorLoader, denormalize, load_dataset
 from ignite_mlp.data.identity import check_same_data, data_change
@@ -116,10 +116,9 @@ def evaluate(
     confusion = metrics["confusion"].cpu().long()
     per_class = 100.0 * confusion.diag().double() / confusion.sum(1).clamp_min(1).double()
     checkpoint = loaded.checkpoint
-    epoch = re.search(r"_model_(\d+)_", checkpoint.name)
     return Evaluation(
         checkpoint=checkpoint,
-        epoch=int(epoch.group(1)) if epoch else None,
+        epoch=checkpoint_names.best_epoch(checkpoint.name),
         loss=float(metrics["loss"]),
         accuracy=100.0 * float(metrics["accuracy"]),
         per_class={name: float(acc) for name, acc in zip(dataset.classes, per_class.tolist(), strict=True)},

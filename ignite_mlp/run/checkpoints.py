@@ -15,6 +15,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 from ignite.metrics import Metric
 
+from ignite_mlp import checkpoint_names
 from ignite_mlp.errors import UserError
 from ignite_mlp.handlers.ignite_compat import metric_device, saved_filenames
 
@@ -102,7 +103,7 @@ def restore(objects: Mapping[str, Any], state: Mapping[str, Any], source: Path |
         ) from None
 
 
-def remove_orphans(best: Checkpoint, dirname: Path, prefix: str = "best_") -> None:
+def remove_orphans(best: Checkpoint, dirname: Path) -> None:
     """Delete best-model files the restored tracker does not know (written after the checkpoint).
 
     Only while every file the tracker knows is on disk: otherwise (a run killed mid-update by
@@ -112,6 +113,6 @@ def remove_orphans(best: Checkpoint, dirname: Path, prefix: str = "best_") -> No
     known = set(saved_filenames(best))
     if not all((dirname / name).is_file() for name in known):
         return
-    for path in dirname.glob(f"{prefix}*.pt"):
+    for path in dirname.glob(checkpoint_names.pattern(checkpoint_names.BEST)):
         if path.name not in known:
             path.unlink()

@@ -58,7 +58,7 @@ def prepare_data(plan: RunPlan, dataset: Dataset | None = None) -> RunData:
     if config.val_split:  # validate on training images; the test split waits for the end (data/split.py)
         held_out = dataset
         dataset = split_validation(dataset, validation_count(config.val_split, len(dataset.train_labels)), config.seed)
-    write(summarize(dataset, config.batch_size))
+    write(summarize(dataset, config.batch_size, held="validation" if held_out is not None else "test"))
     config.check_data(dataset.image_shape)  # the option checks that need the image shape
     write(plan.precision.line())  # (decided with the plan: run/plan.py)
     if plan.distributed:
