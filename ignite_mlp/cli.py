@@ -248,7 +248,7 @@ def config_from_namespace(ns: argparse.Namespace) -> TrainConfig:
 
 def _train(ns: argparse.Namespace) -> int:
     config = config_from_namespace(ns)
-    config.validate()  # before torch is imported: an impossible option is answered at once
+    config.validate()  # before any data is read: an impossible option is answered at once
     # Imported here, not at the top: --help imports no torch (tests/test_cli.py checks it).
     from ignite_mlp.distributed.launcher import launch
     from ignite_mlp.run.training import train
@@ -257,7 +257,10 @@ def _train(ns: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory() as scratch:  # nothing is trained, nothing is kept
             # No resume: listing needs no saved state, and must not write into the run it names.
             one_process = dataclasses.replace(config, run_dir=scratch, resume=None, progress=False, nproc_per_node=1)
-            train(one_process, list_handlers=True)
+            stand_in = _listing_stand_in(config)
+            if stand_in is not None:  # (its 20 images hold no validation split)
+                one_process = dataclasses.replace(one_process, val_split=0)
+            train(one_process, list_handlers=True, dataset=stand_in)
         return 0
     # One process, --nproc-per-node processes, or this process's rank under torchrun.
     result = launch(config)
@@ -265,6 +268,21 @@ def _train(ns: argparse.Namespace) -> int:
         return 0
     print(result.report())
     return 1 if result.stopped else 0
+
+
+def _listing_stand_in(config: TrainConfig) -> Any:
+    """For ``--list-handlers`` with data not on this machine (the default ``./data``, CIFAR-10 to be
+    downloaded): 20 blank images of CIFAR-10's shape and classes, since which handler runs on which
+    event does not depend on the pixels. None (read the data) when the data is here."""
+    if Path(config.data).expanduser().exists():
+        return None
+    import torch
+
+    from ignite_mlp.data import Dataset
+
+    images, labels = torch.zeros(20, 3, 32, 32, dtype=torch.uint8), torch.arange(20) % 10
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    return Dataset(images, labels, images[:10], labels[:10], classes, f"{config.data} (not read: listing only)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

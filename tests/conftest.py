@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import subprocess
+import sys
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -118,3 +122,16 @@ def serve(tmp_path: Path):
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
+
+
+@contextlib.contextmanager
+def busy_cpu(processes: int = 3) -> Iterator[None]:
+    """Keep the machine busy inside the block: ``processes`` interpreters spinning on the cores,
+    as other work on a shared machine would (a run must compute the same numbers then)."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(processes)]
+    try:
+        yield
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()

@@ -62,6 +62,16 @@ class CountingDataset(Dataset):
             object.__setattr__(self, "test_reads", object.__getattribute__(self, "test_reads") + 1)
         return object.__getattribute__(self, name)
 
+    @property
+    def _uncounted(self) -> Dataset:
+        """The same tensors, uncounted: hashing the data and counting its images for the run's
+        record identify the data, they use none of it."""
+        fields = ("train_images", "train_labels", "test_images", "test_labels", "classes", "source")
+        return Dataset(*(object.__getattribute__(self, f) for f in fields))
+
+    fingerprint = property(lambda self: self._uncounted.fingerprint)
+    counts = property(lambda self: self._uncounted.counts)
+
 
 def test_test_split_is_read_only_after_training_and_matches_plain_pytorch(tree: Path, tmp_path: Path) -> None:
     loaded = load_dataset(tree)

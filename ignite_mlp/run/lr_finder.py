@@ -34,6 +34,7 @@ from torch import nn
 from ignite_mlp.config.train_config import TrainConfig, resolve_device
 from ignite_mlp.data import Dataset
 from ignite_mlp.distributed import ranks
+from ignite_mlp.engine.precision import recorded_precision, resolve_precision
 from ignite_mlp.engine.trainer import create_trainer
 from ignite_mlp.errors import UserError
 from ignite_mlp.files import write_atomic
@@ -144,7 +145,7 @@ def find_lr(
         optimizer = build_optimizer(model, dataclasses.replace(config, lr=float(start_lr)))
         stepped, optimizer = ranks.wrap(model, optimizer, device)
         loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-        trainer = create_trainer(stepped, optimizer, loss_fn, device, data.precision.name)
+        trainer = create_trainer(stepped, optimizer, loss_fn, device, config.precision)
         attach_epoch_shuffle(trainer, loader, len(loader))
         if progress == "bar":
             attach_progress_bar(trainer)
@@ -294,6 +295,13 @@ def lr_find(
         out = RunDir(config.run_dir).lr_finder if config.run_dir else Path(LR_FINDER)
     out = Path(out)
     device = resolve_device(config.device)
+    # On a run's folder the finder computes as the run did (its recorded precision); elsewhere as a new run would.
+    run = RunDir(config.run_dir) if config.run_dir else None
+    if run is not None and run.is_run() and config.precision == "auto":
+        precision = recorded_precision(run.read_config().values, "auto")
+    else:
+        precision = resolve_precision(config.precision, device)
+    config = dataclasses.replace(config, precision=precision.name)
     plan = RunPlan(
         config=config,
         device=device,
@@ -305,6 +313,7 @@ def lr_find(
         main=True,
         list_handlers=False,
         progress=progress_mode(config.progress),
+        precision=precision,
     )
     data = prepare_data(plan, dataset)
     write(f"learning-rate finder: {num_iter} steps from {start_lr:g} to {end_lr:g} ...")

@@ -18,6 +18,9 @@ from ignite.handlers import Checkpoint, EMAHandler
 from torch import nn
 
 from ignite_mlp.config.train_config import TrainConfig
+from ignite_mlp.data.dataset import Dataset
+from ignite_mlp.data.identity import data_change
+from ignite_mlp.engine.precision import recorded_precision
 from ignite_mlp.errors import UserError
 from ignite_mlp.handlers.training import restore_ema
 from ignite_mlp.run.checkpoints import remove_orphans, restore
@@ -76,6 +79,8 @@ class Resume:
         # What the run's configuration says it was trained with (absent when a Python caller
         # made the config by hand): the base that the changes of this resume are measured against.
         self.trained_with = self.run.read_config().values if self.run.is_run() else {}
+        if self.trained_with.get("precision") == "auto":  # recorded before precision was resolved into it
+            self.trained_with["precision"] = recorded_precision(self.trained_with, "auto").name
         self.changes: dict[str, tuple[Any, Any]] = {}
 
     def check(self, config: TrainConfig, max_epochs: int, processes: int) -> None:
@@ -122,6 +127,17 @@ class Resume:
             raise UserError(
                 f"this checkpoint was written mid-epoch by {saved_processes} process(es) and this run has "
                 f"{processes}: resume it with --nproc-per-node {saved_processes} (or as many torchrun processes)"
+            )
+
+    def check_data(self, dataset: Dataset) -> None:
+        """Refuse data other than the run's (its recorded fingerprint), saying what changed: a resumed
+        run must see the images it trained on (with --val-split, a split drawn again from other
+        images would validate on images it trained on)."""
+        change = data_change(self.trained_with, dataset)
+        if change is not None:
+            raise UserError(
+                f"--resume {self.run_dir}: the data changed since the run started ({change}); restore the data "
+                f"it trained on ({self.trained_with.get('data')}), or start a new run on this data"
             )
 
     def handler_note(self, config: TrainConfig) -> str | None:
@@ -188,6 +204,12 @@ class Resume:
         restore_ema(ema, self.saved)  # after the model: a checkpoint without an average starts it from the model
         if main:
             remove_orphans(best, self.checkpoint.parent)
+            removed = self.run.remove_stale_outputs()
+            if removed:
+                write(
+                    f"removed {', '.join(removed)}: made from a checkpoint this resume trains past; "
+                    "evaluate or export the run again when it finishes"
+                )
         set_optimizer_settings(core["optimizer"], {k: new for k, (_, new) in self.changes.items() if k in OPTIMIZER})
         relaid = any(k in self.changes for k in SCHEDULE)
         note = restore_controls(

@@ -51,6 +51,8 @@ ONNX = "model.onnx"  # export --format onnx
 TORCHSCRIPT = "model.torchscript.pt"  # export --format torchscript
 CHECKPOINTS = "checkpoints"
 LOCK = ".lock"  # held by the process writing into the run; holds its pid
+# Made from one checkpoint after training (evaluate, export): stale once a resume trains on.
+FROM_A_CHECKPOINT = (CONFUSION, ONNX, TORCHSCRIPT)
 # Every file a run owns (besides what CHECKPOINTS holds and TensorBoard's event files).
 FILES = (CONFIG, HISTORY, RESUMES, WHITENING, CURVES, LR_FINDER, CONFUSION, ONNX, TORCHSCRIPT, LOCK)
 # TensorBoard's event files; the temporary files of atomic writes (see ignite_mlp.files) and
@@ -98,6 +100,18 @@ class RunDir:
     confusion_matrix = property(lambda self: self.path / CONFUSION)
     checkpoints = property(lambda self: self.path / CHECKPOINTS)
     lock_file = property(lambda self: self.path / LOCK)
+
+    def remove_stale_outputs(self) -> list[str]:
+        """Delete the files made from one of the run's checkpoints (:data:`FROM_A_CHECKPOINT`): a
+        resumed run trains on, and they would no longer be what its best checkpoint computes.
+        Returns the names removed. Call with the lock held."""
+        removed = []
+        for name in FROM_A_CHECKPOINT:
+            path = self.path / name
+            if path.is_file() or path.is_symlink():
+                path.unlink()
+                removed.append(name)
+        return removed
 
     def export_file(self, fmt: str) -> Path:
         """Where ``export --format fmt`` writes by default."""
@@ -227,7 +241,21 @@ class RunDir:
         handlers = values.get("handlers", [])
         if not (isinstance(handlers, list) and all(isinstance(h, str) for h in handlers)):
             raise UserError(f"{path}: handlers must be a list of specs (got {handlers!r}); restore the file")
-        precision = values.get("resolved_precision")
+        fingerprint = values.get("data_fingerprint")
+        if fingerprint is not None and not (
+            isinstance(fingerprint, str) and re.fullmatch(r"[0-9a-f]{64}", fingerprint)
+        ):
+            raise UserError(
+                f"{path}: data_fingerprint must be 64 hex digits (got {repr(fingerprint)[:40]}); restore it"
+            )
+        counts = values.get("data_counts")
+        if counts is not None and not (
+            isinstance(counts, dict) and all(type(counts.get(k)) is int and counts[k] >= 0 for k in ("train", "test"))
+        ):
+            raise UserError(
+                f"{path}: data_counts must hold train and test counts (got {repr(counts)[:40]}); restore it"
+            )
+        precision = values.get("resolved_precision")  # (runs that recorded "precision": "auto" kept it here)
         if precision is not None and precision not in PRECISIONS:
             raise UserError(f"{path}: resolved_precision must be one of {PRECISIONS} (got {precision!r}); restore it")
         return RunRecord(
