@@ -19,6 +19,7 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage  # noqa: 
 from optuna.trial import TrialState  # noqa: E402
 from sweep_helpers import journal_study, sweep_args, write_space  # noqa: E402
 from sweep_helpers import postgres_url as _postgres_url  # noqa: E402
+from test_split import CountingDataset  # noqa: E402  (counts the reads of the test split)
 
 import ignite_mlp.data  # noqa: E402
 from ignite_mlp import TrainConfig, train  # noqa: E402
@@ -84,7 +85,7 @@ def test_ctrl_c_then_the_same_command_continues_and_best_toml_reproduces(
 
     def counting_load(*args, **kwargs):
         dataset = original_load(*args, **kwargs)
-        counted = _CountingDataset(*(getattr(dataset, f) for f in _FIELDS))
+        counted = CountingDataset(*(getattr(dataset, f) for f in _FIELDS))
         loaded.append(counted)
         return counted
 
@@ -112,7 +113,7 @@ def test_ctrl_c_then_the_same_command_continues_and_best_toml_reproduces(
     assert err.count("\n") == 1 and "searches another space" in err
     before = {t.number: (t.value, t.datetime_complete) for t in _journal(sweep_dir).trials if t.value is not None}
     # The trials' data sets (not the start's look at the data, whose fingerprint covers both splits).
-    assert len(before) == 2 and all(isinstance(d, _CountingDataset) and d.test_reads == 0 for d in calls)
+    assert len(before) == 2 and all(isinstance(d, CountingDataset) and d.test_reads == 0 for d in calls)
     evaluations = []
     import ignite_mlp.inference.evaluate as evaluate_module
 
@@ -138,17 +139,6 @@ def test_ctrl_c_then_the_same_command_continues_and_best_toml_reproduces(
 
 
 _FIELDS = ("train_images", "train_labels", "test_images", "test_labels", "classes", "source")
-
-
-class _CountingDataset(ignite_mlp.data.Dataset):
-    """A Dataset that counts the reads of its test split."""
-
-    test_reads = 0
-
-    def __getattribute__(self, name: str):
-        if name in ("test_images", "test_labels"):
-            object.__setattr__(self, "test_reads", object.__getattribute__(self, "test_reads") + 1)
-        return object.__getattribute__(self, name)
 
 
 def test_pruning_stops_a_hopeless_trial_early(tree: Path, tmp_path: Path) -> None:
@@ -243,7 +233,7 @@ def test_best_toml_from_another_folder_reproduces_the_trials_history(
     assert values["data"] == str(tree) and Path(values["data"]).is_absolute()
     decided = json.loads((sweep_dir / "sweep.json").read_text())["precision"]
     # The trial was told the sweep's precision (its request is not "auto"), and best.toml carries it.
-    assert recorded["precision"] == recorded["resolved_precision"] == values["precision"] == decided
+    assert recorded["precision"] == values["precision"] == decided
     assert values["lr"] == recorded["lr"] and values["mean"] == recorded["mean"] and values["std"] == recorded["std"]
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

@@ -158,6 +158,7 @@ REFUSED = [
     Refused("val-split-negative", _replace("--val-split", "-5"), "--val-split -5: give a count"),
     Refused("val-split-inf", _replace("--val-split", "inf"), "--val-split inf: give a count"),
     Refused("val-split-nan", _replace("--val-split", "nan"), "--val-split nan: give a count"),
+    Refused("val-split-not-whole", _replace("--val-split", "2.5"), "--val-split 2.5: give a count"),
     Refused("val-split-every-image", _replace("--val-split", "36"), "holds out 36 of the 36 training images"),
     Refused("val-split-empties-a-class", _replace("--val-split", "34"), "holds out all 12 training images of class"),
     Refused("jobs-0", _with("--jobs", "0"), "--jobs must be >= 1"),

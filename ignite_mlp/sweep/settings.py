@@ -80,8 +80,9 @@ class SweepSettings:
                 "--val-split 0: a sweep scores its trials on a validation split, never on the test split; "
                 f"give a count or a fraction (or leave it out: {VAL_FRACTION:g} of the images, at most {VAL_CAP})"
             )
-        if self.val_split is not None and not (0 < self.val_split < float("inf")):
-            raise UserError(f"--val-split {self.val_split:g}: give a count of images or a fraction such as 0.1")
+        split = self.val_split
+        if split is not None and not (0 < split < 1 or (1 <= split < float("inf") and float(split).is_integer())):
+            raise UserError(f"--val-split {split:g}: give a count of images or a fraction below 1, such as 0.1")
         self.check_storage()
         if self.heartbeat_interval < 1 or self.grace_period <= self.heartbeat_interval:
             raise UserError(

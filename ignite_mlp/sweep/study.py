@@ -142,7 +142,7 @@ def decide(settings: SweepSettings, space: SearchSpace, dataset: Any, saved: dic
     """The split, the fingerprint and the precision: the study's when it has them, else decided now."""
     given = settings.val_split if settings.val_split is not None or saved is None else saved["val_split"]
     count = split_count(given, dataset)
-    fingerprint = data_fingerprint(dataset)
+    fingerprint = dataset.fingerprint  # the data's identity, as every run records it
     if saved is not None:
         if saved.get("data_fingerprint", fingerprint) != fingerprint:
             raise UserError(
@@ -160,20 +160,6 @@ def decide(settings: SweepSettings, space: SearchSpace, dataset: Any, saved: dic
     return Decided(settings.data, count, fingerprint, precision, reason)
 
 
-def data_fingerprint(dataset: Any) -> str:
-    """The data's identity, as the run records it (``Dataset.fingerprint``)."""
-    fingerprint = getattr(dataset, "fingerprint", None)
-    if fingerprint is not None:
-        return str(fingerprint)
-    # Until Dataset.fingerprint exists: a hash of the decoded images, labels and class names.
-    import hashlib
-
-    digest = hashlib.sha256(json.dumps(list(dataset.classes)).encode())
-    for tensor in (dataset.train_images, dataset.train_labels, dataset.test_images, dataset.test_labels):
-        digest.update(tensor.contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
 def decide_precision(space: SearchSpace, device: str) -> tuple[str | None, str]:
     """The precision of every trial, decided once: None when the space searches it (each trial
     then asks for its own), the space's when it fixes one, else the rule's for this device."""
@@ -182,17 +168,10 @@ def decide_precision(space: SearchSpace, device: str) -> tuple[str | None, str]:
     fixed = space.fixed.get("precision", "auto")
     if fixed != "auto":
         return fixed, f"precision = {fixed!r} in the space"
-    import inspect
-
     from ignite_mlp.config.train_config import resolve_device
-    from ignite_mlp.engine import precision as precision_module
+    from ignite_mlp.engine.precision import choose_precision
 
-    where = resolve_device(device)
-    if "model" in inspect.signature(precision_module.choose_precision).parameters:
-        # Until engine.precision.choose_precision(setting, device) lands: the hardware's rule alone.
-        native, found = precision_module.native_bf16(where)
-        return ("bf16" if native else "fp32"), found
-    chosen = precision_module.choose_precision("auto", where)  # type: ignore[call-arg]
+    chosen = choose_precision("auto", resolve_device(device))
     return chosen.name, chosen.reason
 
 
