@@ -246,7 +246,7 @@ def run_sweep(settings: SweepSettings, write: Callable[[str], None] = print) -> 
 
     from ignite_mlp.sweep.objective import StopFlag
     from ignite_mlp.sweep.progress import Display, Monitor
-    from ignite_mlp.sweep.workers import count, pass_on_ctrl_c, run_worker, spawn_workers
+    from ignite_mlp.sweep.workers import count, run_worker, spawn_workers
 
     settings = absolute(settings)
     settings.check()
@@ -271,8 +271,7 @@ def run_sweep(settings: SweepSettings, write: Callable[[str], None] = print) -> 
             finally:
                 monitor.stop()
             return study
-        workers = spawn_workers(plan, stop)
-        signal.signal(signal.SIGINT, pass_on_ctrl_c(workers, stop))
+        workers = [p for p in spawn_workers(plan, stop) if p.pid is not None]  # the ones started
         while any(p.is_alive() for p in workers):
             monitor.poll()
             for p in workers:

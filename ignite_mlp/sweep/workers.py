@@ -155,12 +155,14 @@ def run_worker(plan: Plan, worker: int = 0, write: Callable[[str], None] = print
 
 
 def spawn_workers(plan: Plan, stop: StopFlag) -> list[multiprocessing.process.BaseProcess]:
-    """Start ``jobs`` worker processes; wait for them, passing each Ctrl-C on (a second one at once)."""
+    """Start ``jobs`` worker processes, each Ctrl-C passed on to them from before the first starts."""
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch threads
     jobs = plan.settings.jobs
     workers = [context.Process(target=_worker_main, args=(plan, i), name=f"sweep-worker-{i}") for i in range(jobs)]
+    signal.signal(signal.SIGINT, pass_on_ctrl_c(workers, stop))
     for process in workers:
-        process.start()
+        if not stop.requested:  # a press while they start: the ones not started yet never start
+            process.start()
     return workers
 
 
