@@ -123,6 +123,11 @@ def _sweep_dir_is_file(tree: Path, folder: Path) -> list[str]:
     return _run(tree, folder)
 
 
+def _dangling_sweep_dir(tree: Path, folder: Path) -> list[str]:
+    (folder / "sweep").symlink_to(folder / "nowhere")
+    return _run(tree, folder)
+
+
 def _report(*extra: str) -> Callable[[Path, Path], list[str]]:
     return lambda tree, folder: ["sweep", "--report", "--sweep-dir", str(folder / "sweep"), *extra]
 
@@ -173,6 +178,7 @@ REFUSED = [
     Refused("study-name-over-512", _with("--study", "s" * 600), "a study's name holds at most 512"),
     # the sweep folder
     Refused("sweep-dir-is-a-file", _sweep_dir_is_file, "is a file, not a folder"),
+    Refused("sweep-dir-is-a-dangling-link", _dangling_sweep_dir, "cannot be used (No such file or directory)"),
     Refused("journal-is-a-folder", _planted(lambda d, o: (d / "journal.log").mkdir()), "is not a file (a folder?)"),
     Refused("journal-is-a-dangling-link", _planted(_link("journal.log")), "journal.log is a symbolic link"),
     Refused("journal-lock-is-a-planted-link", _planted(_link("journal.log.lock")), "journal.log.lock is a symbolic"),

@@ -39,9 +39,9 @@ def settings_dict(settings: SweepSettings) -> dict[str, Any]:
     return {**dataclasses.asdict(settings), "storage": public_url(settings.storage)}
 
 
-def check_folder(settings: SweepSettings, create: bool) -> list[str]:
+def check_folder(settings: SweepSettings, create: bool) -> None:
     """Refuse a sweep folder that is a file, holds a link where the sweep writes, or cannot be
-    written; make it when ``create``. The notes: the journal's mended damage, if any."""
+    written; make it when ``create`` (else a missing one is refused too)."""
     folder = Path(settings.sweep_dir)
     try:
         os.lstat(folder)
@@ -52,7 +52,11 @@ def check_folder(settings: SweepSettings, create: bool) -> list[str]:
             folder.mkdir(parents=True)
         except OSError as e:
             raise UserError(f"--sweep-dir {folder}: cannot be made ({e.strerror}); give another --sweep-dir") from None
-    if not stat.S_ISDIR(os.stat(folder).st_mode):
+    try:
+        mode = os.stat(folder).st_mode
+    except OSError as e:  # a link to nothing, a folder one cannot enter
+        raise UserError(f"--sweep-dir {folder}: cannot be used ({e.strerror}); give another --sweep-dir") from None
+    if not stat.S_ISDIR(mode):
         raise UserError(f"--sweep-dir {folder}: is a file, not a folder; give a folder for the sweep")
     for entry in folder.iterdir():
         # Optuna's journal lock is a link to the journal by design (held while a record is written).
@@ -72,7 +76,6 @@ def check_folder(settings: SweepSettings, create: bool) -> list[str]:
         links = [p.name for p in locks.iterdir() if p.is_symlink()]
         if links:
             raise UserError(f"--sweep-dir {folder}: {LOCKS}/{links[0]} is a symbolic link; remove it")
-    return []
 
 
 def _owned(name: str) -> bool:
@@ -220,7 +223,8 @@ def prepare(settings: SweepSettings, write: Callable[[str], None]) -> tuple[Any,
 
     raw_space = read_space(settings.space)
     space = load_space(settings.space)  # a bad file fails here, before anything is written
-    check_folder(settings, create=False) if Path(settings.sweep_dir).exists() else None
+    if os.path.lexists(settings.sweep_dir):  # links and odd files refused before the data is read
+        check_folder(settings, create=False)
     dataset = load_dataset(settings.data, settings.cache_dir, progress="off")  # a wrong --data: nothing made
     check_against_data(space, dataset.image_shape, dataset.num_classes, settings.space)
     split_count(settings.val_split, dataset)  # a bad split is refused before anything is made
