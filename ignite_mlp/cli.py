@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ignite_mlp.config.train_config import TrainConfig, add_config_arguments
+from ignite_mlp.config.validation import check_seed
 from ignite_mlp.errors import CudaError, RankError, TrainingInterrupted, UserError
 
 PROG = "ignite-mlp"
@@ -189,8 +190,7 @@ def _samples(ns: argparse.Namespace) -> int:
 
     if ns.count < 1:
         raise UserError(f"--count must be >= 1 (got {ns.count})")
-    if not 0 <= ns.seed < 2**32:
-        raise UserError(f"--seed must be in [0, 2**32 - 1] (got {ns.seed}); e.g. --seed 0")
+    check_seed(ns.seed)
     from ignite_mlp.run.rundir import writing
 
     check_output_file(ns.out)

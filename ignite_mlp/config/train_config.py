@@ -36,7 +36,8 @@ def _opt(default: Any, help: str, **extra: Any) -> Any:
 
 @dataclass
 class TrainConfig:
-    """One training run. Defaults reproduce the tutorial (53.52% on CIFAR-10 in 50 epochs).
+    """One training run. Defaults are the tutorial's recipe (it reports 53.52% on CIFAR-10 in 50
+    epochs; on the JPEG pack this package measured 51.46%, docs/recipes.md).
 
     >>> TrainConfig().hidden_sizes, TrainConfig().lr, TrainConfig().batch_size
     ([128], 0.001, 256)

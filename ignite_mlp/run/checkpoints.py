@@ -72,7 +72,7 @@ class EpochMetricsState:
         return {name: metric.state_dict() for name, metric in self.metrics.items()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        trainer_state = self.trainer.state  # loaded first: see the order in run.py
+        trainer_state = self.trainer.state  # loaded first: see the order of to_save in run/training.py
         if trainer_state.iteration % trainer_state.epoch_length == 0:
             return  # saved at an epoch's end: the next epoch starts its metrics afresh
 
