@@ -21,7 +21,8 @@ from ignite_mlp.data.whitening import Whitening
 from ignite_mlp.errors import UserError
 from ignite_mlp.forward import Preprocess, run_forward
 from ignite_mlp.model import MLP
-from ignite_mlp.run.rundir import RunDir, RunRecord, find_checkpoint
+from ignite_mlp.run.record import RunRecord
+from ignite_mlp.run.rundir import RunDir, find_checkpoint
 
 
 @dataclass

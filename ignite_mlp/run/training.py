@@ -68,12 +68,13 @@ from ignite_mlp.handlers.guardrails import attach_initial_loss_check, attach_ove
 from ignite_mlp.handlers.tensorboard.images import attach_confusion_matrix
 from ignite_mlp.handlers.tensorboard.logger import attach_tensorboard, environment, run_text, write_test_hparams
 from ignite_mlp.handlers.training import attach_early_stopping, attach_lr_schedule, attach_new_best_event
+from ignite_mlp.run.checkpoint_io import evaluation_weights, safe_load
 from ignite_mlp.run.checkpoints import EpochMetricsState, RandomState
 from ignite_mlp.run.engines import Engines, StopRequest, build_engines, build_optimizer
 from ignite_mlp.run.lr_finder import record_lr_curve, resolve_auto_lr
 from ignite_mlp.run.plan import RunPlan, prepare_run_dir, resolve_plan
 from ignite_mlp.run.prepare import RunData, build_loaders, prepare_data, validation_loader
-from ignite_mlp.run.rundir import RunDir, RunLock, find_run, safe_load, validated_weights
+from ignite_mlp.run.rundir import RunDir, RunLock, find_run
 from ignite_mlp.run.spec import RunSpec, resolve_spec
 
 # build_loaders and build_optimizer live with their phases; they stay importable from here.
@@ -428,7 +429,7 @@ def evaluate_test_once(
     assert data.held_out is not None
     config = spec.config
     model = copy.deepcopy(engines.eval_model if engines.eval_model is not None else engines.model)
-    model.load_state_dict(validated_weights(safe_load(best_checkpoint)))
+    model.load_state_dict(evaluation_weights(safe_load(best_checkpoint)))
     images = data.held_out.test_images
     if data.whitening is not None:
         images = whiten_images(images, data.whitening)
