@@ -379,3 +379,18 @@ def resume_from(saved: TrainConfig, run_dir: str, overrides: Mapping[str, Any]) 
     """
     values = {**saved.to_dict(), "handlers": [], **overrides}
     return TrainConfig(**{**values, "run_dir": run_dir, "resume": run_dir, "overwrite": False})
+
+
+def given_fields(config: TrainConfig) -> dict[str, Any]:
+    """The fields of ``config`` that differ from :class:`TrainConfig`'s defaults: what a Python
+    caller set.
+
+    >>> given_fields(TrainConfig(epochs=3, resume="runs/a"))
+    {'resume': 'runs/a', 'epochs': 3}
+    """
+    defaults = TrainConfig()
+    return {
+        f.name: getattr(config, f.name)
+        for f in dataclasses.fields(TrainConfig)
+        if getattr(config, f.name) != getattr(defaults, f.name)
+    }

@@ -1,8 +1,10 @@
 """The configuration a run trains with: the recipe, a TOML file and the flags, and on a resume
 the run's own saved configuration under them.
 
-The CLI's path from a resume to its configuration: :func:`resumed_config`, handed the flags and
-TOML values that were given (:func:`config_for_command`).
+One path from a resume to its configuration, for the command line and for Python alike:
+:func:`resumed_config`. The CLI hands it the flags and TOML values that were given
+(:func:`config_for_command`); ``train(TrainConfig(resume=...))`` hands it the fields the caller
+set, those that differ from :class:`TrainConfig`'s defaults (:func:`config_to_train`).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ignite_mlp.config.train_config import TrainConfig, config_from_sources, merge_sources
+from ignite_mlp.config.train_config import TrainConfig, config_from_sources, given_fields, merge_sources
 from ignite_mlp.run.rundir import find_run
 
 # Set by the resume itself: the run's own folder, never overwritten.
@@ -33,3 +35,15 @@ def resumed_config(resume: str, overrides: Mapping[str, Any]) -> TrainConfig:
     :meth:`~ignite_mlp.run.rundir.RunDir.resume_config`)."""
     run = find_run(resume)
     return run.resume_config(**{k: v for k, v in overrides.items() if k not in _SET_BY_THE_RESUME})
+
+
+def config_to_train(config: TrainConfig) -> TrainConfig:
+    """What :func:`~ignite_mlp.run.training.train` trains with. A new run's config, and one already
+    made from its run (by :meth:`~ignite_mlp.run.rundir.RunDir.resume_config` or the CLI: its
+    ``run_dir`` is the run it resumes), as they are; any other resume, such as
+    ``TrainConfig(resume="runs/a", epochs=20)``, is the run's saved configuration under the fields
+    the caller set (those that differ from the defaults: to set a field back to its default value,
+    use ``RunDir(path).resume_config(field=value)``)."""
+    if not config.resume or (config.run_dir == config.resume and config.resume != "auto"):
+        return config
+    return resumed_config(config.resume, given_fields(config))
