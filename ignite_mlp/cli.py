@@ -262,8 +262,8 @@ def config_from_namespace(ns: argparse.Namespace) -> TrainConfig:
 
 def _train(ns: argparse.Namespace) -> int:
     config = config_from_namespace(ns)
-    config.validate()  # before torch is imported: an impossible option is answered at once
-    # Imported here, not at the top: --help imports no torch (tests/test_cli.py checks it).
+    config.validate()  # before Ignite and the training modules load: an impossible option is answered at once
+    # Imported here, not at the top: --help imports no torch (tests/test_layout.py checks it).
     from ignite_mlp.distributed.launcher import launch
     from ignite_mlp.run.training import train
 

@@ -36,7 +36,7 @@ def _opt(default: Any, help: str, **extra: Any) -> Any:
 
 @dataclass
 class TrainConfig:
-    """One training run. Defaults reproduce the tutorial (53.52% on CIFAR-10 in 50 epochs).
+    """One training run. Defaults are the tutorial's recipe (51.46% on CIFAR-10 in 50 epochs, docs/recipes.md).
 
     >>> TrainConfig().hidden_sizes, TrainConfig().lr, TrainConfig().batch_size
     ([128], 0.001, 256)
