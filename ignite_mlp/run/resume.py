@@ -24,8 +24,9 @@ from ignite_mlp.data.identity import data_change
 from ignite_mlp.engine.precision import recorded_precision
 from ignite_mlp.errors import UserError
 from ignite_mlp.handlers.training import restore_ema
+from ignite_mlp.run.checkpoint_io import check_model_shapes, refuse_non_finite, safe_load
 from ignite_mlp.run.checkpoints import remove_orphans, restore
-from ignite_mlp.run.rundir import RunDir, check_model_shapes, refuse_non_finite, safe_load
+from ignite_mlp.run.rundir import RunDir
 
 # Restored only when they still apply (see restore_controls); everything else must be there.
 CONTROLS = ("lr_scheduler", "early_stopping", "ema_model")
