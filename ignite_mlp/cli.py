@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ignite_mlp.config.train_config import TrainConfig, add_config_arguments
+from ignite_mlp.config.validation import check_seed
 from ignite_mlp.errors import CudaError, RankError, TrainingInterrupted, UserError
 
 PROG = "ignite-mlp"
@@ -154,13 +155,14 @@ def _sweep(ns: argparse.Namespace) -> int:
 
 
 def _evaluate(ns: argparse.Namespace) -> int:
-    from ignite_mlp.inference.evaluate import cannot_write, check_output_file, evaluate
+    from ignite_mlp.inference.evaluate import evaluate
+    from ignite_mlp.inference.outputs import cannot_write, check_output_file, refuse_run_file_and_lock
     from ignite_mlp.plots import confusion_matrix_figure, save_png
-    from ignite_mlp.run.rundir import CONFUSION, find_checkpoint, writing
+    from ignite_mlp.run.rundir import CONFUSION, find_checkpoint
 
     run, _ = find_checkpoint(ns.target)
     out = check_output_file(ns.out) if ns.out else run.confusion_matrix
-    with writing(out, allowed=(CONFUSION,)):  # the run's lock, when the plot goes into a run
+    with refuse_run_file_and_lock(out, allowed=(CONFUSION,)):  # the run's lock, when the plot goes into a run
         result = evaluate(ns.target, data=ns.data, device=ns.device)
         print(result.report())
         try:
@@ -172,18 +174,17 @@ def _evaluate(ns: argparse.Namespace) -> int:
 
 
 def _samples(ns: argparse.Namespace) -> int:
-    from ignite_mlp.inference.evaluate import cannot_write, check_output_file, draw_samples
+    from ignite_mlp.inference.evaluate import draw_samples
+    from ignite_mlp.inference.outputs import cannot_write, check_output_file, refuse_run_file_and_lock
     from ignite_mlp.plots import save_png
 
     if ns.count < 1:
         raise UserError(f"--count must be >= 1 (got {ns.count})")
-    if not 0 <= ns.seed < 2**32:
-        raise UserError(f"--seed must be in [0, 2**32 - 1] (got {ns.seed}); e.g. --seed 0")
-    from ignite_mlp.run.rundir import writing
+    check_seed(ns.seed)
 
     check_output_file(ns.out)
     samples = draw_samples(ns.data, ns.count, ns.seed)
-    with writing(ns.out):
+    with refuse_run_file_and_lock(ns.out):
         try:
             out = save_png(samples.grid(), ns.out)
         except OSError as e:
@@ -194,9 +195,10 @@ def _samples(ns: argparse.Namespace) -> int:
 
 
 def _lr_find(ns: argparse.Namespace) -> int:
-    from ignite_mlp.inference.evaluate import check_output_file
+    from ignite_mlp.inference.outputs import check_output_file, refuse_run_file_and_lock
+    from ignite_mlp.run.configuration import config_for_command
     from ignite_mlp.run.lr_finder import FINDER_FLAGS, lr_find, train_command
-    from ignite_mlp.run.rundir import LR_FINDER, RunDir, config_for_command, writing
+    from ignite_mlp.run.rundir import LR_FINDER, RunDir
 
     given = {k: v for k, v in vars(ns).items() if k not in ("command", "config_file", *FINDER_FLAGS)}
     config = config_for_command(dict(given), ns.config_file)
@@ -204,7 +206,7 @@ def _lr_find(ns: argparse.Namespace) -> int:
     out = (
         check_output_file(ns.out) if ns.out else RunDir(config.run_dir).lr_finder if config.run_dir else Path(LR_FINDER)
     )
-    with writing(out, allowed=(LR_FINDER,)):  # the run's lock, when the plot goes into a run
+    with refuse_run_file_and_lock(out, allowed=(LR_FINDER,)):  # the run's lock, when the plot goes into a run
         curve, plot = lr_find(config, ns.start_lr, ns.end_lr, ns.num_iter, out)
     print(curve.summary())
     print(f"plot: {plot}")
@@ -240,7 +242,7 @@ def config_from_namespace(ns: argparse.Namespace) -> TrainConfig:
 
     With ``--resume RUN_DIR|auto`` the run's saved config replaces the defaults.
     """
-    from ignite_mlp.run.rundir import config_for_command  # (imports torch: --help must not)
+    from ignite_mlp.run.configuration import config_for_command  # (imports torch: --help must not)
 
     values = {k: v for k, v in vars(ns).items() if k not in ("command", "config_file", "list_handlers")}
     return config_for_command(values, ns.config_file)

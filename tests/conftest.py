@@ -33,6 +33,13 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     monkeypatch.setenv("IGNITE_MLP_CACHE", str(tmp_path_factory.mktemp("cache")))
 
 
+def decode_array(data: bytes, name: str) -> np.ndarray:
+    """One image file as the package decodes it (``decode_arrays`` on a list of one)."""
+    from ignite_mlp.data.images import decode_arrays
+
+    return decode_arrays([(name, data)])[0]
+
+
 def make_tree(root: Path, n_train: int = 12, n_test: int = 4, size: int = 8, seed: int = 0) -> Path:
     """A class-folder tree of PNG images (lossless, so pixels can be compared exactly).
 

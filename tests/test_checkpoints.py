@@ -9,7 +9,8 @@ import torch
 
 from ignite_mlp.errors import UserError
 from ignite_mlp.model import MLP
-from ignite_mlp.run.rundir import RunDir, check_model_shapes, find_run, safe_load
+from ignite_mlp.run.checkpoint_io import check_model_shapes, safe_load
+from ignite_mlp.run.rundir import RunDir, find_run
 
 
 class _Payload:

@@ -13,7 +13,8 @@ from ignite_mlp.errors import UserError
 from ignite_mlp.handlers.builtin import HISTORY_KEYS
 from ignite_mlp.handlers.ignite_compat import event_handlers
 from ignite_mlp.model import MLP
-from ignite_mlp.run.rundir import RunDir, safe_load
+from ignite_mlp.run.checkpoint_io import safe_load
+from ignite_mlp.run.rundir import RunDir
 
 
 def _config(data: Path, run_dir: Path, **kw) -> TrainConfig:

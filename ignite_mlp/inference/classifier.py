@@ -21,7 +21,8 @@ from ignite_mlp.data.whitening import Whitening
 from ignite_mlp.errors import UserError
 from ignite_mlp.forward import Preprocess, run_forward
 from ignite_mlp.model import MLP
-from ignite_mlp.run.rundir import RunDir, RunRecord, find_checkpoint
+from ignite_mlp.run.record import RunRecord
+from ignite_mlp.run.rundir import RunDir, find_checkpoint
 
 
 @dataclass
@@ -44,7 +45,7 @@ def load_run(target: str | Path, dataset: Dataset | None = None) -> LoadedRun:
     too old to record its classes and image shape (else its own data is read for them)."""
     run, checkpoint = find_checkpoint(target)
     record = run.read_config()
-    classes, shape = _card(run, record, dataset)
+    classes, shape = _classes_and_image_shape(run, record, dataset)
     model = run.load_model(checkpoint, record, shape, len(classes))
     features = shape[0] * shape[1] * shape[2]
     whitening = run.read_whitening(features) if record.config.whiten != "none" else None
@@ -92,7 +93,9 @@ def load_classifier(target: str | Path, device: str | torch.device = "cpu") -> C
     )
 
 
-def _card(run: RunDir, record: RunRecord, dataset: Dataset | None) -> tuple[list[str], tuple[int, int, int]]:
+def _classes_and_image_shape(
+    run: RunDir, record: RunRecord, dataset: Dataset | None
+) -> tuple[list[str], tuple[int, int, int]]:
     """The run's class names and image shape: from its configuration, or (runs written before
     it held them) from ``dataset`` or its data set's decode cache."""
     if record.classes is not None and record.image_shape is not None:

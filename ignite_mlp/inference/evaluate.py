@@ -8,7 +8,6 @@ ignite-mlp samples --data ../shared/data/cifar10-jpg.tar.gz --out grid.png
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,31 +29,6 @@ from ignite_mlp.forward import run_forward
 from ignite_mlp.inference.classifier import load_run
 from ignite_mlp.plots import image_grid, spread_over_classes
 from ignite_mlp.run.rundir import find_checkpoint
-
-
-def check_output_file(out: str | Path, flag: str = "--out") -> Path:
-    """``out`` as a file this command can write: not a folder, in a folder that exists and is
-    writable. Checked before any work, so a bad ``--out`` costs nothing.
-
-    >>> check_output_file("/")
-    Traceback (most recent call last):
-    ...
-    ignite_mlp.errors.UserError: --out /: is a folder; give a file name such as /plot.png
-    """
-    path = Path(out)
-    if path.is_dir():
-        raise UserError(f"{flag} {out}: is a folder; give a file name such as {path / 'plot.png'}")
-    folder = path.parent
-    if not folder.is_dir():
-        raise UserError(f"{flag} {out}: folder {folder} does not exist; create it or choose another {flag}")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {out}: folder {folder} is not writable; choose another {flag}")
-    return path
-
-
-def cannot_write(out: str | Path, error: OSError, flag: str = "--out") -> UserError:
-    """The one line for a write that failed all the same (a full disk, a read-only file system)."""
-    return UserError(f"{flag} {out}: cannot write there ({error.strerror or error}); choose another {flag}")
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Restoring checkpoints, so a run that dies loses almost nothing.
 
-Finding and reading them (safely: ``weights_only=True``) is :mod:`ignite_mlp.run.rundir`'s job.
+Finding them is :mod:`ignite_mlp.run.rundir`'s job, reading them (safely: ``weights_only=True``)
+:mod:`ignite_mlp.run.checkpoint_io`'s.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class EpochMetricsState:
         return {name: metric.state_dict() for name, metric in self.metrics.items()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        trainer_state = self.trainer.state  # loaded first: see the order in run.py
+        trainer_state = self.trainer.state  # restored first: see the order in run/training.py, _resume_state
         if trainer_state.iteration % trainer_state.epoch_length == 0:
             return  # saved at an epoch's end: the next epoch starts its metrics afresh
 

@@ -32,6 +32,7 @@ from ignite.handlers import FastaiLRFinder
 from torch import nn
 
 from ignite_mlp.config.train_config import TrainConfig, resolve_device
+from ignite_mlp.config.validation import flag
 from ignite_mlp.data import Dataset
 from ignite_mlp.distributed import ranks
 from ignite_mlp.engine.precision import recorded_precision, resolve_precision
@@ -99,10 +100,11 @@ def check_finder_range(start_lr: float, end_lr: float, num_iter: int) -> None:
     ...
     ignite_mlp.errors.UserError: --end-lr must be a rate from 1e-12 to 1000 (got inf); e.g. --end-lr 10
     """
-    for flag, value, example in (("--start-lr", start_lr, START_LR), ("--end-lr", end_lr, END_LR)):
+    for option, value, example in (("--start-lr", start_lr, START_LR), ("--end-lr", end_lr, END_LR)):
         if not LOWEST_LR <= value <= HIGHEST_LR:  # (NaN fails this too)
             raise UserError(
-                f"{flag} must be a rate from {LOWEST_LR:g} to {HIGHEST_LR:g} (got {value:g}); e.g. {flag} {example:g}"
+                f"{option} must be a rate from {LOWEST_LR:g} to {HIGHEST_LR:g} (got {value:g}); "
+                f"e.g. {option} {example:g}"
             )
     if not start_lr < end_lr:
         raise UserError(
@@ -263,15 +265,15 @@ def train_command(given: Mapping[str, Any], config_file: str | None, lr: float) 
     for name, value in given.items():
         if name == "lr" or name in FINDER_FLAGS:
             continue
-        flag = "--" + name.replace("_", "-")
+        option = flag(name)
         if isinstance(value, bool):
-            words.append(flag if value else "--no-" + flag[2:])
+            words.append(option if value else "--no-" + option[2:])
         elif name == "handlers":
             words += [w for spec in value for w in ("--handler", spec)]
         elif isinstance(value, list):
-            words += [flag, *(str(v) for v in value)]
+            words += [option, *(str(v) for v in value)]
         else:
-            words += [flag, str(value)]
+            words += [option, str(value)]
     return shlex.join([*words, "--lr", f"{lr:.3g}"])
 
 

@@ -18,10 +18,10 @@ from ignite_mlp.engine.trainer import create_evaluator
 from ignite_mlp.files import write_json_atomic
 from ignite_mlp.handlers.guardrails import overfit_report
 from ignite_mlp.handlers.tensorboard.logger import write_test_hparams
+from ignite_mlp.run.checkpoint_io import evaluation_weights, safe_load
 from ignite_mlp.run.engines import Engines
 from ignite_mlp.run.plan import RunPlan
 from ignite_mlp.run.prepare import RunData, validation_loader
-from ignite_mlp.run.rundir import safe_load, validated_weights
 from ignite_mlp.run.spec import RunSpec
 
 if TYPE_CHECKING:
@@ -104,7 +104,7 @@ def evaluate_test_once(
     assert data.held_out is not None
     config = spec.config
     model = copy.deepcopy(engines.eval_model if engines.eval_model is not None else engines.model)
-    model.load_state_dict(validated_weights(safe_load(best_checkpoint)))
+    model.load_state_dict(evaluation_weights(safe_load(best_checkpoint)))
     images = data.held_out.test_images
     if data.whitening is not None:
         images = whiten_images(images, data.whitening)

@@ -18,13 +18,15 @@ from ignite.handlers import Checkpoint, EMAHandler
 from torch import nn
 
 from ignite_mlp.config.train_config import TrainConfig
+from ignite_mlp.config.validation import flag
 from ignite_mlp.data.dataset import Dataset
 from ignite_mlp.data.identity import data_change
 from ignite_mlp.engine.precision import recorded_precision
 from ignite_mlp.errors import UserError
 from ignite_mlp.handlers.training import restore_ema
+from ignite_mlp.run.checkpoint_io import check_model_shapes, refuse_non_finite, safe_load
 from ignite_mlp.run.checkpoints import remove_orphans, restore
-from ignite_mlp.run.rundir import RunDir, check_model_shapes, refuse_non_finite, safe_load
+from ignite_mlp.run.rundir import RunDir
 
 # Restored only when they still apply (see restore_controls); everything else must be there.
 CONTROLS = ("lr_scheduler", "early_stopping", "ema_model")
@@ -110,7 +112,7 @@ class Resume:
         fixed_here = (*FIXED, "seed") if self.trained_with.get("val_split") else FIXED
         fixed = {k: v for k, v in self.changes.items() if k in fixed_here}
         if fixed:
-            what = ", ".join(f"{_flag(k)} {old} -> {new}" for k, (old, new) in fixed.items())
+            what = ", ".join(f"{flag(k)} {old} -> {new}" for k, (old, new) in fixed.items())
             flags, them = ("those flags", "them") if len(fixed) > 1 else ("that flag", "it")
             raise UserError(
                 f"--resume {self.run_dir}: cannot change {what} in a run already under way; "
@@ -157,7 +159,7 @@ class Resume:
         """One line: what this resume changes, or None when nothing."""
         if not self.changes:
             return None
-        return "changed on resume: " + ", ".join(f"{_flag(k)} {old} -> {new}" for k, (old, new) in self.changes.items())
+        return "changed on resume: " + ", ".join(f"{flag(k)} {old} -> {new}" for k, (old, new) in self.changes.items())
 
     def record(self) -> None:
         """Add this resume (when, from which checkpoint, what changed) to the run's ``resumes.json``."""
@@ -264,10 +266,6 @@ def set_optimizer_settings(optimizer: torch.optim.Optimizer, settings: Mapping[s
             group[OPTIMIZER[field_name]] = value
         if "lr" in settings and "initial_lr" in group:
             group["initial_lr"] = settings["lr"]
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
 
 
 def _processes(train_metrics: Mapping[str, Any]) -> int | None:

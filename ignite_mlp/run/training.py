@@ -31,7 +31,6 @@ The CLI is a thin layer over this function, so a Python user gets exactly the sa
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,13 +62,14 @@ from ignite_mlp.handlers.tensorboard.images import attach_confusion_matrix
 from ignite_mlp.handlers.tensorboard.logger import attach_tensorboard, environment, run_text
 from ignite_mlp.handlers.training import attach_early_stopping, attach_lr_schedule, attach_new_best_event
 from ignite_mlp.run.checkpoints import EpochMetricsState, RandomState
+from ignite_mlp.run.configuration import config_to_train
 from ignite_mlp.run.engines import Engines, build_engines, build_optimizer
 from ignite_mlp.run.fit import fit
 from ignite_mlp.run.lr_finder import record_lr_curve, resolve_auto_lr
 from ignite_mlp.run.plan import RunPlan, prepare_run_dir, resolve_plan
 from ignite_mlp.run.prepare import RunData, build_loaders, prepare_data
 from ignite_mlp.run.result import RunResult, collect_result, evaluate_test_once, record_test_metrics
-from ignite_mlp.run.rundir import RunDir, RunLock, find_run
+from ignite_mlp.run.rundir import RunDir, RunLock
 from ignite_mlp.run.spec import RunSpec, resolve_spec
 
 # build_loaders and build_optimizer live with their phases; they stay importable from here.
@@ -113,16 +113,17 @@ def train(
     ``extra_handlers`` are called as ``fn(trainer, evaluator, context)`` after the built-in
     handlers are attached, so theirs run after ours on the same event; ``config.handlers``
     names more of them by spec. ``dataset`` skips loading (for tests and notebooks that hold
-    one). With ``config.resume`` the run continues from its newest checkpoint (see
-    :meth:`ignite_mlp.run.rundir.RunDir.resume_config`). ``list_handlers`` prints which handler
+    one). With ``config.resume`` the run continues from its newest checkpoint, with its saved
+    configuration under the fields the caller set (see
+    :func:`ignite_mlp.run.configuration.config_to_train`). ``list_handlers`` prints which handler
     runs on which event and returns before training. With ``config.val_split`` the test split is
     evaluated once at the end, unless ``evaluate_test`` is False (a sweep evaluates its best trial only).
 
     Inside a multi-process run (see :func:`ignite_mlp.distributed.launcher.launch`) this is one rank:
     every rank trains its share and runs every collective; only rank 0 writes and prints.
     """
-    if config.resume == "auto":  # the newest resumable run under runs/, as the CLI's --resume auto
-        config = dataclasses.replace(config, resume=str(find_run("auto").path))
+    # A resume trains with the run's saved configuration under what the caller set, as the CLI's.
+    config = config_to_train(config)
     with RunLock() as lock:  # one writer per run (RunDir.lock): a second is refused, naming the first
         if config.resume and Path(config.resume).is_dir() and ranks.is_main() and not list_handlers:
             lock.acquire(Path(config.resume))  # before its checkpoint is read
