@@ -1,5 +1,7 @@
-"""The sweep's lock files (``SWEEP_DIR/.locks/``), one implementation: :class:`TrialLock`, an
-exclusive ``flock`` the kernel drops when its process dies, even by ``kill -9``.
+"""The sweep's lock files (``SWEEP_DIR/.locks/``), on the package's one lock
+(:class:`ignite_mlp.locks.FileLock`: an exclusive ``flock`` the kernel drops when its process
+dies, even by ``kill -9``). :class:`TrialLock` adds what the sweep needs around it: the folder
+made and refused when it is a link, and a link at a lock's name said in one line.
 
 * ``trial-NNNN.lock``: held by the worker running trial NNNN until Optuna has recorded its end.
   A running trial whose lock nobody holds lost its worker, whatever host it ran on.
@@ -12,12 +14,13 @@ Lock files are opened without following a symbolic link, in a folder that is not
 
 from __future__ import annotations
 
-import fcntl
+import errno
 import os
 import stat
 from pathlib import Path
 
 from ignite_mlp.errors import UserError
+from ignite_mlp.locks import FileLock, LockHeld, is_free
 
 LOCKS = ".locks"
 CREATE = "create.lock"
@@ -50,47 +53,44 @@ def own_folder(path: Path) -> None:
         raise UserError(f"{path}: is {what}; a sweep keeps its files in its own folder: remove it")
 
 
-def _open(path: Path, create: bool) -> int:
-    flags = os.O_RDWR | os.O_NOFOLLOW | (os.O_CREAT if create else 0)
-    try:
-        return os.open(path, flags, 0o644)
-    except OSError as e:
-        if e.errno == 40:  # ELOOP: the lock file is a symbolic link
-            raise UserError(f"{path}: is a symbolic link; a sweep's lock files are its own: remove the link") from None
-        raise
+def _link_refused(path: Path) -> UserError:
+    return UserError(f"{path}: is a symbolic link; a sweep's lock files are its own: remove the link")
 
 
 class TrialLock:
-    """An exclusive lock on one lock file, held until :meth:`release` or the process's end."""
+    """One of the sweep's locks, held until :meth:`release` or the process's end."""
 
     def __init__(self) -> None:
-        self._fd: int | None = None
-        self.path: Path | None = None
+        self._lock: FileLock | None = None
 
     @property
     def held(self) -> bool:
-        return self._fd is not None
+        return self._lock is not None and self._lock.held
+
+    @property
+    def path(self) -> Path | None:
+        return self._lock.path if self._lock is not None else None
 
     def acquire(self, path: Path, blocking: bool = True) -> bool:
-        """Lock ``path`` (made if missing); without ``blocking``, False when another process holds it."""
+        """Lock ``path`` (its folder made if missing); without ``blocking``, False when another process holds it."""
         self.release()
         own_folder(path.parent)
-        fd = _open(path, create=True)
+        lock = FileLock(path)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            os.close(fd)
+            lock.acquire(blocking)
+        except LockHeld:
             return False
-        except BaseException:
-            os.close(fd)
+        except OSError as e:
+            if e.errno == errno.ELOOP:  # O_NOFOLLOW met a link at the lock's name
+                raise _link_refused(path) from None
             raise
-        self._fd, self.path = fd, path
+        self._lock = lock
         return True
 
     def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing releases the lock
-            self._fd, self.path = None, None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def __enter__(self) -> TrialLock:
         return self
@@ -102,13 +102,8 @@ class TrialLock:
 def lock_is_free(path: Path) -> bool:
     """Whether nobody holds ``path``'s lock (a missing file is free): its worker is gone."""
     try:
-        fd = _open(path, create=False)
-    except FileNotFoundError:
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
+        return is_free(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise _link_refused(path) from None
+        raise
