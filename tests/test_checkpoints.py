@@ -1,4 +1,4 @@
-"""ignite_mlp.run.checkpoints: safe loading, finding runs, architecture checks."""
+"""ignite_mlp.run.resume: safe loading, finding runs, architecture checks."""
 
 import os
 import time
@@ -184,7 +184,7 @@ def test_a_resume_keeps_unknown_best_files_while_the_known_one_is_missing(tmp_pa
     from ignite.handlers import Checkpoint
     from torch import nn
 
-    from ignite_mlp.run.checkpoints import remove_orphans
+    from ignite_mlp.run.resume import remove_orphans
 
     tracked, orphan = tmp_path / "best_model_1_val_acc=50.0000.pt", tmp_path / "best_model_2_val_acc=60.0000.pt"
     best = Checkpoint({"model": nn.Linear(1, 1)}, str(tmp_path), filename_prefix="best", n_saved=1)
