@@ -179,6 +179,7 @@ REFUSED = [
     # the sweep folder
     Refused("sweep-dir-is-a-file", _sweep_dir_is_file, "is a file, not a folder"),
     Refused("sweep-dir-is-a-dangling-link", _dangling_sweep_dir, "cannot be used (No such file or directory)"),
+    Refused("trial-folders-of-a-study-gone", _planted(lambda d, o: (d / "trial-0000").mkdir()), "holds trial-0000, a trial study 'sweep' never ran"),  # noqa: E501
     Refused("journal-is-a-folder", _planted(lambda d, o: (d / "journal.log").mkdir()), "is not a file (a folder?)"),
     Refused("journal-is-a-dangling-link", _planted(_link("journal.log")), "journal.log is a symbolic link"),
     Refused("journal-lock-is-a-planted-link", _planted(_link("journal.log.lock")), "journal.log.lock is a symbolic"),

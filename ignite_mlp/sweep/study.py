@@ -14,9 +14,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import stat
 import sys
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -87,33 +87,45 @@ def _owned(name: str) -> bool:
     )
 
 
-def claim_folder(study: optuna.Study, settings: SweepSettings) -> str:
-    """The study's id; refuse a sweep folder whose ``sweep.json`` names another study (its trial
-    folders would be overwritten), and record this one there."""
-    study_id = study.user_attrs.get("folder_id")
-    if study_id is None:
-        study_id = uuid.uuid4().hex
-        study.set_user_attr("folder_id", study_id)
-        study_id = study.user_attrs.get("folder_id", study_id)  # two first starts: the first write wins
+def claim_folder(study: optuna.Study, settings: SweepSettings) -> None:
+    """Refuse a sweep folder that holds another study's trials (their folders would be
+    overwritten): its ``sweep.json`` names another study or storage, or it holds a trial folder
+    this study never ran. Both checks read only what is there, so workers starting together agree."""
     folder = Path(settings.sweep_dir)
-    record = folder / RECORD
-    saved: dict[str, Any] = {}
-    if record.is_file():
+    saved: Any = {}
+    if (folder / RECORD).is_file():
         try:
-            saved = json.loads(record.read_bytes())
+            saved = json.loads((folder / RECORD).read_bytes())
         except (OSError, ValueError):
             saved = {}
     saved = saved if isinstance(saved, dict) else {}
-    mine = {"study": settings.study_name, "storage": public_url(settings.storage), "study_id": study_id}
-    other = saved.get("study_id", study_id) != study_id or saved.get("study", mine["study"]) != mine["study"]
-    other = other or saved.get("storage", mine["storage"]) != mine["storage"]
-    if other or (not saved and any(p.name.startswith("trial-") for p in folder.iterdir()) and not len(study.trials)):
-        held = saved.get("study", "another study")
+    mine = {"study": settings.study_name, "storage": public_url(settings.storage)}
+    if saved and any(saved.get(k) != v for k, v in mine.items()):
+        where = saved.get("storage") or "its journal"
         raise UserError(
-            f"--sweep-dir {folder}: holds the trials of {held!r} on {saved.get('storage') or 'its journal'}; continue "
-            "that one with its --study and --storage, or give another --sweep-dir for this one"
+            f"--sweep-dir {folder}: holds the trials of {saved.get('study')!r} on {where}; continue that one "
+            "with its --study and --storage, or give another --sweep-dir for this one"
         )
-    return study_id
+    refuse_foreign_trials(folder, {t.number for t in study.get_trials(deepcopy=False)}, settings.study_name)
+
+
+def refuse_foreign_trials(folder: Path, ran: set[int], study_name: str) -> None:
+    """Refuse ``folder`` when it holds a trial folder whose number is not among ``ran``."""
+    foreign = sorted(p.name for p in folder.iterdir() if _trial_number(p.name) not in ran | {None})
+    if foreign:
+        raise UserError(
+            f"--sweep-dir {folder}: holds {foreign[0]}, a trial study {study_name!r} never ran (another "
+            "study's?); give another --sweep-dir, or move those folders away"
+        )
+
+
+def _trial_number(name: str) -> int | None:
+    """
+    >>> _trial_number("trial-0012"), _trial_number("trial-x"), _trial_number("best.json")
+    (12, None, None)
+    """
+    match = re.fullmatch(r"trial-(\d{4,})", name)
+    return int(match.group(1)) if match else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,9 +190,7 @@ def decide_precision(space: SearchSpace, device: str) -> tuple[str | None, str]:
     return chosen.name, chosen.reason
 
 
-def record_study(
-    study: optuna.Study, settings: SweepSettings, raw_space: dict[str, Any], decided: Decided, study_id: str
-) -> None:
+def record_study(study: optuna.Study, settings: SweepSettings, raw_space: dict[str, Any], decided: Decided) -> None:
     """Keep in the study (and in sweep.json) what every report and continuation reads back; refuse
     a continuation with another space."""
     saved = study.user_attrs.get(ATTR)
@@ -204,7 +214,7 @@ def record_study(
     public = {k: v for k, v in record.items() if k != "space"}
     write_json_atomic(
         Path(settings.sweep_dir) / RECORD,
-        {"study": settings.study_name, "storage": public_url(settings.storage), "study_id": study_id, **public},
+        {"study": settings.study_name, "storage": public_url(settings.storage), **public},
     )
 
 
@@ -232,14 +242,16 @@ def prepare(settings: SweepSettings, write: Callable[[str], None]) -> tuple[Any,
         study = open_study(settings)
     check_folder(settings, create=True)
     if settings.storage is None:
+        if not os.path.lexists(settings.journal):  # a new study: no trial folder may be there yet
+            refuse_foreign_trials(Path(settings.sweep_dir), set(), settings.study_name)
         study = open_study(settings)  # created once here, so workers only load it
     own_folder(Path(settings.sweep_dir) / LOCKS)
     for note in mend_line(study):
         write(f"ignite-mlp: {note}")
-    study_id = claim_folder(study, settings)
+    claim_folder(study, settings)
     saved = study.user_attrs.get(ATTR)
     decided = decide(settings, space, dataset, saved)
-    record_study(study, settings, raw_space, decided, study_id)
+    record_study(study, settings, raw_space, decided)
     return Plan(settings, decided.val_count, decided.precision), study
 
 
