@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ignite_mlp.config.validation import check_seed
 from ignite_mlp.errors import UserError
 from ignite_mlp.sweep.storage import public_url
 
@@ -73,8 +74,8 @@ class SweepSettings:
             raise UserError(f"--jobs {self.jobs}: {why}; give --jobs {most} or fewer")
         if self.pruner not in PRUNERS:
             raise UserError(f"--pruner must be one of {PRUNERS} (got {self.pruner!r})")
-        if self.seed is not None and not 0 <= self.seed < 2**32:
-            raise UserError(f"--seed must be in [0, 2**32 - 1] (got {self.seed}); e.g. --seed 0")
+        if self.seed is not None:
+            check_seed(self.seed)  # the one rule, train's
         if self.val_split is not None and self.val_split == 0:
             raise UserError(
                 "--val-split 0: a sweep scores its trials on a validation split, never on the test split; "
