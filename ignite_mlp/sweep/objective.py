@@ -27,6 +27,7 @@ from ignite_mlp.data import Dataset
 from ignite_mlp.errors import UserError
 from ignite_mlp.run.training import RunContext, train
 from ignite_mlp.sweep.locks import TrialLock, lock_path
+from ignite_mlp.sweep.settings import Plan
 from ignite_mlp.sweep.space import SearchSpace, suggest
 
 # What counts towards --trials, and what will: finished, running, and queued again after a death.
@@ -153,27 +154,21 @@ class Objective:
     def __init__(
         self,
         space: SearchSpace,
-        sweep_dir: Path,
-        data: str,
+        plan: Plan,
         dataset: Dataset,
-        total: int,
-        val_split: float,
-        device: str,
-        cache_dir: str | None = None,
-        precision: str | None = None,
         stop: StopFlag | None = None,
         create_lock: TrialLock | None = None,
     ) -> None:
-        self.space, self.sweep_dir, self.data, self.dataset = space, sweep_dir, data, dataset
-        self.total, self.val_split, self.device, self.cache_dir = total, val_split, device, cache_dir
-        self.precision, self.stop, self.create_lock = precision, stop or StopFlag(), create_lock or TrialLock()
+        self.space, self.plan, self.dataset = space, plan, dataset
+        self.sweep_dir = Path(plan.settings.sweep_dir)
+        self.stop, self.create_lock = stop or StopFlag(), create_lock or TrialLock()
         # Released by the worker after Optuna records the trial's state (see workers.run_worker).
         self.lock = TrialLock()
         logging.getLogger("ignite.engine.engine.Engine").addFilter(QuietPruning())
 
     def __call__(self, trial: optuna.Trial) -> float:
         try:
-            refuse_surplus(trial, self.total)
+            refuse_surplus(trial, self.plan.settings.trials)
             run_dir = run_dir_of(self.sweep_dir, trial.number)
             self.lock.acquire(lock_path(self.sweep_dir, trial.number))
         finally:
@@ -185,7 +180,16 @@ class Objective:
         trial.set_user_attr("pid", os.getpid())
         trial.set_user_attr("run_dir", str(run_dir))
         values = suggest(trial, self.space)
-        config = trial_config(values, self.data, run_dir, self.val_split, self.device, self.cache_dir, self.precision)
+        settings = self.plan.settings
+        config = trial_config(
+            values,
+            settings.data,
+            run_dir,
+            self.plan.val_count,
+            settings.device,
+            settings.cache_dir,
+            self.plan.precision,
+        )
         handlers = [pruning(trial), relay_ctrl_c(self.stop)]
         result = train(config, handlers, dataset=self.dataset, write=_quiet, evaluate_test=False)
         if result.stopped:  # a NaN loss: a bad point of the space, not a bug

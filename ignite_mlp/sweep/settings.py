@@ -111,6 +111,16 @@ class SweepSettings:
             )
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What the sweep decided once at its start, for every worker: the settings (absolute paths),
+    the validation images held out, and the precision every trial computes in."""
+
+    settings: SweepSettings
+    val_count: int
+    precision: str | None
+
+
 def max_jobs() -> tuple[int, str]:
     """How many workers this machine holds: one per core this process may use, and about
     :data:`WORKER_BYTES` of memory each; with the sentence that says so."""

@@ -229,7 +229,7 @@ def study_record(study: optuna.Study) -> tuple[dict[str, Any], SearchSpace]:
 def prepare(settings: SweepSettings, write: Callable[[str], None]) -> tuple[Any, optuna.Study]:
     """Everything a sweep checks and decides before its first trial; the plan and the study."""
     from ignite_mlp.data import load_dataset
-    from ignite_mlp.sweep.workers import Plan
+    from ignite_mlp.sweep.settings import Plan
 
     raw_space = read_space(settings.space)
     space = load_space(settings.space)  # a bad file fails here, before anything is written

@@ -30,18 +30,8 @@ from optuna.trial import TrialState
 from ignite_mlp.errors import TrainingInterrupted, UserError
 from ignite_mlp.sweep.locks import TrialLock, create_lock_path, lock_is_free, lock_path
 from ignite_mlp.sweep.objective import COUNTED, FINISHED, Objective, StopFlag, SurplusTrial, SweepStopped
-from ignite_mlp.sweep.settings import SweepSettings
+from ignite_mlp.sweep.settings import Plan, SweepSettings
 from ignite_mlp.sweep.storage import open_study, retry_callback
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What the sweep decided once at its start, for every worker: the settings (absolute paths),
-    the validation images held out, and the precision every trial computes in."""
-
-    settings: SweepSettings
-    val_count: int
-    precision: str | None
 
 
 @dataclass
@@ -117,19 +107,7 @@ def run_worker(plan: Plan, worker: int = 0, write: Callable[[str], None] = print
     study = open_study(settings, worker)
     dataset = load_dataset(settings.data, settings.cache_dir, progress="off")
     creating = TrialLock()
-    objective = Objective(
-        load_space(settings.space),
-        Path(settings.sweep_dir),
-        settings.data,
-        dataset,
-        settings.trials,
-        plan.val_count,
-        settings.device,
-        settings.cache_dir,
-        plan.precision,
-        stop,
-        creating,
-    )
+    objective = Objective(load_space(settings.space), plan, dataset, stop, creating)
     said = ""
     while True:
         stop.check()
