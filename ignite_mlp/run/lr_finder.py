@@ -31,11 +31,10 @@ import torch
 from ignite.handlers import FastaiLRFinder
 from torch import nn
 
-from ignite_mlp.config.train_config import TrainConfig, resolve_device
+from ignite_mlp.config.train_config import TrainConfig
 from ignite_mlp.config.validation import flag
 from ignite_mlp.data import Dataset
 from ignite_mlp.distributed import ranks
-from ignite_mlp.engine.precision import recorded_precision, resolve_precision
 from ignite_mlp.engine.trainer import create_trainer
 from ignite_mlp.errors import UserError
 from ignite_mlp.files import write_atomic
@@ -44,7 +43,7 @@ from ignite_mlp.handlers.epochs import attach_epoch_shuffle
 from ignite_mlp.model import MLP
 from ignite_mlp.progress import progress_mode
 from ignite_mlp.run.engines import build_optimizer
-from ignite_mlp.run.plan import RunPlan
+from ignite_mlp.run.plan import resolve_plan
 from ignite_mlp.run.prepare import RunData, prepare_data
 from ignite_mlp.run.rundir import LR_FINDER, RunDir
 
@@ -296,27 +295,8 @@ def lr_find(
     if out is None:
         out = RunDir(config.run_dir).lr_finder if config.run_dir else Path(LR_FINDER)
     out = Path(out)
-    device = resolve_device(config.device)
-    # On a run's folder the finder computes as the run did (its recorded precision); elsewhere as a new run would.
-    run = RunDir(config.run_dir) if config.run_dir else None
-    if run is not None and run.is_run() and config.precision == "auto":
-        precision = recorded_precision(run.read_config().values, "auto")
-    else:
-        precision = resolve_precision(config.precision, device)
-    config = dataclasses.replace(config, precision=precision.name)
-    plan = RunPlan(
-        config=config,
-        device=device,
-        run_dir=out.parent,
-        handlers=[],
-        resume=None,
-        write=write,
-        distributed=False,
-        main=True,
-        list_handlers=False,
-        progress=progress_mode(config.progress),
-        precision=precision,
-    )
+    plan = resolve_plan(config, write=write, finder_plot=out)
+    config, device = plan.config, plan.device
     data = prepare_data(plan, dataset)
     write(f"learning-rate finder: {num_iter} steps from {start_lr:g} to {end_lr:g} ...")
     normalized = data.normalized(config)  # as train() does

@@ -66,8 +66,13 @@ def resolve_plan(
     extra_handlers: Sequence[Callable[..., Any]] = (),
     write: Callable[[str], None] = print,
     list_handlers: bool = False,
+    finder_plot: Path | None = None,
 ) -> RunPlan:
-    """Check everything that can be checked without the data, and say how the run will go."""
+    """Check everything that can be checked without the data, and say how the run will go.
+
+    ``finder_plot``: the plan of ``lr-find``, which writes only that plot: no run directory is
+    made or refused and no handler loaded; on a run's folder (``config.run_dir``) the finder
+    computes in the run's recorded precision, elsewhere in the one a new run would take."""
     config.validate()
     if config.overfit_batches:
         # The sanity check trains on fixed batches with nothing that fights memorisation.
@@ -81,10 +86,14 @@ def resolve_plan(
     if distributed:
         per_process_batch(config.batch_size, ranks.world_size(), source="the process count")
     device = ranks.rank_device(config.device) if distributed else resolve_device(config.device)
-    handlers = [*extra_handlers, *(load_handler(spec) for spec in config.handlers)]  # fail fast on bad specs
+    finder = finder_plot is not None
+    handlers = [] if finder else [*extra_handlers, *(load_handler(spec) for spec in config.handlers)]  # fail fast
     # The checkpoint is read before the (slower) data loading, so a bad one fails fast.
     resume = Resume(Path(config.resume)) if config.resume else None
-    precision = run_precision(config, device, resume)
+    recorded = resume.trained_with if resume is not None else None
+    if finder and config.run_dir and RunDir(config.run_dir).is_run():
+        recorded = RunDir(config.run_dir).read_config().values
+    precision = run_precision(config, device, recorded)
     config = dataclasses.replace(config, precision=precision.name)
     if resume is not None:
         resume.check(config, run_epochs(config), ranks.world_size())
@@ -92,6 +101,8 @@ def resolve_plan(
         if note and main:
             write(note)
         run_dir = resume.run_dir
+    elif finder_plot is not None:
+        run_dir = finder_plot.parent
     else:
         run_dir = Path(config.run_dir) if config.run_dir else default_run_dir()
         if not list_handlers:
@@ -111,15 +122,16 @@ def resolve_plan(
     )
 
 
-def run_precision(config: TrainConfig, device: torch.device, resume: Resume | None = None) -> Precision:
-    """The precision a run trains in: a resumed run's recorded one (``--precision auto``, or the
-    recorded name itself, as the CLI's resume reads it back) unless another is forced, which the
-    resume then lists as a change; a new run's from the rule of the hardware (engine/precision.py)."""
-    if resume is not None:
-        recorded = recorded_precision(resume.trained_with, "auto")
-        if config.precision in ("auto", recorded.name):
-            return recorded
-        return recorded_precision(resume.trained_with, config.precision)
+def run_precision(config: TrainConfig, device: torch.device, recorded: Mapping[str, Any] | None = None) -> Precision:
+    """The precision a run computes in: with a run's ``recorded`` configuration (a resume, lr-find on
+    the run's folder) the recorded one (``--precision auto``, or the recorded name itself, as the
+    CLI's resume reads it back) unless another is forced, which a resume then lists as a change;
+    otherwise from the rule of the hardware (engine/precision.py)."""
+    if recorded is not None:
+        saved = recorded_precision(recorded, "auto")
+        if config.precision in ("auto", saved.name):
+            return saved
+        return recorded_precision(recorded, config.precision)
     return resolve_precision(config.precision, device)
 
 
