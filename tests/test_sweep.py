@@ -513,3 +513,33 @@ def test_optuna_dashboard_reads_a_sweeps_journal(tree: Path, tmp_path: Path) -> 
     sweep_dir = tmp_path / "sweep"
     assert main(sweep_args(tree, write_space(tmp_path, epochs=1), sweep_dir, 2, "--pruner", "none")) == 0
     _same_trials(_dashboard_reads(str(sweep_dir / "journal.log"), "sweep"), _journal(sweep_dir).trials)
+
+
+def test_on_a_terminal_the_status_line_is_redrawn_between_trial_lines(tree: Path, tmp_path: Path) -> None:
+    """The real command with its output on a pseudo-terminal: the status line is drawn in place."""
+    import pty
+
+    args = sweep_args(tree, write_space(tmp_path, epochs=2), tmp_path / "sweep", 2, "--pruner", "none")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    leader, follower = pty.openpty()
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "ignite_mlp", *args], env=env, stdout=follower, stderr=subprocess.DEVNULL
+    )
+    os.close(follower)
+    shown = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the terminal's other end closed: the command ended
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(leader)
+        sweep.wait(timeout=120)
+    text = shown.decode(errors="replace")
+    assert sweep.returncode == 0, text
+    assert "\r\x1b[K" in text and " trials finished | " in text  # drawn, then cleared for a trial's line
+    assert "trial 0: " in text and "trial 1: " in text
