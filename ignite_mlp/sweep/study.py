@@ -26,7 +26,7 @@ import optuna
 from ignite_mlp.errors import UserError
 from ignite_mlp.files import write_json_atomic
 from ignite_mlp.sweep.locks import LOCKS, own_folder
-from ignite_mlp.sweep.settings import JOURNAL, VAL_CAP, VAL_FRACTION, SweepSettings, absolute
+from ignite_mlp.sweep.settings import JOURNAL, VAL_CAP, VAL_FRACTION, Plan, SweepSettings, absolute
 from ignite_mlp.sweep.space import SearchSpace, check_against_data, load_space, parse_space, read_space
 from ignite_mlp.sweep.storage import mend_line, open_study, public_url
 
@@ -226,10 +226,9 @@ def study_record(study: optuna.Study) -> tuple[dict[str, Any], SearchSpace]:
     return saved, parse_space(saved["space"], "(saved in the study)")
 
 
-def prepare(settings: SweepSettings, write: Callable[[str], None]) -> tuple[Any, optuna.Study]:
+def prepare(settings: SweepSettings, write: Callable[[str], None]) -> tuple[Plan, optuna.Study]:
     """Everything a sweep checks and decides before its first trial; the plan and the study."""
     from ignite_mlp.data import load_dataset
-    from ignite_mlp.sweep.settings import Plan
 
     raw_space = read_space(settings.space)
     space = load_space(settings.space)  # a bad file fails here, before anything is written
