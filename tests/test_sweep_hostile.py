@@ -154,6 +154,49 @@ def _not_ours_report(tree: Path, folder: Path) -> list[str]:
     return ["sweep", "--report", "--sweep-dir", str(sweep_dir)]
 
 
+def _continued(**changed: object) -> Callable[[Path, Path], list[str]]:
+    """A study the sweep started (its record as the sweep keeps it), continued with something else."""
+
+    def prepare(tree: Path, folder: Path) -> list[str]:
+        import tomllib
+
+        from ignite_mlp.data import load_dataset
+
+        args = _run(tree, folder)
+        sweep_dir = folder / "sweep"
+        sweep_dir.mkdir()
+        storage = JournalStorage(JournalFileBackend(str(sweep_dir / "journal.log")))
+        study = optuna.create_study(study_name="sweep", storage=storage, direction="maximize")
+        record = {
+            "data": str(tree),
+            "data_fingerprint": load_dataset(tree).fingerprint,
+            "val_split": 9,
+            "space": tomllib.loads((folder / "space.toml").read_text()),
+            "precision": "fp32",
+            "precision_reason": "test",
+            "settings": {},
+        }
+        study.set_user_attr("sweep", {**record, **changed})
+        return args
+
+    return prepare
+
+
+def _foreign_study(direction: str, finished: bool) -> Callable[[Path, Path], list[str]]:
+    """A study of the sweep's name made with Optuna alone."""
+
+    def prepare(tree: Path, folder: Path) -> list[str]:
+        args = _run(tree, folder)
+        (folder / "sweep").mkdir()
+        storage = JournalStorage(JournalFileBackend(str(folder / "sweep" / "journal.log")))
+        study = optuna.create_study(study_name="sweep", storage=storage, direction=direction)
+        if finished:
+            study.add_trial(optuna.trial.create_trial(value=1.0))
+        return args
+
+    return prepare
+
+
 SECRET = "s3cr3t-Pa55"
 GOOD = "[search.lr]\nlow = 0.01\nhigh = 0.2\n"
 
@@ -193,6 +236,12 @@ REFUSED = [
     Refused("report-on-a-folder-without-journal", _empty_sweep_dir_report, "no sweep there (journal.log missing)"),
     Refused("report-on-an-unknown-study", _unknown_study_report, "--study another: no such study"),
     Refused("report-on-a-study-not-made-by-the-sweep", _not_ours_report, "was not made by ignite-mlp sweep"),
+    # a continued study
+    Refused("continued-on-other-data", _continued(data_fingerprint="0" * 64), "ran its trials on other data"),
+    Refused("continued-with-another-split", _continued(val_split=6), "scores its trials on 6 held-out images"),
+    Refused("continued-with-another-space", _continued(space={"search": {"lr": {"low": 0.1, "high": 0.5}}}), "searches another space"),  # noqa: E501
+    Refused("joining-a-study-that-minimises", _foreign_study("minimize", False), "not made by ignite-mlp sweep"),
+    Refused("joining-a-study-with-others-trials", _foreign_study("maximize", True), "not made by ignite-mlp sweep"),
     # the space
     Refused("space-missing-names-the-shipped-ones", _replace("--space", "nope.toml"), "one the project ships: strong"),
     Refused("space-misspelt-shipped-name", _replace("--space", "tutorail"), "one the project ships: strong, tutorial"),

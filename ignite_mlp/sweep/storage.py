@@ -151,13 +151,18 @@ def open_study(settings: SweepSettings, worker: int = 0, create: bool = True) ->
         if settings.study_name in names
         else 0
     )
+    sampler = optuna.samplers.TPESampler(seed=sampler_seed(settings.seed, worker, existing))
+    if settings.study_name in names:  # loaded, not created again: the journal gets no record for nothing
+        return optuna.load_study(
+            study_name=settings.study_name, storage=storage, sampler=sampler, pruner=make_pruner(settings.pruner)
+        )
     return optuna.create_study(
         study_name=settings.study_name,
         storage=storage,
-        sampler=optuna.samplers.TPESampler(seed=sampler_seed(settings.seed, worker, existing)),
+        sampler=sampler,
         pruner=make_pruner(settings.pruner),
         direction="maximize",
-        load_if_exists=True,
+        load_if_exists=True,  # another worker may create it first
     )
 
 

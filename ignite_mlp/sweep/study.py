@@ -119,6 +119,20 @@ def refuse_foreign_trials(folder: Path, ran: set[int], study_name: str) -> None:
         )
 
 
+def refuse_foreign_study(study: optuna.Study, saved: dict[str, Any] | None) -> None:
+    """Refuse to join a study the sweep did not make: one that minimises, or that holds run
+    trials but no sweep record (trials only queued, with ``enqueue_trial``, are welcome)."""
+    from optuna.study import StudyDirection
+    from optuna.trial import TrialState
+
+    ran = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+    if study.directions != [StudyDirection.MAXIMIZE] or (saved is None and ran):
+        raise UserError(
+            f"--study {study.study_name}: a study of that name is there, not made by ignite-mlp sweep "
+            "(it minimises, or holds trials without the sweep's record); give another --study"
+        )
+
+
 def _trial_number(name: str) -> int | None:
     """
     >>> _trial_number("trial-0012"), _trial_number("trial-x"), _trial_number("best.json")
@@ -244,13 +258,14 @@ def prepare(settings: SweepSettings, write: Callable[[str], None]) -> tuple[Plan
         if not os.path.lexists(settings.journal):  # a new study: no trial folder may be there yet
             refuse_foreign_trials(Path(settings.sweep_dir), set(), settings.study_name)
         study = open_study(settings)  # created once here, so workers only load it
-    own_folder(Path(settings.sweep_dir) / LOCKS)
     for note in mend_line(study):
         write(f"ignite-mlp: {note}")
     claim_folder(study, settings)
     saved = study.user_attrs.get(ATTR)
+    refuse_foreign_study(study, saved)
     decided = decide(settings, space, dataset, saved)
     record_study(study, settings, raw_space, decided)
+    own_folder(Path(settings.sweep_dir) / LOCKS)
     return Plan(settings, decided.val_count, decided.precision), study
 
 
