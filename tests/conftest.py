@@ -1,15 +1,20 @@
-"""Tiny generated data sets shared by the tests, and the real pack when CI provides it."""
+"""What several test modules share: tiny generated data sets, the real pack when CI provides it,
+and small helpers (the CLI's exit status, a pickle payload, a data set counting its test reads)."""
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from ignite_mlp.data import Dataset
 
 CLASSES = ("ant", "bee", "cat")
 PACK_VARIABLE = "IGNITE_MLP_PACK"
@@ -27,6 +32,54 @@ def pytest_configure(config: pytest.Config) -> None:
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test gets its own decode cache, so no test sees another's cached tensors."""
     monkeypatch.setenv("IGNITE_MLP_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+def run_cli(argv: list[str]) -> int:
+    """The CLI's exit status for ``argv``, whether ``main()`` returns it or argparse exits with it."""
+    from ignite_mlp.cli import main
+
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return int(e.code)  # type: ignore[arg-type]
+
+
+def quiet(_: str) -> None:
+    """A ``write=`` for ``train()`` that prints nothing."""
+
+
+def read_history(run_dir: Path) -> dict[str, Any]:
+    """The run's ``history.json``, as on disk."""
+    return json.loads((run_dir / "history.json").read_text())
+
+
+class Payload:
+    """Unpickling this creates a file: what a malicious checkpoint or data batch could do.
+
+    Pickled as a call of ``open`` itself, so a loader that allowed any global would run it."""
+
+    def __init__(self, marker: Path | str) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (open, (str(self.marker), "w"))
+
+
+class CountingDataset(Dataset):
+    """A :class:`Dataset` that counts every read of its test split's images and labels."""
+
+    test_reads = 0
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in ("test_images", "test_labels"):
+            object.__setattr__(self, "test_reads", object.__getattribute__(self, "test_reads") + 1)
+        return object.__getattribute__(self, name)
+
+    @classmethod
+    def of(cls, dataset: Dataset) -> CountingDataset:
+        """A counting copy of ``dataset`` (the same tensors)."""
+        fields = ("train_images", "train_labels", "test_images", "test_labels", "classes", "source")
+        return cls(*(getattr(dataset, f) for f in fields))
 
 
 def make_tree(root: Path, n_train: int = 12, n_test: int = 4, size: int = 8, seed: int = 0) -> Path:

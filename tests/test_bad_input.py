@@ -35,25 +35,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_tree
+from conftest import Payload, make_tree
 from PIL import Image
 
 from ignite_mlp import TrainConfig, train
 from ignite_mlp.data import cache
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class Payload:
-    """Unpickling this creates a file: what a malicious checkpoint or data batch could do.
-
-    Pickled as a call of ``open`` itself, so a loader that allowed any global would run it."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple:
-        return (open, (str(self.marker), "w"))
 
 
 def _png_chunk(kind: bytes, body: bytes) -> bytes:

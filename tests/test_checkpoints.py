@@ -6,26 +6,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import Payload
 
 from ignite_mlp.errors import UserError
 from ignite_mlp.model import MLP
 from ignite_mlp.run.rundir import RunDir, check_model_shapes, find_run, safe_load
 
 
-class _Payload:
-    """Unpickling this creates a file: what a malicious checkpoint could do."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
-
-
 def test_checkpoint_needing_arbitrary_unpickling_is_refused_and_never_runs(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
-    torch.save({"model": _Payload(marker)}, evil)
+    torch.save({"model": Payload(marker)}, evil)
     assert not marker.exists()
     with pytest.raises(UserError, match="refused to load"):
         safe_load(evil)

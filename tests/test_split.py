@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import CountingDataset
 from ignite.engine import Events
 
 from ignite_mlp import TrainConfig, train
@@ -52,21 +53,9 @@ def test_counts_and_fractions_and_impossible_sizes() -> None:
         TrainConfig(val_split=-1)
 
 
-class CountingDataset(Dataset):
-    """A Dataset that counts every read of its test split's images and labels."""
-
-    test_reads = 0
-
-    def __getattribute__(self, name: str):
-        if name in ("test_images", "test_labels"):
-            object.__setattr__(self, "test_reads", object.__getattribute__(self, "test_reads") + 1)
-        return object.__getattribute__(self, name)
-
-
 def test_test_split_is_read_only_after_training_and_matches_plain_pytorch(tree: Path, tmp_path: Path) -> None:
     loaded = load_dataset(tree)
-    fields = (loaded.train_images, loaded.train_labels, loaded.test_images, loaded.test_labels)
-    ds = CountingDataset(*fields, loaded.classes, loaded.source)
+    ds = CountingDataset.of(loaded)
     reads_while_training, validated = [], []
 
     def watch(trainer, evaluator, context) -> None:
