@@ -40,12 +40,44 @@ from ignite_mlp.data import Dataset
 from ignite_mlp.data.cache import SUFFIX, DataFileWriter
 from ignite_mlp.data.images import IMAGE_EXTENSIONS
 from ignite_mlp.data.parallel import default_workers, read_class_folders
-from ignite_mlp.engine.precision import ProbeModel, choose_precision, probe_step_times
+from ignite_mlp.engine.precision import choose_precision, forward_fn
+from ignite_mlp.model import MLP
 from ignite_mlp.run.training import RunContext
 
 # Children import this checkout's ignite_mlp, as the benchmark itself does.
 _ROOT = str(Path(__file__).resolve().parents[1])
-STRONG_STEP = ProbeModel(3072, 10, (2048, 1024, 512), "batch", "gelu", 0.1, 512)
+# The strong recipe's model and batch: the step whose speed --precision auto is about.
+STRONG_STEP = TrainConfig.from_recipe("strong")
+
+
+def step_times(config: TrainConfig, device: torch.device, rounds: int) -> dict[str, list[float]]:
+    """Seconds per training step (forward, backward, SGD) of ``config``'s model and batch in fp32
+    and in bf16, one figure per round; the two take turns, so a drifting machine slows both alike."""
+    x, y = torch.randn(config.batch_size, 3072), torch.randint(0, 10, (config.batch_size,))
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def make_step(precision: str) -> Callable[[], None]:
+        net = MLP.from_config(config, 3072, 10).to(device).train()
+        optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+        forward = forward_fn(precision, device)
+
+        def step() -> None:
+            optimizer.zero_grad()
+            loss_fn(forward(net, x), y).backward()
+            optimizer.step()
+
+        step()  # warm-up: the first call pays for allocation and kernel choice
+        return step
+
+    steps = {p: make_step(p) for p in ("fp32", "bf16")}
+    times: dict[str, list[float]] = {p: [] for p in steps}
+    for r in range(rounds):
+        for p in ("fp32", "bf16") if r % 2 == 0 else ("bf16", "fp32"):
+            start = time.perf_counter()
+            for _ in range(5):
+                steps[p]()
+            times[p].append((time.perf_counter() - start) / 5)
+    return times
 
 
 def _median_ms(values: list[float]) -> str:
@@ -58,13 +90,10 @@ def _median_ms(values: list[float]) -> str:
 def precision_mode(ds: Dataset, rounds: int, epochs: int, epoch_fn: Callable[..., list[float]], tmp: Path) -> None:
     cpu = torch.device("cpu")
     print(f"strong-recipe training step (3072-2048-1024-512-10, BatchNorm, GELU, batch 512), {rounds} rounds:")
-    steps = {"fp32": [], "bf16": []}
-    for _ in range(rounds):  # each call interleaves the two precisions itself
-        for p, t in probe_step_times(STRONG_STEP, cpu, rounds=2).items():
-            steps[p].append(t)
+    steps = step_times(STRONG_STEP, cpu, rounds)
     ratio = statistics.median(f / b for f, b in zip(steps["fp32"], steps["bf16"], strict=True))
     print(f"  fp32 {_median_ms(steps['fp32'])}, bf16 {_median_ms(steps['bf16'])}: bf16 is {ratio:.2f}x as fast")
-    chosen = choose_precision("auto", STRONG_STEP, cpu, cache_dir=None)
+    chosen = choose_precision("auto", cpu)
     print(f"  --precision auto chose {chosen.name}: {chosen.reason}")
     if epochs < 1:
         return

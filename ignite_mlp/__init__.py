@@ -17,7 +17,7 @@ from ignite_mlp.version import __version__
 _LAZY = {
     "MLP": "ignite_mlp.model",
     "RunContext": "ignite_mlp.run.training",
-    "RunResult": "ignite_mlp.run.training",
+    "RunResult": "ignite_mlp.run.result",
     "train": "ignite_mlp.run.training",
 }
 

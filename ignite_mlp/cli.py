@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ignite_mlp.config.train_config import TrainConfig, add_config_arguments
+from ignite_mlp.config.validation import check_seed
 from ignite_mlp.errors import CudaError, RankError, TrainingInterrupted, UserError
 
 PROG = "ignite-mlp"
@@ -166,13 +167,14 @@ def _sweep(ns: argparse.Namespace) -> int:
 
 
 def _evaluate(ns: argparse.Namespace) -> int:
-    from ignite_mlp.inference.evaluate import cannot_write, check_output_file, evaluate
+    from ignite_mlp.inference.evaluate import evaluate
+    from ignite_mlp.inference.outputs import cannot_write, check_output_file, refuse_run_file_and_lock
     from ignite_mlp.plots import confusion_matrix_figure, save_png
-    from ignite_mlp.run.rundir import CONFUSION, find_checkpoint, writing
+    from ignite_mlp.run.rundir import CONFUSION, find_checkpoint
 
     run, _ = find_checkpoint(ns.target)
     out = check_output_file(ns.out) if ns.out else run.confusion_matrix
-    with writing(out, allowed=(CONFUSION,)):  # the run's lock, when the plot goes into a run
+    with refuse_run_file_and_lock(out, allowed=(CONFUSION,)):  # the run's lock, when the plot goes into a run
         result = evaluate(ns.target, data=ns.data, device=ns.device)
         print(result.report())
         try:
@@ -184,18 +186,17 @@ def _evaluate(ns: argparse.Namespace) -> int:
 
 
 def _samples(ns: argparse.Namespace) -> int:
-    from ignite_mlp.inference.evaluate import cannot_write, check_output_file, draw_samples
+    from ignite_mlp.inference.evaluate import draw_samples
+    from ignite_mlp.inference.outputs import cannot_write, check_output_file, refuse_run_file_and_lock
     from ignite_mlp.plots import save_png
 
     if ns.count < 1:
         raise UserError(f"--count must be >= 1 (got {ns.count})")
-    if not 0 <= ns.seed < 2**32:
-        raise UserError(f"--seed must be in [0, 2**32 - 1] (got {ns.seed}); e.g. --seed 0")
-    from ignite_mlp.run.rundir import writing
+    check_seed(ns.seed)
 
     check_output_file(ns.out)
     samples = draw_samples(ns.data, ns.count, ns.seed)
-    with writing(ns.out):
+    with refuse_run_file_and_lock(ns.out):
         try:
             out = save_png(samples.grid(), ns.out)
         except OSError as e:
@@ -206,9 +207,10 @@ def _samples(ns: argparse.Namespace) -> int:
 
 
 def _lr_find(ns: argparse.Namespace) -> int:
-    from ignite_mlp.inference.evaluate import check_output_file
+    from ignite_mlp.inference.outputs import check_output_file, refuse_run_file_and_lock
+    from ignite_mlp.run.configuration import config_for_command
     from ignite_mlp.run.lr_finder import FINDER_FLAGS, lr_find, train_command
-    from ignite_mlp.run.rundir import LR_FINDER, RunDir, config_for_command, writing
+    from ignite_mlp.run.rundir import LR_FINDER, RunDir
 
     given = {k: v for k, v in vars(ns).items() if k not in ("command", "config_file", *FINDER_FLAGS)}
     config = config_for_command(dict(given), ns.config_file)
@@ -216,7 +218,7 @@ def _lr_find(ns: argparse.Namespace) -> int:
     out = (
         check_output_file(ns.out) if ns.out else RunDir(config.run_dir).lr_finder if config.run_dir else Path(LR_FINDER)
     )
-    with writing(out, allowed=(LR_FINDER,)):  # the run's lock, when the plot goes into a run
+    with refuse_run_file_and_lock(out, allowed=(LR_FINDER,)):  # the run's lock, when the plot goes into a run
         curve, plot = lr_find(config, ns.start_lr, ns.end_lr, ns.num_iter, out)
     print(curve.summary())
     print(f"plot: {plot}")
@@ -252,7 +254,7 @@ def config_from_namespace(ns: argparse.Namespace) -> TrainConfig:
 
     With ``--resume RUN_DIR|auto`` the run's saved config replaces the defaults.
     """
-    from ignite_mlp.run.rundir import config_for_command  # (imports torch: --help must not)
+    from ignite_mlp.run.configuration import config_for_command  # (imports torch: --help must not)
 
     values = {k: v for k, v in vars(ns).items() if k not in ("command", "config_file", "list_handlers")}
     return config_for_command(values, ns.config_file)
@@ -260,7 +262,7 @@ def config_from_namespace(ns: argparse.Namespace) -> TrainConfig:
 
 def _train(ns: argparse.Namespace) -> int:
     config = config_from_namespace(ns)
-    config.validate()  # before torch is imported: an impossible option is answered at once
+    config.validate()  # before any data is read: an impossible option is answered at once
     # Imported here, not at the top: --help imports no torch (tests/test_cli.py checks it).
     from ignite_mlp.distributed.launcher import launch
     from ignite_mlp.run.training import train
@@ -269,7 +271,10 @@ def _train(ns: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory() as scratch:  # nothing is trained, nothing is kept
             # No resume: listing needs no saved state, and must not write into the run it names.
             one_process = dataclasses.replace(config, run_dir=scratch, resume=None, progress=False, nproc_per_node=1)
-            train(one_process, list_handlers=True)
+            stand_in = _listing_stand_in(config)
+            if stand_in is not None:  # (its 20 images hold no validation split)
+                one_process = dataclasses.replace(one_process, val_split=0)
+            train(one_process, list_handlers=True, dataset=stand_in)
         return 0
     # One process, --nproc-per-node processes, or this process's rank under torchrun.
     result = launch(config)
@@ -277,6 +282,21 @@ def _train(ns: argparse.Namespace) -> int:
         return 0
     print(result.report())
     return 1 if result.stopped else 0
+
+
+def _listing_stand_in(config: TrainConfig) -> Any:
+    """For ``--list-handlers`` with data not on this machine (the default ``./data``, CIFAR-10 to be
+    downloaded): 20 blank images of CIFAR-10's shape and classes, since which handler runs on which
+    event does not depend on the pixels. None (read the data) when the data is here."""
+    if Path(config.data).expanduser().exists():
+        return None
+    import torch
+
+    from ignite_mlp.data import Dataset
+
+    images, labels = torch.zeros(20, 3, 32, 32, dtype=torch.uint8), torch.arange(20) % 10
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    return Dataset(images, labels, images[:10], labels[:10], classes, f"{config.data} (not read: listing only)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,17 +16,15 @@ import time
 import torch
 from ignite.engine import Engine, Events
 
-from ignite_mlp.engine.trainer import flip_tta, forward_fn
+from ignite_mlp.forward import EvalForward
 from ignite_mlp.run.training import RunContext
 
 
 def attach(trainer: Engine, evaluator: Engine, context: RunContext) -> None:
-    # The precision the run resolved ("auto" is decided once, at start-up): the probe computes
-    # as the evaluator does.
-    plain = forward_fn(context.spec.precision, context.spec.device)
-    variants = {"plain": (context.model, plain), "tta": (context.model, flip_tta(plain))}
+    # The evaluator's own function (fp32, the mirror image averaged in or not): the probe computes as it does.
+    variants = {"plain": EvalForward(context.model), "tta": EvalForward(context.model, tta=True)}
     if context.eval_model is not None and context.eval_model is not context.model:
-        variants.update({"ema": (context.eval_model, plain), "ema+tta": (context.eval_model, flip_tta(plain))})
+        variants.update({"ema": EvalForward(context.eval_model), "ema+tta": EvalForward(context.eval_model, tta=True)})
     path = context.run_dir / "probe.json"
     records: list[dict[str, float]] = json.loads(path.read_text()) if path.exists() else []
 
@@ -34,15 +32,15 @@ def attach(trainer: Engine, evaluator: Engine, context: RunContext) -> None:
         start = time.perf_counter()
         loader = evaluator.state.dataloader  # the validation batches the evaluator just ran over
         row: dict[str, float] = {"epoch": engine.state.epoch}
-        for name, (model, forward) in variants.items():
-            was_training = model.training
-            model.eval()
+        for name, forward in variants.items():
+            was_training = forward.training
+            forward.eval()
             correct = total = 0
             with torch.no_grad():
                 for x, y in loader:
-                    correct += int((forward(model, x).argmax(1) == y).sum())
+                    correct += int((forward(x).argmax(1) == y).sum())
                     total += len(y)
-            model.train(was_training)
+            forward.train(was_training)
             row[name] = round(100.0 * correct / total, 4)
         row["probe_seconds"] = round(time.perf_counter() - start, 2)
         row["elapsed_seconds"] = round(time.perf_counter() - START, 1)

@@ -3,10 +3,14 @@ and small helpers (the CLI's exit status, a pickle payload, a data set counting 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
+import subprocess
+import sys
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +69,9 @@ class Payload:
         return (open, (str(self.marker), "w"))
 
 
+_DATASET_FIELDS = ("train_images", "train_labels", "test_images", "test_labels", "classes", "source")
+
+
 class CountingDataset(Dataset):
     """A :class:`Dataset` that counts every read of its test split's images and labels."""
 
@@ -78,8 +85,23 @@ class CountingDataset(Dataset):
     @classmethod
     def of(cls, dataset: Dataset) -> CountingDataset:
         """A counting copy of ``dataset`` (the same tensors)."""
-        fields = ("train_images", "train_labels", "test_images", "test_labels", "classes", "source")
-        return cls(*(getattr(dataset, f) for f in fields))
+        return cls(*(getattr(dataset, f) for f in _DATASET_FIELDS))
+
+    @property
+    def _uncounted(self) -> Dataset:
+        """The same tensors, uncounted: hashing the data and counting its images for the run's
+        record identify the data, they use none of it."""
+        return Dataset(*(object.__getattribute__(self, f) for f in _DATASET_FIELDS))
+
+    fingerprint = property(lambda self: self._uncounted.fingerprint)
+    counts = property(lambda self: self._uncounted.counts)
+
+
+def decode_array(data: bytes, name: str) -> np.ndarray:
+    """One image file as the package decodes it (``decode_arrays`` on a list of one)."""
+    from ignite_mlp.data.images import decode_arrays
+
+    return decode_arrays([(name, data)])[0]
 
 
 def make_tree(root: Path, n_train: int = 12, n_test: int = 4, size: int = 8, seed: int = 0) -> Path:
@@ -171,3 +193,16 @@ def serve(tmp_path: Path):
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
+
+
+@contextlib.contextmanager
+def busy_cpu(processes: int = 3) -> Iterator[None]:
+    """Keep the machine busy inside the block: ``processes`` interpreters spinning on the cores,
+    as other work on a shared machine would (a run must compute the same numbers then)."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(processes)]
+    try:
+        yield
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()

@@ -10,7 +10,8 @@ from conftest import Payload
 
 from ignite_mlp.errors import UserError
 from ignite_mlp.model import MLP
-from ignite_mlp.run.rundir import RunDir, check_model_shapes, find_run, safe_load
+from ignite_mlp.run.checkpoint_io import check_model_shapes, safe_load
+from ignite_mlp.run.rundir import RunDir, find_run
 
 
 def test_checkpoint_needing_arbitrary_unpickling_is_refused_and_never_runs(tmp_path: Path) -> None:

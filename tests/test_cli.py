@@ -135,13 +135,24 @@ def _resume_matches(stopped: Path, reference: Path) -> None:
 
 
 def test_kill_9_then_resume_equals_an_uninterrupted_run(bigger_tree: Path, tmp_path: Path) -> None:
+    """The reference trains on an idle machine; the killed run and its resume with three processes
+    spinning beside them (--precision auto decides the same either way): the same history, exactly."""
     import signal
 
+    from conftest import busy_cpu
+
     epochs = 12
-    reference, killed, proc = _signal_mid_run(bigger_tree, tmp_path, epochs, 3, signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL
-    assert len(read_history(killed)["val_loss"]) < epochs, "the run must really have been cut short"
-    _resume_matches(killed, reference)
+    reference = tmp_path / "reference"
+    assert run_cli(_train_argv(bigger_tree, reference, epochs)) == 0
+    killed = tmp_path / "killed"
+    with busy_cpu():
+        proc = _start_training(bigger_tree, killed, epochs)
+        _wait_for_epochs(killed, 2, proc)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait() == -signal.SIGKILL
+        assert len(read_history(killed)["val_loss"]) < epochs, "the run must really have been cut short"
+        assert run_cli(["train", "--resume", str(killed), "--no-progress"]) == 0
+    assert read_history(killed) == read_history(reference)
     assert len(list((killed / "checkpoints").glob("best_*.pt"))) == 1
 
 
@@ -297,8 +308,6 @@ def test_dry_run_reports_no_accuracy_as_a_result(tree: Path, tmp_path: Path, cap
     [
         ["--data", "nope", "--no-download"],
         ["--data", "nope/deeper"],  # download on, but offline
-        ["--list-handlers"],  # the default ./data, offline
-        ["--list-handlers", "--data", "nope", "--no-download"],
     ],
 )
 def test_missing_data_leaves_no_folder_behind(
@@ -313,6 +322,24 @@ def test_missing_data_leaves_no_folder_behind(
     assert run_cli(["train", "--no-progress", *args]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and ("downloading is off" in err or "could not download" in err), err
+    assert list(work.iterdir()) == []  # no data folder, no runs/
+
+
+@pytest.mark.parametrize("args", [[], ["--data", "nope", "--no-download"]])
+def test_list_handlers_needs_no_data_and_leaves_nothing(
+    args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Which handler runs on which event does not depend on the data: offline, with the default
+    ./data (CIFAR-10, to be downloaded) or a folder not there, the table is printed all the same."""
+    from ignite_mlp.data import sources
+
+    monkeypatch.setattr(sources, "CIFAR10_URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")  # refused: offline
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert run_cli(["train", "--list-handlers", "--no-progress", *args]) == 0
+    out = capsys.readouterr().out
+    assert "trainer    EPOCH_COMPLETED" in out and "evaluator  COMPLETED" in out
     assert list(work.iterdir()) == []  # no data folder, no runs/
 
 

@@ -12,11 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_tarball, make_tree
+from conftest import decode_array, make_tarball, make_tree
 from PIL import Image
 
 from ignite_mlp.data import images, load_dataset
-from ignite_mlp.data.images import decode_array
 from ignite_mlp.data.parallel import read_class_folders
 from ignite_mlp.errors import UserError
 

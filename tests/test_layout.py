@@ -112,10 +112,13 @@ def test_the_public_names_still_import_lazily() -> None:
 # The layers, lowest first; a module may import its own layer and the ones below, never above.
 # A module's layer is that of the longest prefix listed (docs/layout.md explains each).
 LAYERS: list[tuple[str, ...]] = [
-    # helpers everything may use: errors, atomic writes, the terminal, pictures
-    ("ignite_mlp.errors", "ignite_mlp.version", "ignite_mlp.files", "ignite_mlp.notebook", "ignite_mlp.plots"),
+    # helpers everything may use: errors, atomic writes, the lock, checkpoint names, the terminal, pictures
+    (
+        "ignite_mlp.errors", "ignite_mlp.version", "ignite_mlp.files", "ignite_mlp.locks", "ignite_mlp.notebook",
+        "ignite_mlp.plots", "ignite_mlp.checkpoint_names",
+    ),  # fmt: skip
     ("ignite_mlp.config", "ignite_mlp.progress"),  # what a run is asked to do; how it reports
-    ("ignite_mlp.data", "ignite_mlp.model"),  # what it learns from, and what learns
+    ("ignite_mlp.data", "ignite_mlp.model", "ignite_mlp.forward"),  # what it learns from, what learns, what it computes
     ("ignite_mlp.engine", "ignite_mlp.distributed.ranks"),  # one training step; who does what across ranks
     ("ignite_mlp.handlers",),  # what is attached to the engines
     ("ignite_mlp.run",),  # one run put together, its files, resuming it

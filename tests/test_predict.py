@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CLASSES, make_gray_tree, make_tarball, make_tree, quiet, run_cli
+from conftest import CLASSES, decode_array, make_gray_tree, make_tarball, make_tree, quiet, run_cli
 from PIL import Image
 from test_data_images import MODES, decode_mode_case
 
 from ignite_mlp import TrainConfig, train
-from ignite_mlp.data.images import decode_array, to_8_bit
+from ignite_mlp.data.images import to_8_bit
 from ignite_mlp.inference.classifier import load_classifier
 from ignite_mlp.inference.evaluate import evaluate
 from ignite_mlp.inference.predict import fit_image, predict, read_image

@@ -13,7 +13,8 @@ from ignite_mlp.errors import UserError
 from ignite_mlp.handlers.builtin import HISTORY_KEYS
 from ignite_mlp.handlers.ignite_compat import event_handlers
 from ignite_mlp.model import MLP
-from ignite_mlp.run.rundir import RunDir, safe_load
+from ignite_mlp.run.checkpoint_io import safe_load
+from ignite_mlp.run.rundir import RunDir
 
 
 def _config(data: Path, run_dir: Path, **kw) -> TrainConfig:
@@ -248,7 +249,7 @@ def test_relative_run_dir_paths_are_reported_as_they_are_on_disk(
 def test_sigint_is_routed_inside_the_block_and_restored_after() -> None:
     import signal
 
-    from ignite_mlp.run.training import StopRequest, sigint_routed_to
+    from ignite_mlp.run.fit import StopRequest, sigint_routed_to
 
     before = signal.getsignal(signal.SIGINT)
     stop = StopRequest()
@@ -263,7 +264,7 @@ def test_sigint_is_routed_inside_the_block_and_restored_after() -> None:
 
 def test_cuda_errors_get_advice_and_others_pass_unchanged() -> None:
     from ignite_mlp.errors import CudaError
-    from ignite_mlp.run.training import cuda_errors_explained
+    from ignite_mlp.run.fit import cuda_errors_explained
 
     with pytest.raises(CudaError, match="rerun with --device cpu"), cuda_errors_explained():
         raise RuntimeError("CUDA error: device-side assert triggered")

@@ -21,7 +21,8 @@ from conftest import make_tree, run_cli
 
 from ignite_mlp.data.whitening import Whitening
 from ignite_mlp.errors import UserError
-from ignite_mlp.run.rundir import CONFIG, RunDir, RunLock, refuse_run_file
+from ignite_mlp.inference.outputs import refuse_run_file
+from ignite_mlp.run.rundir import CONFIG, RunDir, RunLock
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ignite_mlp"
 
@@ -83,7 +84,9 @@ def test_predict_and_export_load_runs_without_ignite_or_the_training_modules() -
     )
     env = {**os.environ, "PYTHONPATH": str(PACKAGE.parent)}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
-    assert done.stdout.strip() == "['ignite_mlp.run.rundir']"
+    # The run's files, split by job (names, the configuration record, tensor files): no training module.
+    run_files = ["ignite_mlp.run.checkpoint_io", "ignite_mlp.run.record", "ignite_mlp.run.rundir"]
+    assert done.stdout.strip() == str(run_files)
 
 
 def test_owned_names_and_foreign_files(tmp_path: Path) -> None:

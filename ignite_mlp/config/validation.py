@@ -53,6 +53,17 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def check_seed(seed: int) -> None:
+    """The one rule for a seed (train's, samples', a sweep's): numpy takes seeds below 2**32.
+
+    >>> check_seed(2**32)
+    Traceback (most recent call last):
+    ...
+    ignite_mlp.errors.UserError: --seed must be in [0, 2**32 - 1] (got 4294967296); e.g. --seed 0
+    """
+    check(0 <= seed < 2**32, "--seed", seed, "in [0, 2**32 - 1]", "e.g. --seed 0")
+
+
 def validate(c: TrainConfig) -> None:
     """Raise :class:`UserError` naming the first impossible value of ``c`` and how to fix it."""
     _check_finite(c)
@@ -125,7 +136,7 @@ def _check_finite(c: TrainConfig) -> None:
 
 def _check_training(c: TrainConfig) -> None:
     """The tutorial's options: seed, sizes, the optimiser, normalisation, precision, logging."""
-    check(0 <= c.seed < 2**32, "--seed", c.seed, "in [0, 2**32 - 1]", "e.g. --seed 0")
+    check_seed(c.seed)
     check(c.epochs >= 1, "--epochs", c.epochs, ">= 1", "pass a positive number of epochs")
     check(c.batch_size >= 1, "--batch-size", c.batch_size, ">= 1", "try 256")
     check(c.eval_batch_size >= 1, "--eval-batch-size", c.eval_batch_size, ">= 1", "try 1024")

@@ -100,11 +100,6 @@ def decode_arrays(items: list[tuple[str, bytes]]) -> list[np.ndarray]:
     ]
 
 
-def decode_array(data: bytes, name: str) -> np.ndarray:
-    """One image file as :func:`decode_arrays` decodes it."""
-    return decode_arrays([(name, data)])[0]
-
-
 def _decode_pil(data: bytes, name: str) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as img:

@@ -2,8 +2,8 @@
 
 The cache holds one data file per source (see :mod:`ignite_mlp.data.cache`), named by the
 source's path, sizes and modification times, so a changed source is decoded afresh. A lock
-file beside each entry (``filelock``) makes two runs started together on a new source decode it
-once: the second waits, then maps what the first wrote. A cache folder that cannot be used is
+file beside each entry (:class:`ignite_mlp.locks.FileLock`) makes two runs started together on a
+new source decode it once: the second waits, then maps what the first wrote. A cache folder that cannot be used is
 said in one line, and the run goes on with the data decoded in its own memory.
 """
 
@@ -15,13 +15,12 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from filelock import FileLock, Timeout
-
 from ignite_mlp.data import sources
 from ignite_mlp.data.cache import SUFFIX, DataFileError, Decoded, open_data_file, remove_stale_partial, write_data_file
 from ignite_mlp.data.dataset import Dataset, check_labels
 from ignite_mlp.data.parallel import read_class_folders
 from ignite_mlp.errors import UserError
+from ignite_mlp.locks import FileLock, LockHeld
 
 Note = Callable[[str], None]
 
@@ -81,8 +80,8 @@ def _through_cache(kind: str, path: Path, cache_dir: str | Path | None, progress
         return read_source(kind, path, progress).to_dataset(str(path))
     lock = FileLock(entry.with_name(entry.name + ".lock"))
     try:
-        lock.acquire(timeout=0)
-    except Timeout:
+        lock.acquire(blocking=False)
+    except LockHeld:
         note(f"waiting for another process that is decoding {path} into {entry}")
         lock.acquire()
     try:

@@ -20,24 +20,7 @@ from ignite.metrics.metric import reinit__is_reduced
 from torch import nn
 
 from ignite_mlp.engine.precision import forward_fn
-
-
-def flip_tta(
-    forward: Callable[[nn.Module, torch.Tensor], torch.Tensor],
-) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
-    """Test-time augmentation: the mean of the logits of each image and of its mirror image.
-
-    For an affine model that is the model of the mean image:
-
-    >>> model, x = nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), torch.randn(3, 1, 2, 2)
-    >>> torch.allclose(flip_tta(forward_fn("fp32", torch.device("cpu")))(model, x), model((x + x.flip(3)) / 2))
-    True
-    """
-
-    def forward_both(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return (forward(model, x) + forward(model, x.flip(-1))) / 2
-
-    return forward_both
+from ignite_mlp.forward import EvalForward
 
 
 def _step_output(x: torch.Tensor, y: torch.Tensor, y_pred: torch.Tensor, loss: torch.Tensor) -> dict[str, Any]:
@@ -179,15 +162,18 @@ def attach_train_metrics(trainer: Engine, device: torch.device) -> dict[str, Met
     return metrics
 
 
-def create_evaluator(
-    model: nn.Module, loss_fn: nn.Module, device: torch.device, precision: str = "fp32", tta: bool = False
-) -> Engine:
-    """Ignite's supervised evaluator with ``accuracy`` (fraction) and sample-mean ``loss``; with
-    ``tta`` the logits are those of :func:`flip_tta`."""
-    forward = forward_fn(precision, device)
+def create_evaluator(model: nn.Module, loss_fn: nn.Module, device: torch.device, tta: bool = False) -> Engine:
+    """Ignite's supervised evaluator with ``accuracy`` (fraction) and sample-mean ``loss`` of
+    ``model``'s evaluation logits (:class:`~ignite_mlp.forward.EvalForward`: fp32, the mirror
+    image averaged in with ``tta``), on batches already preprocessed by the loaders."""
+    return create_evaluator_of(EvalForward(model, tta), loss_fn, device)
+
+
+def create_evaluator_of(forward: nn.Module, loss_fn: nn.Module, device: torch.device) -> Engine:
+    """Ignite's supervised evaluator of a whole evaluation function (``forward(x)`` gives logits):
+    ``accuracy`` (fraction) and sample-mean ``loss``."""
     return create_supervised_evaluator(
-        model,
+        forward,
         metrics={"accuracy": Accuracy(device=device), "loss": Loss(loss_fn, device=device)},
         device=device,
-        model_fn=flip_tta(forward) if tta else forward,
     )

@@ -27,6 +27,7 @@ from ignite.handlers import (
     global_step_from_engine,
 )
 
+from ignite_mlp import checkpoint_names
 from ignite_mlp.files import write_json_atomic
 from ignite_mlp.plots import plot_curves
 
@@ -142,9 +143,9 @@ def attach_checkpoints(
 ) -> tuple[Checkpoint, Checkpoint]:
     """Keep the best model by validation accuracy and the last full training state.
 
-    Best: ``best_model_<epoch>_val_acc=<percent>.pt`` (model weights only).
-    Last: ``last_checkpoint_<iteration>.pt`` with everything in ``to_save`` (model, optimizer,
-    trainer, history, ...) plus the best-checkpoint tracker, written at each epoch's end.
+    Best: the model's weights only; last: everything in ``to_save`` (model, optimizer, trainer,
+    history, ...) plus the best-checkpoint tracker, written at each epoch's end (their names:
+    :mod:`ignite_mlp.checkpoint_names`).
     Both through Ignite's ``Checkpoint`` with an atomic saver, so a crash mid-write never
     leaves a half file, and the previous file stays until its replacement is written (see
     :class:`SaveThenRemove`).
@@ -158,14 +159,16 @@ def attach_checkpoints(
     best = Checkpoint(
         {"model": model},
         best_saver,
-        filename_prefix="best",
+        filename_prefix=checkpoint_names.BEST,
         score_function=val_accuracy,
-        score_name="val_acc",
+        score_name=checkpoint_names.SCORE_NAME,
         n_saved=1,
         global_step_transform=global_step_from_engine(trainer),
     )
     evaluator.add_event_handler(Events.COMPLETED, best)
-    last = Checkpoint({**to_save, "best_checkpoint": best}, SaveThenRemove(dirname), filename_prefix="last", n_saved=1)
+    last = Checkpoint(
+        {**to_save, "best_checkpoint": best}, SaveThenRemove(dirname), filename_prefix=checkpoint_names.LAST, n_saved=1
+    )
     trainer.add_event_handler(Events.EPOCH_COMPLETED, last)
 
     def drop_superseded_best(_: Engine) -> None:
@@ -180,13 +183,13 @@ def attach_interrupt_checkpoint(
     trainer: Engine, last: Checkpoint, should_stop: Callable[[], bool], dirname: str | Path
 ) -> Checkpoint:
     """When ``should_stop()`` turns true, terminate the trainer after the current iteration
-    and, on its TERMINATE event, save ``interrupted_checkpoint_<iteration>.pt`` (what ``last``
-    saves, mid-epoch). TERMINATE handlers attached earlier (TensorBoard's) run first, so what
-    they write is on disk before the checkpoint that covers it.
+    and, on its TERMINATE event, save an interrupted checkpoint (what ``last`` saves, mid-epoch).
+    TERMINATE handlers attached earlier (TensorBoard's) run first, so what they write is on disk
+    before the checkpoint that covers it.
 
     Such a checkpoint is deleted once a later epoch-end checkpoint supersedes it.
     """
-    interrupted = Checkpoint(last.to_save, SaveThenRemove(dirname), filename_prefix="interrupted")
+    interrupted = Checkpoint(last.to_save, SaveThenRemove(dirname), filename_prefix=checkpoint_names.INTERRUPTED)
 
     def maybe_stop(engine: Engine) -> None:
         # Not on an epoch's last step: terminating there would skip that epoch's validation,
@@ -202,10 +205,10 @@ def attach_interrupt_checkpoint(
         if idist.get_rank() != 0:  # like Ignite's saver: only rank 0 touches the files
             return
         # A fresh epoch-end checkpoint supersedes interrupted ones and a resumed run's old "last".
-        for path in Path(dirname).glob("interrupted_checkpoint_*.pt"):
+        for path in Path(dirname).glob(checkpoint_names.pattern(checkpoint_names.INTERRUPTED)):
             path.unlink()
         current = Path(last.last_checkpoint).name if last.last_checkpoint else None
-        for path in Path(dirname).glob("last_checkpoint_*.pt"):
+        for path in Path(dirname).glob(checkpoint_names.pattern(checkpoint_names.LAST)):
             if path.name != current:
                 path.unlink()
 

@@ -1,9 +1,9 @@
 """A trained run as a classifier: uint8 images in, class probabilities out.
 
 ``predict`` and ``export`` both use :func:`load_classifier`, and ``evaluate`` its
-:func:`load_run`, so the pictures a user classifies, the exported graphs and the run's own
-validation agree: the same preprocessing (:func:`run_preprocessing`, the one place that knows
-how a run normalises its inputs), the same weights, the same arithmetic. Imports no Ignite.
+:func:`load_run`; all three compute the run's one function, :func:`ignite_mlp.forward.run_forward`
+(its preprocessing, fp32, its TTA), so the pictures a user classifies, the exported graphs and
+the run's own evaluation agree image for image. Imports no Ignite.
 """
 
 from __future__ import annotations
@@ -11,64 +11,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from ignite_mlp.config.train_config import TrainConfig, resolve_device
-from ignite_mlp.data import Dataset, load_dataset, normalization
+from ignite_mlp.data import Dataset, load_dataset
 from ignite_mlp.data.whitening import Whitening
 from ignite_mlp.errors import UserError
+from ignite_mlp.forward import Preprocess, run_forward
 from ignite_mlp.model import MLP
-from ignite_mlp.run.rundir import RunDir, RunRecord, find_checkpoint
-
-
-class Preprocess(nn.Module):
-    """uint8 ``(N, C, H, W)`` images to the float inputs the model was trained on:
-    ``(x / 255 - mean) / std`` per channel, as ``x * scale + shift`` (the training loader's
-    arithmetic, so the same values); or, for a run trained on whitened images,
-    ``(x / 255 - mean) @ matrix`` over the flattened image (:mod:`ignite_mlp.data.whitening`)."""
-
-    def __init__(
-        self,
-        scale: torch.Tensor,
-        shift: torch.Tensor,
-        description: dict[str, Any] | None = None,
-        whitening: Whitening | None = None,
-    ) -> None:
-        super().__init__()
-        # What it does, in the run's own terms (exported files carry it in their metadata).
-        self.description = dict(description or {})
-        self.register_buffer("scale", scale.float().reshape(1, -1, 1, 1))
-        self.register_buffer("shift", shift.float().reshape(1, -1, 1, 1))
-        self.whitened = whitening is not None
-        # Registered either way (empty without a whitening): TorchScript compiles both branches.
-        self.register_buffer("white_mean", whitening.mean.float() if whitening else torch.zeros(0))
-        self.register_buffer("white_matrix", whitening.matrix.float() if whitening else torch.zeros(0, 0))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.whitened:
-            return x.float() * self.scale + self.shift
-        flat = x.flatten(1).float() / 255 - self.white_mean
-        return (flat @ self.white_matrix).reshape(x.shape)
-
-
-def run_preprocessing(config: TrainConfig, channels: int, whitening: Whitening | None = None) -> Preprocess:
-    """How a run with ``config`` turned uint8 images of ``channels`` channels into model inputs, as
-    a module (uint8 ``(N, C, H, W)`` in, float out): the per-channel mean/std of its configuration
-    (fixed, or measured on the training set), or the ``whitening`` it trained with (--whiten);
-    anything a run adds to its preprocessing belongs here.
-
-    >>> pre = run_preprocessing(TrainConfig(mean=[0.5], std=[0.5]), channels=3)
-    >>> pre(torch.tensor([0, 255], dtype=torch.uint8).reshape(2, 1, 1, 1).expand(2, 3, 1, 1)).flatten().tolist()
-    [-1.0, -1.0, -1.0, 1.0, 1.0, 1.0]
-    """
-    scale, shift = normalization(config.mean, config.std, channels)
-    if whitening is not None:  # the ZCA transform it trained with
-        description = {"normalize": "(x / 255 - mean) @ matrix over the flattened image", "whiten": config.whiten}
-        return Preprocess(scale, shift, description, whitening)
-    return Preprocess(scale, shift, {"normalize": "(x / 255 - mean) / std", "mean": config.mean, "std": config.std})
+from ignite_mlp.run.record import RunRecord
+from ignite_mlp.run.rundir import RunDir, find_checkpoint
 
 
 @dataclass
@@ -91,7 +45,7 @@ def load_run(target: str | Path, dataset: Dataset | None = None) -> LoadedRun:
     too old to record its classes and image shape (else its own data is read for them)."""
     run, checkpoint = find_checkpoint(target)
     record = run.read_config()
-    classes, shape = _card(run, record, dataset)
+    classes, shape = _classes_and_image_shape(run, record, dataset)
     model = run.load_model(checkpoint, record, shape, len(classes))
     features = shape[0] * shape[1] * shape[2]
     whitening = run.read_whitening(features) if record.config.whiten != "none" else None
@@ -100,8 +54,8 @@ def load_run(target: str | Path, dataset: Dataset | None = None) -> LoadedRun:
 
 @dataclass
 class Classifier:
-    """A run's model with its preprocessing and a softmax: ``module(uint8 (N, C, H, W))`` gives
-    probabilities ``(N, classes)``, in eval mode on ``device``."""
+    """A run's function (:func:`~ignite_mlp.forward.run_forward`) and a softmax:
+    ``module(uint8 (N, C, H, W))`` gives probabilities ``(N, classes)``, in eval mode on ``device``."""
 
     module: nn.Module
     preprocessing: Preprocess  # the first stage of ``module``
@@ -123,8 +77,9 @@ def load_classifier(target: str | Path, device: str | torch.device = "cpu") -> C
     loaded = load_run(target)
     torch_device = device if isinstance(device, torch.device) else resolve_device(device)
     config = loaded.record.config
-    preprocessing = run_preprocessing(config, loaded.image_shape[0], loaded.whitening)
-    module = nn.Sequential(preprocessing, loaded.model, nn.Softmax(dim=1))
+    forward = run_forward(loaded.model, config, loaded.image_shape[0], loaded.whitening)
+    preprocessing = forward[0]
+    module = nn.Sequential(forward, nn.Softmax(dim=1))
     module.eval().to(torch_device)
     return Classifier(
         module,
@@ -138,7 +93,9 @@ def load_classifier(target: str | Path, device: str | torch.device = "cpu") -> C
     )
 
 
-def _card(run: RunDir, record: RunRecord, dataset: Dataset | None) -> tuple[list[str], tuple[int, int, int]]:
+def _classes_and_image_shape(
+    run: RunDir, record: RunRecord, dataset: Dataset | None
+) -> tuple[list[str], tuple[int, int, int]]:
     """The run's class names and image shape: from its configuration, or (runs written before
     it held them) from ``dataset`` or its data set's decode cache."""
     if record.classes is not None and record.image_shape is not None:

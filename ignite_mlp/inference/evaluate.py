@@ -8,8 +8,6 @@ ignite-mlp samples --data ../shared/data/cifar10-jpg.tar.gz --out grid.png
 from __future__ import annotations
 
 import dataclasses
-import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,41 +19,16 @@ from ignite.engine import Engine, Events
 from ignite.metrics import ConfusionMatrix
 from torch import nn
 
+from ignite_mlp import checkpoint_names
 from ignite_mlp.config.train_config import resolve_device
 from ignite_mlp.data import Dataset, TensorLoader, denormalize, load_dataset
-from ignite_mlp.data.whitening import whiten_images
-from ignite_mlp.engine.precision import run_precision
-from ignite_mlp.engine.trainer import create_evaluator
+from ignite_mlp.data.identity import check_same_data, data_change
+from ignite_mlp.engine.trainer import create_evaluator_of
 from ignite_mlp.errors import UserError
+from ignite_mlp.forward import run_forward
 from ignite_mlp.inference.classifier import load_run
 from ignite_mlp.plots import image_grid, spread_over_classes
-from ignite_mlp.run.checkpoints import check_same_data
 from ignite_mlp.run.rundir import find_checkpoint
-
-
-def check_output_file(out: str | Path, flag: str = "--out") -> Path:
-    """``out`` as a file this command can write: not a folder, in a folder that exists and is
-    writable. Checked before any work, so a bad ``--out`` costs nothing.
-
-    >>> check_output_file("/")
-    Traceback (most recent call last):
-    ...
-    ignite_mlp.errors.UserError: --out /: is a folder; give a file name such as /plot.png
-    """
-    path = Path(out)
-    if path.is_dir():
-        raise UserError(f"{flag} {out}: is a folder; give a file name such as {path / 'plot.png'}")
-    folder = path.parent
-    if not folder.is_dir():
-        raise UserError(f"{flag} {out}: folder {folder} does not exist; create it or choose another {flag}")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {out}: folder {folder} is not writable; choose another {flag}")
-    return path
-
-
-def cannot_write(out: str | Path, error: OSError, flag: str = "--out") -> UserError:
-    """The one line for a write that failed all the same (a full disk, a read-only file system)."""
-    return UserError(f"{flag} {out}: cannot write there ({error.strerror or error}); choose another {flag}")
 
 
 @dataclass
@@ -72,10 +45,13 @@ class Evaluation:
     predictions: torch.Tensor = dataclasses.field(default_factory=lambda: torch.empty(0, dtype=torch.long))
     # What the images are to the run: its validation data, or (a --val-split run) its test split.
     split: str = "validation"
+    # Set when the data is not the data the run trained on (its recorded fingerprint): how it differs.
+    other_data: str | None = None
 
     def report(self) -> str:
         width = max(len(c) for c in self.per_class)
         lines = [
+            *([f"note: not the data the run trained on ({self.other_data})"] if self.other_data else []),
             f"checkpoint: {self.checkpoint}" + (f" (epoch {self.epoch})" if self.epoch else ""),
             f"{self.split} loss {self.loss:.4f}, accuracy {self.accuracy:.2f}%",
             "per-class accuracy:",
@@ -102,25 +78,21 @@ def evaluate(
             "evaluate a checkpoint with data of its own image shape and classes"
         )
     torch_device = resolve_device(device)
-    model = loaded.model.to(torch_device)
-    # As in training: the run's own whitening, and TTA if it validated with it.
-    images = dataset.test_images
-    if loaded.whitening is not None:
-        images = whiten_images(images, loaded.whitening)
-    loader = TensorLoader(
-        images, dataset.test_labels, config.eval_batch_size, config.mean, config.std, device=torch_device
-    )
-    evaluator = create_evaluator(model, nn.CrossEntropyLoss(), torch_device, run_precision(loaded.record), config.tta)
+    # The run's one function (its preprocessing and whitening, fp32, its TTA) on the uint8 images:
+    # what predict and the exported graphs compute too.
+    forward = run_forward(loaded.model, config, loaded.image_shape[0], loaded.whitening).to(torch_device)
+    images, labels, size = dataset.test_images, dataset.test_labels, config.eval_batch_size
+    loader = [(images[i : i + size], labels[i : i + size]) for i in range(0, len(labels), size)]
+    evaluator = create_evaluator_of(forward, nn.CrossEntropyLoss(), torch_device)
     ConfusionMatrix(dataset.num_classes, device=torch_device).attach(evaluator, "confusion")
     predictions = _collect_predictions(evaluator)
     metrics = evaluator.run(loader).metrics
     confusion = metrics["confusion"].cpu().long()
     per_class = 100.0 * confusion.diag().double() / confusion.sum(1).clamp_min(1).double()
     checkpoint = loaded.checkpoint
-    epoch = re.search(r"_model_(\d+)_", checkpoint.name)
     return Evaluation(
         checkpoint=checkpoint,
-        epoch=int(epoch.group(1)) if epoch else None,
+        epoch=checkpoint_names.best_epoch(checkpoint.name),
         loss=float(metrics["loss"]),
         accuracy=100.0 * float(metrics["accuracy"]),
         per_class={name: float(acc) for name, acc in zip(dataset.classes, per_class.tolist(), strict=True)},
@@ -128,6 +100,7 @@ def evaluate(
         predictions=torch.cat(predictions).cpu() if predictions else torch.empty(0, dtype=torch.long),
         # A --val-split run validated on held-out training images: these are its test images.
         split="test split" if config.val_split else "validation",
+        other_data=data_change(loaded.record.values, dataset),
     )
 
 

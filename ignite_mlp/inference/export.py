@@ -27,7 +27,8 @@ import torch
 from ignite_mlp.errors import UserError
 from ignite_mlp.files import replacing
 from ignite_mlp.inference.classifier import Classifier, load_classifier, validation_images
-from ignite_mlp.run.rundir import RunDir, writing
+from ignite_mlp.inference.outputs import refuse_run_file_and_lock
+from ignite_mlp.run.rundir import RunDir
 
 FORMATS = ("onnx", "torchscript")
 EXTRA = "export"  # setup.cfg's extra with what ONNX export needs
@@ -98,7 +99,7 @@ def export(target: str | Path, fmt: str, out: str | Path | None = None, data: st
     images, source = validation_images(classifier, CHECK_IMAGES, data)
     # Written beside the target and renamed over it only once it passed: never a bad or half file.
     try:
-        with writing(path, allowed=(default.name,)), replacing(path) as pending:
+        with refuse_run_file_and_lock(path, allowed=(default.name,)), replacing(path) as pending:
             if fmt == "onnx":
                 _write_onnx(classifier, pending)
                 probabilities, runner = _run_onnx(pending, images), "onnxruntime"

@@ -1,13 +1,14 @@
 """Restoring checkpoints, so a run that dies loses almost nothing.
 
-Finding and reading them (safely: ``weights_only=True``) is :mod:`ignite_mlp.run.rundir`'s job.
+Finding them is :mod:`ignite_mlp.run.rundir`'s job, reading them (safely: ``weights_only=True``)
+:mod:`ignite_mlp.run.checkpoint_io`'s.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ignite.distributed as idist
 import torch
@@ -15,63 +16,9 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 from ignite.metrics import Metric
 
+from ignite_mlp import checkpoint_names
 from ignite_mlp.errors import UserError
 from ignite_mlp.handlers.ignite_compat import metric_device, saved_filenames
-
-if TYPE_CHECKING:
-    from ignite_mlp.data import Dataset
-
-# ------------------------------------------------------------- which data a run's checkpoints fit
-
-
-def data_record(dataset: Dataset) -> dict[str, Any]:
-    """What a run records of its data in its configuration file: the class names in label order and
-    the image shape ``[C, H, W]``. A checkpoint's outputs mean these classes, its inputs these
-    pixels; other data of the same counts would be scored against the wrong labels."""
-    return {"classes": list(dataset.classes), "image_shape": list(dataset.image_shape)}
-
-
-def check_same_data(record: Mapping[str, Any], dataset: Dataset, run_dir: Path, data: str) -> None:
-    """Refuse ``dataset`` (read from ``data``) when its classes or image shape differ from the
-    ``record`` of the run in ``run_dir`` (see :func:`data_record`; an older run without one
-    is not checked).
-
-    >>> from types import SimpleNamespace as Data
-    >>> record = {"classes": ["ant", "bee"], "image_shape": [3, 8, 8]}
-    >>> check_same_data(record, Data(classes=["bee", "ant"], image_shape=(3, 8, 8)), Path("run"), "d")
-    ... # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    ignite_mlp.errors.UserError: d: its classes are the run's in another order (['bee', 'ant'], the run: ...
-    """
-    saved = record.get("classes")
-    if saved is not None and list(saved) != list(dataset.classes):
-        raise UserError(
-            f"{data}: {_class_difference(list(saved), list(dataset.classes))}; labels would be mixed up: "
-            f"use data with the class folders of {run_dir} (see its configuration)"
-        )
-    shape = record.get("image_shape")
-    if shape is not None and list(shape) != list(dataset.image_shape):
-        raise UserError(
-            f"{data}: its images are {'x'.join(map(str, dataset.image_shape))} but {run_dir} was trained on "
-            f"{'x'.join(map(str, shape))} images; use data of that shape"
-        )
-
-
-def _class_difference(saved: list[str], found: list[str], show: int = 5) -> str:
-    """How the data's class names differ from the run's, briefly."""
-
-    def names(items: list[str]) -> str:
-        return repr(items[:show])[:-1] + (", ...]" if len(items) > show else "]")
-
-    if sorted(saved) == sorted(found):
-        return f"its classes are the run's in another order ({names(found)}, the run: {names(saved)})"
-    missing = [c for c in saved if c not in found]
-    extra = [c for c in found if c not in saved]
-    return (
-        f"its {len(found)} classes are not the run's {len(saved)} "
-        f"(only in the run: {names(missing)}; only in the data: {names(extra)})"
-    )
 
 
 class RandomState:
@@ -126,7 +73,7 @@ class EpochMetricsState:
         return {name: metric.state_dict() for name, metric in self.metrics.items()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        trainer_state = self.trainer.state  # loaded first: see the order in run.py
+        trainer_state = self.trainer.state  # restored first: see the order in run/training.py, _resume_state
         if trainer_state.iteration % trainer_state.epoch_length == 0:
             return  # saved at an epoch's end: the next epoch starts its metrics afresh
 
@@ -157,7 +104,7 @@ def restore(objects: Mapping[str, Any], state: Mapping[str, Any], source: Path |
         ) from None
 
 
-def remove_orphans(best: Checkpoint, dirname: Path, prefix: str = "best_") -> None:
+def remove_orphans(best: Checkpoint, dirname: Path) -> None:
     """Delete best-model files the restored tracker does not know (written after the checkpoint).
 
     Only while every file the tracker knows is on disk: otherwise (a run killed mid-update by
@@ -167,6 +114,6 @@ def remove_orphans(best: Checkpoint, dirname: Path, prefix: str = "best_") -> No
     known = set(saved_filenames(best))
     if not all((dirname / name).is_file() for name in known):
         return
-    for path in dirname.glob(f"{prefix}*.pt"):
+    for path in dirname.glob(checkpoint_names.pattern(checkpoint_names.BEST)):
         if path.name not in known:
             path.unlink()

@@ -90,6 +90,6 @@ def build_engines(spec: RunSpec, data: RunData, resume: Resume | None = None) ->
         should_stop = lambda: stop.requested  # noqa: E731 - the one-process answer
     # Validation loss stays the plain cross-entropy, comparable across recipes and runs. It runs
     # the model itself, not its wrapper: no collective per batch, so validation shards may differ.
-    evaluator = create_evaluator(eval_model, nn.CrossEntropyLoss(), device, spec.precision, config.tta)
+    evaluator = create_evaluator(eval_model, nn.CrossEntropyLoss(), device, config.tta)
     attach_epoch_shuffle(trainer, data.train_loader, spec.epoch_length)
     return Engines(model, optimizer, trainer, evaluator, train_metrics, stop, should_stop, ema, eval_model)

@@ -32,8 +32,10 @@ from ignite.handlers import FastaiLRFinder
 from torch import nn
 
 from ignite_mlp.config.train_config import TrainConfig, resolve_device
+from ignite_mlp.config.validation import flag
 from ignite_mlp.data import Dataset
 from ignite_mlp.distributed import ranks
+from ignite_mlp.engine.precision import recorded_precision, resolve_precision
 from ignite_mlp.engine.trainer import create_trainer
 from ignite_mlp.errors import UserError
 from ignite_mlp.files import write_atomic
@@ -98,10 +100,11 @@ def check_finder_range(start_lr: float, end_lr: float, num_iter: int) -> None:
     ...
     ignite_mlp.errors.UserError: --end-lr must be a rate from 1e-12 to 1000 (got inf); e.g. --end-lr 10
     """
-    for flag, value, example in (("--start-lr", start_lr, START_LR), ("--end-lr", end_lr, END_LR)):
+    for option, value, example in (("--start-lr", start_lr, START_LR), ("--end-lr", end_lr, END_LR)):
         if not LOWEST_LR <= value <= HIGHEST_LR:  # (NaN fails this too)
             raise UserError(
-                f"{flag} must be a rate from {LOWEST_LR:g} to {HIGHEST_LR:g} (got {value:g}); e.g. {flag} {example:g}"
+                f"{option} must be a rate from {LOWEST_LR:g} to {HIGHEST_LR:g} (got {value:g}); "
+                f"e.g. {option} {example:g}"
             )
     if not start_lr < end_lr:
         raise UserError(
@@ -144,7 +147,7 @@ def find_lr(
         optimizer = build_optimizer(model, dataclasses.replace(config, lr=float(start_lr)))
         stepped, optimizer = ranks.wrap(model, optimizer, device)
         loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-        trainer = create_trainer(stepped, optimizer, loss_fn, device, data.precision.name)
+        trainer = create_trainer(stepped, optimizer, loss_fn, device, config.precision)
         attach_epoch_shuffle(trainer, loader, len(loader))
         if progress == "bar":
             attach_progress_bar(trainer)
@@ -262,15 +265,15 @@ def train_command(given: Mapping[str, Any], config_file: str | None, lr: float) 
     for name, value in given.items():
         if name == "lr" or name in FINDER_FLAGS:
             continue
-        flag = "--" + name.replace("_", "-")
+        option = flag(name)
         if isinstance(value, bool):
-            words.append(flag if value else "--no-" + flag[2:])
+            words.append(option if value else "--no-" + option[2:])
         elif name == "handlers":
             words += [w for spec in value for w in ("--handler", spec)]
         elif isinstance(value, list):
-            words += [flag, *(str(v) for v in value)]
+            words += [option, *(str(v) for v in value)]
         else:
-            words += [flag, str(value)]
+            words += [option, str(value)]
     return shlex.join([*words, "--lr", f"{lr:.3g}"])
 
 
@@ -294,6 +297,13 @@ def lr_find(
         out = RunDir(config.run_dir).lr_finder if config.run_dir else Path(LR_FINDER)
     out = Path(out)
     device = resolve_device(config.device)
+    # On a run's folder the finder computes as the run did (its recorded precision); elsewhere as a new run would.
+    run = RunDir(config.run_dir) if config.run_dir else None
+    if run is not None and run.is_run() and config.precision == "auto":
+        precision = recorded_precision(run.read_config().values, "auto")
+    else:
+        precision = resolve_precision(config.precision, device)
+    config = dataclasses.replace(config, precision=precision.name)
     plan = RunPlan(
         config=config,
         device=device,
@@ -305,6 +315,7 @@ def lr_find(
         main=True,
         list_handlers=False,
         progress=progress_mode(config.progress),
+        precision=precision,
     )
     data = prepare_data(plan, dataset)
     write(f"learning-rate finder: {num_iter} steps from {start_lr:g} to {end_lr:g} ...")

@@ -20,6 +20,7 @@ import torch
 from ignite_mlp.config.constraints import per_process_batch
 from ignite_mlp.config.train_config import TrainConfig, resolve_device
 from ignite_mlp.distributed import ranks
+from ignite_mlp.engine.precision import Precision, recorded_precision, resolve_precision
 from ignite_mlp.errors import UserError
 from ignite_mlp.handlers.extensions import load_handler
 from ignite_mlp.progress import progress_mode
@@ -48,6 +49,8 @@ class RunPlan:
     list_handlers: bool
     # "bar", "lines" or "off", resolved once: loading shows it, then training (see RunSpec.progress).
     progress: str = "off"
+    # What the run trains in, decided here once (config.precision holds its name): see run_precision.
+    precision: Precision = Precision("fp32", "--precision fp32")
 
     @property
     def max_epochs(self) -> int:
@@ -77,6 +80,8 @@ def resolve_plan(
     handlers = [*extra_handlers, *(load_handler(spec) for spec in config.handlers)]  # fail fast on bad specs
     # The checkpoint is read before the (slower) data loading, so a bad one fails fast.
     resume = Resume(Path(config.resume)) if config.resume else None
+    precision = run_precision(config, device, resume)
+    config = dataclasses.replace(config, precision=precision.name)
     if resume is not None:
         resume.check(config, run_epochs(config), ranks.world_size())
         note = resume.handler_note(config)
@@ -98,7 +103,20 @@ def resolve_plan(
         main=main,
         list_handlers=list_handlers,
         progress=progress_mode(config.progress) if main else "off",
+        precision=precision,
     )
+
+
+def run_precision(config: TrainConfig, device: torch.device, resume: Resume | None = None) -> Precision:
+    """The precision a run trains in: a resumed run's recorded one (``--precision auto``, or the
+    recorded name itself, as the CLI's resume reads it back) unless another is forced, which the
+    resume then lists as a change; a new run's from the rule of the hardware (engine/precision.py)."""
+    if resume is not None:
+        recorded = recorded_precision(resume.trained_with, "auto")
+        if config.precision in ("auto", recorded.name):
+            return recorded
+        return recorded_precision(resume.trained_with, config.precision)
+    return resolve_precision(config.precision, device)
 
 
 def _silent(line: str) -> None:

@@ -13,7 +13,6 @@ from ignite_mlp.data.augment import make_augment, make_mix
 from ignite_mlp.data.split import split_validation, validation_count
 from ignite_mlp.data.whitening import Whitening, prepare_whitening, whiten_dataset
 from ignite_mlp.distributed import ranks
-from ignite_mlp.engine.precision import Precision, resolve_precision
 from ignite_mlp.handlers.guardrails import setup_warnings
 from ignite_mlp.run.plan import RunPlan
 from ignite_mlp.run.rundir import RunDir
@@ -30,12 +29,15 @@ class RunData:
     # with --normalize dataset, otherwise the config's own.
     mean: list[float]
     std: list[float]
-    # What --precision resolved to on this machine, and why.
-    precision: Precision
     # --whiten: the ZCA transform the loaders applied (saved in the run directory), or None.
     whitening: Whitening | None = None
     # --val-split: the data as loaded, whose test split is evaluated once at the end; None without it.
     held_out: Dataset | None = None
+
+    @property
+    def loaded(self) -> Dataset:
+        """The data set as loaded, before a --val-split carved it: what the run records (its fingerprint)."""
+        return self.held_out if self.held_out is not None else self.dataset
 
     def normalized(self, config: TrainConfig) -> TrainConfig:
         """``config`` with the mean and std these loaders normalise with (measured with
@@ -44,22 +46,21 @@ class RunData:
 
 
 def prepare_data(plan: RunPlan, dataset: Dataset | None = None) -> RunData:
-    """Load the data (once per machine), print its summary, resolve the precision, measure the
+    """Load the data (once per machine), print its summary and the precision, measure the
     statistics if asked, and build this rank's loaders."""
     config, write = plan.config, plan.write
     if dataset is None:
         with ranks.main_first():  # one download and decode per machine; the others read the cache
             dataset = load_dataset(config.data, config.cache_dir, config.download, progress=plan.progress)
+    if plan.resume is not None:  # the data it trained on, or a one-line refusal before anything is written
+        plan.resume.check_data(dataset)
     held_out = None
     if config.val_split:  # validate on training images; the test split waits for the end (data/split.py)
         held_out = dataset
         dataset = split_validation(dataset, validation_count(config.val_split, len(dataset.train_labels)), config.seed)
-    write(summarize(dataset, config.batch_size))
+    write(summarize(dataset, config.batch_size, held="validation" if held_out is not None else "test"))
     config.check_data(dataset.image_shape)  # the option checks that need the image shape
-    # --precision auto: bf16 only where native and measured faster (precision.py). Every rank
-    # resolves it: rank 0 broadcasts its choice.
-    precision = resolve_precision(config, dataset.in_features, dataset.num_classes, plan.device)
-    write(precision.line())
+    write(plan.precision.line())  # (decided with the plan: run/plan.py)
     if plan.distributed:
         size = ranks.world_size()
         write(
@@ -80,7 +81,7 @@ def prepare_data(plan: RunPlan, dataset: Dataset | None = None) -> RunData:
     train_loader, val_loader = build_loaders(served, config, plan.device, ranks.rank(), ranks.world_size())
     for warning in setup_warnings(config.batch_size, config.hidden_sizes, plan.device):
         write(warning)
-    return RunData(dataset, train_loader, val_loader, config.mean, config.std, precision, whitening, held_out)
+    return RunData(dataset, train_loader, val_loader, config.mean, config.std, whitening, held_out)
 
 
 def build_loaders(

@@ -18,10 +18,15 @@ from ignite.handlers import Checkpoint, EMAHandler
 from torch import nn
 
 from ignite_mlp.config.train_config import TrainConfig
+from ignite_mlp.config.validation import flag
+from ignite_mlp.data.dataset import Dataset
+from ignite_mlp.data.identity import data_change
+from ignite_mlp.engine.precision import recorded_precision
 from ignite_mlp.errors import UserError
 from ignite_mlp.handlers.training import restore_ema
+from ignite_mlp.run.checkpoint_io import check_model_shapes, refuse_non_finite, safe_load
 from ignite_mlp.run.checkpoints import remove_orphans, restore
-from ignite_mlp.run.rundir import RunDir, check_model_shapes, refuse_non_finite, safe_load
+from ignite_mlp.run.rundir import RunDir
 
 # Restored only when they still apply (see restore_controls); everything else must be there.
 CONTROLS = ("lr_scheduler", "early_stopping", "ema_model")
@@ -76,6 +81,8 @@ class Resume:
         # What the run's configuration says it was trained with (absent when a Python caller
         # made the config by hand): the base that the changes of this resume are measured against.
         self.trained_with = self.run.read_config().values if self.run.is_run() else {}
+        if self.trained_with.get("precision") == "auto":  # recorded before precision was resolved into it
+            self.trained_with["precision"] = recorded_precision(self.trained_with, "auto").name
         self.changes: dict[str, tuple[Any, Any]] = {}
 
     def check(self, config: TrainConfig, max_epochs: int, processes: int) -> None:
@@ -105,7 +112,7 @@ class Resume:
         fixed_here = (*FIXED, "seed") if self.trained_with.get("val_split") else FIXED
         fixed = {k: v for k, v in self.changes.items() if k in fixed_here}
         if fixed:
-            what = ", ".join(f"{_flag(k)} {old} -> {new}" for k, (old, new) in fixed.items())
+            what = ", ".join(f"{flag(k)} {old} -> {new}" for k, (old, new) in fixed.items())
             flags, them = ("those flags", "them") if len(fixed) > 1 else ("that flag", "it")
             raise UserError(
                 f"--resume {self.run_dir}: cannot change {what} in a run already under way; "
@@ -122,6 +129,17 @@ class Resume:
             raise UserError(
                 f"this checkpoint was written mid-epoch by {saved_processes} process(es) and this run has "
                 f"{processes}: resume it with --nproc-per-node {saved_processes} (or as many torchrun processes)"
+            )
+
+    def check_data(self, dataset: Dataset) -> None:
+        """Refuse data other than the run's (its recorded fingerprint), saying what changed: a resumed
+        run must see the images it trained on (with --val-split, a split drawn again from other
+        images would validate on images it trained on)."""
+        change = data_change(self.trained_with, dataset)
+        if change is not None:
+            raise UserError(
+                f"--resume {self.run_dir}: the data changed since the run started ({change}); restore the data "
+                f"it trained on ({self.trained_with.get('data')}), or start a new run on this data"
             )
 
     def handler_note(self, config: TrainConfig) -> str | None:
@@ -141,7 +159,7 @@ class Resume:
         """One line: what this resume changes, or None when nothing."""
         if not self.changes:
             return None
-        return "changed on resume: " + ", ".join(f"{_flag(k)} {old} -> {new}" for k, (old, new) in self.changes.items())
+        return "changed on resume: " + ", ".join(f"{flag(k)} {old} -> {new}" for k, (old, new) in self.changes.items())
 
     def record(self) -> None:
         """Add this resume (when, from which checkpoint, what changed) to the run's ``resumes.json``."""
@@ -188,6 +206,12 @@ class Resume:
         restore_ema(ema, self.saved)  # after the model: a checkpoint without an average starts it from the model
         if main:
             remove_orphans(best, self.checkpoint.parent)
+            removed = self.run.remove_stale_outputs()
+            if removed:
+                write(
+                    f"removed {', '.join(removed)}: made from a checkpoint this resume trains past; "
+                    "evaluate or export the run again when it finishes"
+                )
         set_optimizer_settings(core["optimizer"], {k: new for k, (_, new) in self.changes.items() if k in OPTIMIZER})
         relaid = any(k in self.changes for k in SCHEDULE)
         note = restore_controls(
@@ -242,10 +266,6 @@ def set_optimizer_settings(optimizer: torch.optim.Optimizer, settings: Mapping[s
             group[OPTIMIZER[field_name]] = value
         if "lr" in settings and "initial_lr" in group:
             group["initial_lr"] = settings["lr"]
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
 
 
 def _processes(train_metrics: Mapping[str, Any]) -> int | None:

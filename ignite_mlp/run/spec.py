@@ -39,7 +39,7 @@ def run_epochs(config: TrainConfig) -> int:
 class RunSpec:
     """What a run does, every "auto" resolved. Made once by :func:`resolve_spec`; never changed.
 
-    >>> spec = RunSpec(TrainConfig(), "fp32", "--precision fp32", "auto", torch.device("cpu"), "off", 3, 5, None)
+    >>> spec = RunSpec(TrainConfig(), "fp32", "--precision fp32", torch.device("cpu"), "off", 3, 5, None)
     >>> spec.precision, spec.main, spec.distributed
     ('fp32', True, False)
     """
@@ -50,9 +50,6 @@ class RunSpec:
     precision: str
     # Why that precision: printed, and kept in the run's recorded configuration.
     precision_reason: str
-    # What --precision asked for: the recorded configuration keeps it, so that a resume elsewhere decides afresh
-    # (as it does for --device).
-    precision_setting: str
     device: torch.device
     # "bar", "lines" or "off" (see ignite_mlp.progress); "off" on every rank but 0.
     progress: str
@@ -75,16 +72,20 @@ class RunSpec:
         return self.max_epochs * self.epoch_length
 
     def record(self) -> dict[str, Any]:
-        """What the run's configuration file keeps of the spec: the config as resolved, and the device and
-        precision the run used (the requests stay under their own keys).
+        """What the run's configuration file keeps of the spec: the config as resolved (``precision``
+        the one it trains in, never "auto": everything after the run reads it from there), why that
+        precision, and the device the run used.
 
-        >>> spec = RunSpec(TrainConfig(lr=0.1), "fp32", "why", "auto", torch.device("cpu"), "off", 3, 5, None)
+        >>> spec = RunSpec(TrainConfig(lr=0.1, precision="fp32"), "fp32", "why", torch.device("cpu"), "off", 3, 5, None)
         >>> record = spec.record()
-        >>> record["lr"], record["precision"], record["resolved_precision"], record["resolved_device"]
-        (0.1, 'auto', 'fp32', 'cpu')
+        >>> record["lr"], record["precision"], record["precision_reason"], record["resolved_device"]
+        (0.1, 'fp32', 'why', 'cpu')
         """
-        record = {**self.config.to_dict(), "precision": self.precision_setting, "resolved_device": str(self.device)}
-        record.update(resolved_precision=self.precision, precision_reason=self.precision_reason)
+        record = {
+            **self.config.to_dict(),
+            "resolved_device": str(self.device),
+            "precision_reason": self.precision_reason,
+        }
         if self.distributed:
             record["world_size"] = self.world_size
         return record
@@ -94,13 +95,12 @@ def resolve_spec(plan: RunPlan, data: RunData, lr: float | str) -> RunSpec:
     """The spec of a run planned as ``plan`` on ``data``, trained at the learning rate ``lr``
     (``--lr auto`` already resolved to a number)."""
     config = plan.config
-    resolved = dataclasses.replace(data.normalized(config), lr=float(lr), precision=data.precision.name)
+    resolved = dataclasses.replace(data.normalized(config), lr=float(lr), precision=plan.precision.name)
     dry = config.dry_run
     return RunSpec(
         config=resolved,
-        precision=data.precision.name,
-        precision_reason=data.precision.reason,
-        precision_setting=config.precision,
+        precision=plan.precision.name,
+        precision_reason=plan.precision.reason,
         device=plan.device,
         progress=plan.progress,
         max_epochs=run_epochs(config),

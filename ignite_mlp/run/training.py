@@ -1,7 +1,8 @@
 """``train(config)``: a run, read top to bottom like Ignite's examples' ``training(local_rank, config)``:
 
 1. :func:`~ignite_mlp.run.plan.resolve_plan`: check the config, pick the device, read the checkpoint
-   to resume from (a :class:`~ignite_mlp.run.resume.Resume`); nothing read or written yet;
+   to resume from (a :class:`~ignite_mlp.run.resume.Resume`), decide the precision; nothing read or
+   written yet;
 2. :func:`~ignite_mlp.run.prepare.prepare_data`, the dataflow: load, summarise, measure statistics,
    build loaders; then ``--lr auto``;
 3. :func:`~ignite_mlp.run.spec.resolve_spec`: the :class:`~ignite_mlp.run.spec.RunSpec`, every
@@ -10,8 +11,10 @@
 5. the built-in handlers, one per line in :func:`train`;
 6. :meth:`Resume.apply <ignite_mlp.run.resume.Resume.apply>`: restore the saved state before anything
    is written; then the user's handlers;
-7. :func:`fit`: record the run's configuration and ``trainer.run``, with Ctrl-C routed to a clean stop;
-8. :func:`collect_result`: what the run produced, and what the user should read.
+7. :func:`~ignite_mlp.run.fit.fit`: record the run's configuration and ``trainer.run``, with Ctrl-C
+   routed to a clean stop;
+8. :func:`~ignite_mlp.run.result.collect_result`: what the run produced, and what the user should
+   read; with ``--val-split`` the test split evaluated once.
 
 Ignite runs the handlers of one event in the order they were attached, so the order of step 5
 is the run's behaviour: the NaN stop first, validation before everything that reads its metrics,
@@ -28,13 +31,8 @@ The CLI is a thin layer over this function, so a Python user gets exactly the sa
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import dataclasses
-import signal
-import threading
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,15 +42,10 @@ from ignite.handlers import Checkpoint, EarlyStopping, TensorboardLogger
 from ignite.utils import manual_seed
 from torch import nn
 
-from ignite_mlp.config.constraints import loss_is_nan
 from ignite_mlp.config.train_config import TrainConfig
 from ignite_mlp.data import Dataset
-from ignite_mlp.data.whitening import whiten_images
+from ignite_mlp.data.identity import data_record
 from ignite_mlp.distributed import ranks
-from ignite_mlp.engine.precision import attach_step_check
-from ignite_mlp.engine.trainer import create_evaluator
-from ignite_mlp.errors import CudaError, TrainingInterrupted
-from ignite_mlp.files import write_json_atomic
 from ignite_mlp.handlers.builtin import (
     History,
     attach_checkpoints,
@@ -64,16 +57,19 @@ from ignite_mlp.handlers.builtin import (
     attach_validation,
 )
 from ignite_mlp.handlers.extensions import handler_table
-from ignite_mlp.handlers.guardrails import attach_initial_loss_check, attach_overfitting_watch, overfit_report
+from ignite_mlp.handlers.guardrails import attach_initial_loss_check, attach_overfitting_watch
 from ignite_mlp.handlers.tensorboard.images import attach_confusion_matrix
-from ignite_mlp.handlers.tensorboard.logger import attach_tensorboard, environment, run_text, write_test_hparams
+from ignite_mlp.handlers.tensorboard.logger import attach_tensorboard, environment, run_text
 from ignite_mlp.handlers.training import attach_early_stopping, attach_lr_schedule, attach_new_best_event
-from ignite_mlp.run.checkpoints import EpochMetricsState, RandomState, data_record
-from ignite_mlp.run.engines import Engines, StopRequest, build_engines, build_optimizer
+from ignite_mlp.run.checkpoints import EpochMetricsState, RandomState
+from ignite_mlp.run.configuration import config_to_train
+from ignite_mlp.run.engines import Engines, build_engines, build_optimizer
+from ignite_mlp.run.fit import fit
 from ignite_mlp.run.lr_finder import record_lr_curve, resolve_auto_lr
 from ignite_mlp.run.plan import RunPlan, prepare_run_dir, resolve_plan
-from ignite_mlp.run.prepare import RunData, build_loaders, prepare_data, validation_loader
-from ignite_mlp.run.rundir import RunDir, RunLock, find_run, safe_load, validated_weights
+from ignite_mlp.run.prepare import RunData, build_loaders, prepare_data
+from ignite_mlp.run.result import RunResult, collect_result, evaluate_test_once, record_test_metrics
+from ignite_mlp.run.rundir import RunDir, RunLock
 from ignite_mlp.run.spec import RunSpec, resolve_spec
 
 # build_loaders and build_optimizer live with their phases; they stay importable from here.
@@ -104,46 +100,6 @@ class RunContext:
 HandlerFn = Callable[[Engine, Engine, RunContext], Any]
 
 
-@dataclass
-class RunResult:
-    """What a finished run produced: its history and the paths it wrote."""
-
-    run_dir: Path
-    history: dict[str, list[float]]
-    best_val_acc: float | None
-    best_epoch: int | None
-    best_checkpoint: Path | None
-    last_checkpoint: Path | None
-    files: dict[str, Path] = field(default_factory=dict)
-    # Set when the run failed on its own (NaN loss): why, and what to try.
-    stopped: str | None = None
-    # What else the user should read: early stopping, the overfit check's verdict.
-    notes: list[str] = field(default_factory=list)
-    # --dry-run: the run only checked the setup, so its accuracy is no result.
-    dry_run: bool = False
-    # --val-split: the test split, evaluated once at the end with the best weights (percent, mean loss).
-    test_acc: float | None = None
-    test_loss: float | None = None
-
-    def report(self) -> str:
-        """The closing lines printed after training."""
-        if self.best_epoch is None:
-            return f"no epoch finished; run directory {self.run_dir}"
-        lead = "".join(f"{line}\n" for line in [self.stopped, *self.notes] if line)
-        if self.dry_run:
-            return lead + (
-                "dry run finished: 1 epoch of 2 training steps and at most 2 validation batches ran; its accuracy "
-                "means nothing; drop --dry-run to train\n"
-                f"run directory:   {self.run_dir}"
-            )
-        test = "" if self.test_acc is None else f"test accuracy {self.test_acc:.2f}% (loss {self.test_loss:.4f})\n"
-        return lead + (
-            f"best validation accuracy {self.best_val_acc:.2f}% at epoch {self.best_epoch}\n{test}"
-            f"best checkpoint: {self.best_checkpoint}\n"
-            f"run directory:   {self.run_dir} (tensorboard --logdir {self.run_dir.parent})"
-        )
-
-
 def train(
     config: TrainConfig,
     extra_handlers: Sequence[HandlerFn] = (),
@@ -157,16 +113,17 @@ def train(
     ``extra_handlers`` are called as ``fn(trainer, evaluator, context)`` after the built-in
     handlers are attached, so theirs run after ours on the same event; ``config.handlers``
     names more of them by spec. ``dataset`` skips loading (for tests and notebooks that hold
-    one). With ``config.resume`` the run continues from its newest checkpoint (see
-    :meth:`ignite_mlp.run.rundir.RunDir.resume_config`). ``list_handlers`` prints which handler
+    one). With ``config.resume`` the run continues from its newest checkpoint, with its saved
+    configuration under the fields the caller set (see
+    :func:`ignite_mlp.run.configuration.config_to_train`). ``list_handlers`` prints which handler
     runs on which event and returns before training. With ``config.val_split`` the test split is
     evaluated once at the end, unless ``evaluate_test`` is False (a sweep evaluates its best trial only).
 
     Inside a multi-process run (see :func:`ignite_mlp.distributed.launcher.launch`) this is one rank:
     every rank trains its share and runs every collective; only rank 0 writes and prints.
     """
-    if config.resume == "auto":  # the newest resumable run under runs/, as the CLI's --resume auto
-        config = dataclasses.replace(config, resume=str(find_run("auto").path))
+    # A resume trains with the run's saved configuration under what the caller set, as the CLI's.
+    config = config_to_train(config)
     with RunLock() as lock:  # one writer per run (RunDir.lock): a second is refused, naming the first
         if config.resume and Path(config.resume).is_dir() and ranks.is_main() and not list_handlers:
             lock.acquire(Path(config.resume))  # before its checkpoint is read
@@ -183,7 +140,6 @@ def train(
         spec = resolve_spec(plan, data, lr=tuned.lr)
         # The model and its optimizer, the trainer and the evaluator.
         engines = build_engines(spec, data, plan.resume)
-        attach_step_check(engines.trainer, data.precision, spec.device, plan.write)  # a cached --precision auto
         trainer, evaluator = engines.trainer, engines.evaluator
         if spec.main and plan.resume is None and not list_handlers:
             # Created only now, so bad data or options leave no half-made run directory behind.
@@ -199,7 +155,7 @@ def train(
         attach_validation(trainer, evaluator, data.val_loader, epoch_length=spec.val_batches)
         history.attach(trainer, evaluator)
         # With the classes and image shape, so predict and export need nothing but the run directory.
-        run_info = {**spec.record(), **data_record(data.dataset)}
+        run_info = {**spec.record(), **data_record(data.loaded)}
         tb = _attach_tensorboard(spec, plan, data, engines, history, run_info, lr_per_iteration=scheduler is not None)
         stopper = attach_early_stopping(trainer, evaluator, spec.config.patience, spec.config.early_stop_metric)
         to_save = _resume_state(engines, history, scheduler, stopper)
@@ -212,7 +168,7 @@ def train(
         if spec.main:
             attach_curves(trainer, history, files["curves"])
         interrupted = attach_interrupt_checkpoint(trainer, last, engines.should_stop, files["checkpoints"])
-        hooks = Hooks(files, history, run_info, to_save, best, last, interrupted, scheduler, stopper, tb)
+        attached = Attached(files, history, run_info, to_save, best, last, interrupted, scheduler, stopper, tb)
         if lr_curve is not None and spec.main:  # lr_finder.png and TensorBoard's lr_finder/loss
             record_lr_curve(lr_curve, plan.run_dir, tb.writer if tb is not None else None)
         if plan.resume is not None:
@@ -222,30 +178,31 @@ def train(
         for handler in plan.handlers:
             handler(trainer, evaluator, context)
         if list_handlers:
-            return _list_handlers(plan, engines, hooks)
-        fit(spec, plan, data, engines, hooks)
-        result = collect_result(spec, plan.run_dir, engines, hooks)
+            return _list_handlers(plan, engines, attached)
+        fit(spec, plan, data, engines, attached)
+        result = collect_result(spec, plan.run_dir, engines, attached)
         if evaluate_test and data.held_out is not None and result.best_checkpoint is not None:  # --val-split
             result.test_acc, result.test_loss = evaluate_test_once(spec, plan, data, engines, result.best_checkpoint)
             if spec.main:
-                record_test_metrics(spec, plan, engines, hooks, result.test_acc, result.test_loss)
+                record_test_metrics(spec, plan, engines, attached, result.test_acc, result.test_loss)
         return result
 
 
-def _list_handlers(plan: RunPlan, engines: Engines, hooks: Hooks) -> RunResult:
+def _list_handlers(plan: RunPlan, engines: Engines, attached: Attached) -> RunResult:
     """``--list-handlers``: which handler runs on which event; nothing trained, nothing written."""
     plan.write(handler_table({"trainer": engines.trainer, "evaluator": engines.evaluator}))
-    if hooks.tb is not None:
-        hooks.tb.close()
-    return RunResult(plan.run_dir, hooks.history.state_dict(), None, None, None, None, hooks.files)
+    if attached.tb is not None:
+        attached.tb.close()
+    return RunResult(plan.run_dir, attached.history.state_dict(), None, None, None, None, attached.files)
 
 
 # ----------------------------------------------------------------------------- the built-in handlers' helpers
 
 
 @dataclass
-class Hooks:
-    """What the built-in handlers give the later phases: the files, the history, the checkpoints."""
+class Attached:
+    """What attaching the built-in handlers made, for the phases after it (fit, the result): the
+    run's files, the history, the checkpoints, the schedule, early stopping, TensorBoard."""
 
     files: dict[str, Path]
     history: History
@@ -337,132 +294,3 @@ def _attach_tensorboard(
         text=run_text(run_info, environment(spec.device)),
         processes=spec.world_size,
     )
-
-
-# ----------------------------------------------------------------------------- fit
-
-
-def fit(spec: RunSpec, plan: RunPlan, data: RunData, engines: Engines, hooks: Hooks) -> None:
-    """Record the run's config, then train; a Ctrl-C ends in :class:`TrainingInterrupted` once
-    its checkpoint is written."""
-    if spec.main:
-        RunDir(plan.run_dir).write_config(hooks.run_info)
-        if plan.resume is not None:
-            plan.resume.record()
-    with sigint_routed_to(engines.stop), cuda_errors_explained(), _closing(hooks.tb):
-        engines.trainer.run(data.train_loader, max_epochs=spec.max_epochs, epoch_length=spec.epoch_length)
-    if engines.should_stop() and hooks.interrupted.last_checkpoint:  # (Ctrl-C after the last step: complete)
-        raise TrainingInterrupted(str(plan.run_dir), str(hooks.interrupted.last_checkpoint))
-
-
-@contextlib.contextmanager
-def sigint_routed_to(stop: StopRequest) -> Iterator[None]:
-    """Route Ctrl-C to ``stop`` inside the block; signals can only be caught on the main thread."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-@contextlib.contextmanager
-def cuda_errors_explained() -> Iterator[None]:
-    """A CUDA error becomes a :class:`CudaError` that says how to find where it really happened."""
-    try:
-        yield
-    except RuntimeError as e:
-        if "CUDA" in str(e) or "cuda" in str(e):
-            raise CudaError(
-                f"{e}\nCUDA reports errors late and often at the wrong line: rerun with --device cpu "
-                "(or with CUDA_LAUNCH_BLOCKING=1) for an accurate error"
-            ) from e
-        raise
-
-
-@contextlib.contextmanager
-def _closing(tb: TensorboardLogger | None) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        if tb is not None:
-            tb.close()
-
-
-# ----------------------------------------------------------------------------- the result
-
-
-def collect_result(spec: RunSpec, run_dir: Path, engines: Engines, hooks: Hooks) -> RunResult:
-    """The run's history and files, why it stopped early if it did, and the notes to print."""
-    config, trainer, history = spec.config, engines.trainer, hooks.history
-    stopped = nan_message(trainer, config)
-    notes = []
-    if hooks.stopper is not None and trainer.state.epoch < spec.max_epochs and stopped is None:
-        notes.append(
-            f"early stopping: {config.early_stop_metric} did not improve for {config.patience} epochs; "
-            f"stopped after epoch {trainer.state.epoch}"
-        )
-    if config.overfit_batches and history.values["train_acc_epoch"]:
-        notes.append(overfit_report(history.values["train_acc_epoch"][-1], config.overfit_batches))
-    return RunResult(
-        run_dir=run_dir,
-        history=history.state_dict(),
-        best_val_acc=history.best_val_acc(),
-        best_epoch=history.best_epoch(),
-        best_checkpoint=_checkpoint_path(hooks.best),
-        last_checkpoint=_checkpoint_path(hooks.last),
-        files=hooks.files,
-        stopped=stopped,
-        notes=notes,
-        dry_run=config.dry_run,
-    )
-
-
-def evaluate_test_once(
-    spec: RunSpec, plan: RunPlan, data: RunData, engines: Engines, best_checkpoint: Path
-) -> tuple[float, float]:
-    """Accuracy (percent) and mean loss of the best checkpoint's weights on the test split that
-    --val-split kept aside, served as validation was (whitened, normalised, TTA): the one time
-    the run reads it. Every rank evaluates its share; Ignite's metrics sum the shares."""
-    assert data.held_out is not None
-    config = spec.config
-    model = copy.deepcopy(engines.eval_model if engines.eval_model is not None else engines.model)
-    model.load_state_dict(validated_weights(safe_load(best_checkpoint)))
-    images = data.held_out.test_images
-    if data.whitening is not None:
-        images = whiten_images(images, data.whitening)
-    loader = validation_loader(images, data.held_out.test_labels, config, spec.device, spec.rank, spec.world_size)
-    evaluator = create_evaluator(model, nn.CrossEntropyLoss(), spec.device, spec.precision, config.tta)
-    metrics = evaluator.run(loader, epoch_length=spec.val_batches).metrics
-    test_acc, test_loss = 100.0 * float(metrics["accuracy"]), float(metrics["loss"])
-    plan.write(f"test split, evaluated once with the best weights: accuracy {test_acc:.2f}%, loss {test_loss:.4f}")
-    return test_acc, test_loss
-
-
-def record_test_metrics(
-    spec: RunSpec, plan: RunPlan, engines: Engines, hooks: Hooks, test_acc: float, test_loss: float
-) -> None:
-    """``test_acc`` and ``test_loss`` in the run's history and in its TensorBoard HParams entry."""
-    history = {**hooks.history.state_dict(), "test_acc": test_acc, "test_loss": test_loss}
-    write_json_atomic(hooks.files["history"], history)
-    if spec.config.tensorboard:
-        write_test_hparams(plan.run_dir, hooks.run_info, hooks.history, engines.trainer, test_acc, test_loss)
-
-
-def nan_message(trainer: Engine, config: TrainConfig) -> str | None:
-    """Why TerminateOnNan stopped the run, and what to try, or None if it did not."""
-    output = trainer.state.output
-    if not loss_is_nan(output):
-        return None
-    return (
-        f"training stopped: the loss became {float(output['loss'])} at epoch {trainer.state.epoch}, "
-        f"iteration {trainer.state.iteration}; the learning rate is probably too high: "
-        f"try --lr {config.lr / 10:g}. The best checkpoint so far is kept."
-    )
-
-
-def _checkpoint_path(checkpoint: Any) -> Path | None:
-    # Ignite's DiskSaver reports the file with its folder already joined on.
-    return Path(checkpoint.last_checkpoint) if checkpoint.last_checkpoint else None
