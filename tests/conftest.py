@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -158,6 +159,40 @@ def make_cifar_pickles(root: Path, per_batch: int = 6, seed: int = 0) -> Path:
     with open(folder / "batches.meta", "wb") as f:
         pickle.dump({b"label_names": labels}, f)
     return folder
+
+
+class TrainedRuns:
+    """Runs on a tiny tree (the ``tree`` fixture's images), each trained once when a test first
+    asks for it, for a module's tests to share through a ``scope="module"`` fixture. A run is
+    named by its settings: ``defaults`` and the overrides given to :meth:`run`. A test that
+    changes a run works on a :meth:`copy`."""
+
+    def __init__(self, root: Path, **defaults: Any) -> None:
+        self.root = root
+        self.tree = make_tree(root / "tree")
+        self.defaults = {"progress": False, **defaults}
+        self.results: dict[str, Any] = {}
+
+    def config(self, run_dir: Path, **overrides: Any) -> Any:
+        """The run's configuration, its data decoded into this object's own cache."""
+        from ignite_mlp import TrainConfig
+
+        settings = {"data": str(self.tree), "cache_dir": str(self.root / "cache"), **self.defaults, **overrides}
+        return TrainConfig(**settings, run_dir=str(run_dir))
+
+    def run(self, **overrides: Any) -> Any:
+        """The ``RunResult`` of the run with these overrides, trained on the first call."""
+        from ignite_mlp import train
+
+        key = repr(sorted(overrides.items()))
+        if key not in self.results:
+            self.results[key] = train(self.config(self.root / f"run{len(self.results)}", **overrides), write=quiet)
+        return self.results[key]
+
+    def copy(self, to: Path, **overrides: Any) -> Path:
+        """A copy of the run with these overrides, at ``to``, to change at will."""
+        shutil.copytree(self.run(**overrides).run_dir, to)
+        return to
 
 
 @pytest.fixture
