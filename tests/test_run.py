@@ -232,17 +232,6 @@ def test_ctrl_c_anywhere_then_resume_equals_an_uninterrupted_run(
         assert resumed[key] == pytest.approx(straight[key], abs=1e-6), key
 
 
-def test_overfit_batches_take_a_random_fixed_subset(tree: Path) -> None:
-    from ignite_mlp.run.training import build_loaders
-
-    ds = load_dataset(tree)  # stored sorted by class: the first 8 images are all "ant"
-    config = TrainConfig(batch_size=8, overfit_batches=1)
-    loader, _ = build_loaders(ds, config, torch.device("cpu"))
-    labels = [y.tolist() for _, y in loader]
-    assert len(labels) == 1 and len(set(labels[0])) > 1 and not loader.shuffle
-    assert labels == [y.tolist() for _, y in build_loaders(ds, config, torch.device("cpu"))[0]]
-
-
 def test_relative_run_dir_paths_are_reported_as_they_are_on_disk(
     tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -251,32 +240,6 @@ def test_relative_run_dir_paths_are_reported_as_they_are_on_disk(
     assert result.best_checkpoint.parent == Path("runs") / "rel" / "checkpoints"
     assert result.best_checkpoint.is_file() and result.last_checkpoint.is_file()
     assert f"best checkpoint: {result.best_checkpoint}\n" in result.report() + "\n"
-
-
-def test_sigint_is_routed_inside_the_block_and_restored_after() -> None:
-    import signal
-
-    from ignite_mlp.run.fit import StopRequest, sigint_routed_to
-
-    before = signal.getsignal(signal.SIGINT)
-    stop = StopRequest()
-    with sigint_routed_to(stop):
-        assert signal.getsignal(signal.SIGINT) is stop
-        signal.raise_signal(signal.SIGINT)  # the first Ctrl-C only asks to stop
-        assert stop.requested
-        with pytest.raises(KeyboardInterrupt):
-            signal.raise_signal(signal.SIGINT)  # the second stops at once
-    assert signal.getsignal(signal.SIGINT) is before
-
-
-def test_cuda_errors_get_advice_and_others_pass_unchanged() -> None:
-    from ignite_mlp.errors import CudaError
-    from ignite_mlp.run.fit import cuda_errors_explained
-
-    with pytest.raises(CudaError, match="rerun with --device cpu"), cuda_errors_explained():
-        raise RuntimeError("CUDA error: device-side assert triggered")
-    with pytest.raises(RuntimeError, match="^plain$"), cuda_errors_explained():
-        raise RuntimeError("plain")
 
 
 # Every ingredient of --recipe best, on tiny data.
