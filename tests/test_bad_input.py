@@ -7,13 +7,14 @@ cover every reader (images, archives, CIFAR-10 pickles, data files, checkpoints,
 config.json and whitening, TOML files, search spaces, option values) and every writer (--out,
 --run-dir, export); docs/reliability.md lists the promises they hold.
 
-The set-up (tiny trees, damaged copies, one trained run, one whitened run) is made once for the
-module, and every case runs once in the module's fixture: a few as typed, in a new interpreter,
-the others each in a process forked from one that has imported torch already
-(tests/cli_forker.py), which saves about 3 s of CPU a case. The cases run one at a time, and the
-world is looked at after each: every answer holds what its own case changed outside its folder
-(and any payload marker it left), so each test checks one case's answer and a case that writes
-outside fails alone, under its own name.
+The set-up (tiny trees, damaged copies, one trained run, one whitened run) is a world, built
+twice: the cases are dealt to two worlds, toured side by side in two threads. Every case runs
+once, in the module's fixture: a few as typed, in a new interpreter, the others each in a process
+forked from one that has imported torch already (tests/cli_forker.py), which saves about 3 s of
+CPU a case. Within a world the cases run one at a time, and the world is looked at after each:
+every answer holds what its own case changed outside its folder (and any payload marker it left),
+so each test checks one case's answer and a case that writes outside fails alone, under its own
+name.
 """
 
 from __future__ import annotations
@@ -1225,41 +1226,51 @@ class Forker:
 
     def close(self) -> None:
         self.process.stdin.close()  # type: ignore[union-attr]
-        self.process.wait(timeout=60)
+        self.process.wait(timeout=120)
 
 
-def tour_of(root: Path, cases: list[Case], run: Callable[[Case, Path, Path], Answer]) -> dict[str, Answer]:
-    """Build a world in ``root`` and ``run`` the cases in it one at a time, each in a folder of its
+def tour_of(root: Path, cases: list[Case]) -> dict[str, Answer]:
+    """Build a world in ``root`` and run the cases in it one at a time, each in a folder of its
     own, so that a change outside that folder is the doing of the case that ran: each answer says
-    what its case changed there."""
-    world = root / "world"
-    world.mkdir()
-    build_world(world)
-    surroundings = Surroundings(world, root / "cases")
-    assert [m for m in surroundings.markers() if m.exists()] == [], "the world was built with a marker in it"
-    answers = {}
-    for i, case in enumerate(cases):
-        here = surroundings.cases / f"{i:03d}"
-        answers[case.name] = surroundings.changed_by(here, functools.partial(run, case, world, here))
-    return answers
+    what its case changed there. The world has its own forker (started first: it imports torch
+    while the world is built)."""
+    forker = Forker()
+    try:
+        world = root / "world"
+        world.mkdir()
+        build_world(world)
+        surroundings = Surroundings(world, root / "cases")
+        assert [m for m in surroundings.markers() if m.exists()] == [], "the world was built with a marker in it"
+        answers = {}
+        for i, case in enumerate(cases):
+            here = surroundings.cases / f"{i:03d}"
+            run = run_fresh if case.fresh else forker.run
+            answers[case.name] = surroundings.changed_by(here, functools.partial(run, case, world, here))
+        return answers
+    finally:
+        forker.close()
 
 
 @pytest.fixture(scope="module")
 def tour(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Answer]:
-    """Every case's answer. The forked cases tour one world; the few run in a new interpreter (the
-    slow ones) tour a second world of their own, built and run in a thread beside them."""
-    roots = [tmp_path_factory.mktemp(name) for name in ("forked", "fresh")]
+    """Every case's answer. The cases are dealt to two worlds, each toured in a thread of its own,
+    so that two cores work; the second takes the few cases run in a new interpreter (the slow
+    ones) and every third forked case, which about evens the two."""
+    forked = [c for c in ALL_CASES if not c.fresh]
+    shares = [
+        [c for i, c in enumerate(forked) if i % 3],
+        [c for c in ALL_CASES if c.fresh] + forked[::3],
+    ]
+    roots = [tmp_path_factory.mktemp(f"tour{i}") for i in range(len(shares))]
     for root in roots:
         (root / "cases").mkdir()
-    with pytest.MonkeyPatch.context() as env, ThreadPoolExecutor(max_workers=1) as pool:
+    with pytest.MonkeyPatch.context() as env:
         env.setenv("IGNITE_MLP_CACHE", str(tmp_path_factory.mktemp("world-cache")))  # the worlds' own runs
-        fresh = pool.submit(tour_of, roots[1], [c for c in ALL_CASES if c.fresh], run_fresh)
-        forker = Forker()
-        try:
-            answers = tour_of(roots[0], [c for c in ALL_CASES if not c.fresh], forker.run)
-        finally:
-            forker.close()
-        return answers | fresh.result()
+        with ThreadPoolExecutor(max_workers=len(shares)) as pool:
+            tours = [pool.submit(tour_of, root, share) for root, share in zip(roots, shares, strict=True)]
+            answers = {name: answer for done in tours for name, answer in done.result().items()}
+    assert len(answers) == len(ALL_CASES)
+    return answers
 
 
 @pytest.mark.parametrize("case", ALL_CASES, ids=lambda c: c.name)
