@@ -208,8 +208,8 @@ def _samples(ns: argparse.Namespace) -> int:
 
 def _lr_find(ns: argparse.Namespace) -> int:
     from ignite_mlp.inference.outputs import check_output_file, refuse_run_file_and_lock
-    from ignite_mlp.run.configuration import config_for_command
     from ignite_mlp.run.lr_finder import FINDER_FLAGS, lr_find, train_command
+    from ignite_mlp.run.plan import config_for_command
     from ignite_mlp.run.rundir import LR_FINDER, RunDir
 
     given = {k: v for k, v in vars(ns).items() if k not in ("command", "config_file", *FINDER_FLAGS)}
@@ -254,7 +254,7 @@ def config_from_namespace(ns: argparse.Namespace) -> TrainConfig:
 
     With ``--resume RUN_DIR|auto`` the run's saved config replaces the defaults.
     """
-    from ignite_mlp.run.configuration import config_for_command  # (imports torch: --help must not)
+    from ignite_mlp.run.plan import config_for_command  # (imports torch: --help must not)
 
     values = {k: v for k, v in vars(ns).items() if k not in ("command", "config_file", "list_handlers")}
     return config_for_command(values, ns.config_file)

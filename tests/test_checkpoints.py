@@ -1,4 +1,6 @@
-"""ignite_mlp.run.checkpoints: finding runs, the newest checkpoint, a kill at any write, leftover files."""
+"""Checkpoints on disk: a kill at any write of ignite_mlp.handlers.checkpoints leaves a best and a
+last to resume; finding runs and the newest checkpoint (run/rundir.py); leftover files on a
+resume (run/resume.py)."""
 
 import os
 import time
@@ -136,7 +138,7 @@ def test_a_resume_keeps_unknown_best_files_while_the_known_one_is_missing(tmp_pa
     from ignite.handlers import Checkpoint
     from torch import nn
 
-    from ignite_mlp.run.checkpoints import remove_orphans
+    from ignite_mlp.run.resume import remove_orphans
 
     tracked, orphan = tmp_path / "best_model_1_val_acc=50.0000.pt", tmp_path / "best_model_2_val_acc=60.0000.pt"
     best = Checkpoint({"model": nn.Linear(1, 1)}, str(tmp_path), filename_prefix="best", n_saved=1)

@@ -161,7 +161,7 @@ def test_toml_keys_are_the_flag_names(tmp_path: Path) -> None:
 def test_toml_resume_auto_is_resolved_like_the_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import json
 
-    from ignite_mlp.run.configuration import config_for_command
+    from ignite_mlp.run.plan import config_for_command
 
     monkeypatch.chdir(tmp_path)
     run = tmp_path / "runs" / "20260101-000000"

@@ -1,4 +1,4 @@
-"""ignite_mlp.run.configuration: one path from a resume to its configuration, for the CLI and Python.
+"""ignite_mlp.run.plan: one path from a resume to its configuration, for the CLI and Python.
 
 No training here: a run is its configuration file and a checkpoint's name, which is all that
 finding a run and reading its configuration look at.
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ignite_mlp.config.train_config import TrainConfig
-from ignite_mlp.run.configuration import config_for_command, config_to_train
+from ignite_mlp.run.plan import config_for_command, config_to_train
 from ignite_mlp.run.rundir import RunDir
 
 

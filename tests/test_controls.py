@@ -1,4 +1,4 @@
-"""ignite_mlp.handlers.training: schedules set the learning rate as configured; early stopping stops."""
+"""ignite_mlp.handlers.controls: schedules set the learning rate as configured; early stopping stops."""
 
 import math
 
@@ -8,7 +8,7 @@ from ignite.engine import Engine, Events
 
 from ignite_mlp.engine.optimizers import make_optimizer
 from ignite_mlp.engine.trainer import create_trainer
-from ignite_mlp.handlers.training import attach_early_stopping, attach_ema, attach_lr_schedule, restore_ema
+from ignite_mlp.handlers.controls import attach_early_stopping, attach_ema, attach_lr_schedule, restore_ema
 from ignite_mlp.model import MLP
 
 

@@ -21,7 +21,7 @@ from ignite_mlp import TrainConfig, train
 from ignite_mlp.data import TensorLoader
 from ignite_mlp.distributed.launcher import launch
 from ignite_mlp.errors import RankError, UserError
-from ignite_mlp.handlers.builtin import HISTORY_KEYS
+from ignite_mlp.handlers.history import HISTORY_KEYS
 
 # Generous: two processes import torch and Ignite on a small, busy machine.
 LAUNCH_TIMEOUT = 240

@@ -8,7 +8,7 @@ from ignite.engine import Engine, Events
 
 from ignite_mlp import TrainConfig, train
 from ignite_mlp.errors import UserError
-from ignite_mlp.handlers.builtin import EverySeconds
+from ignite_mlp.handlers.console import EverySeconds
 from ignite_mlp.handlers.extensions import TrainEvents, handler_table, load_handler
 from ignite_mlp.run.rundir import RunDir
 

@@ -5,13 +5,13 @@ import math
 import torch
 from ignite.engine import Engine
 
-from ignite_mlp.handlers.builtin import History
 from ignite_mlp.handlers.guardrails import (
     attach_initial_loss_check,
     overfit_report,
     overfitting_start,
     setup_warnings,
 )
+from ignite_mlp.handlers.history import History
 
 
 def test_setup_warnings_only_when_a_rule_is_broken() -> None:

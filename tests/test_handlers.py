@@ -1,4 +1,4 @@
-"""ignite_mlp.handlers.builtin: each handler on its own, on a tiny Ignite run."""
+"""ignite_mlp.handlers (history, checkpoints, console): each handler on its own, on a tiny Ignite run."""
 
 import json
 from pathlib import Path
@@ -9,18 +9,11 @@ from ignite.engine import Engine, Events
 from torch import nn
 
 from ignite_mlp.engine.trainer import attach_train_metrics, create_evaluator, create_trainer
-from ignite_mlp.handlers.builtin import (
-    HISTORY_KEYS,
-    EverySeconds,
-    History,
-    SaveThenRemove,
-    attach_checkpoints,
-    attach_epoch_summary,
-    attach_progress_bar,
-    attach_terminate_on_nan,
-    attach_validation,
-)
+from ignite_mlp.handlers.checkpoints import SaveThenRemove, attach_checkpoints
+from ignite_mlp.handlers.console import EverySeconds, attach_epoch_summary, attach_progress_bar
+from ignite_mlp.handlers.controls import attach_terminate_on_nan
 from ignite_mlp.handlers.extensions import handler_table
+from ignite_mlp.handlers.history import HISTORY_KEYS, History, attach_validation
 from ignite_mlp.model import MLP
 
 

@@ -9,7 +9,7 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 
-from ignite_mlp.handlers.builtin import EverySeconds
+from ignite_mlp.handlers.console import EverySeconds
 from ignite_mlp.handlers.ignite_compat import event_filter_of, event_handlers, ignite_filter_arguments, saved_filenames
 
 

@@ -11,7 +11,7 @@ from ignite.engine import Events
 from ignite_mlp import TrainConfig, train
 from ignite_mlp.data import load_dataset
 from ignite_mlp.errors import UserError
-from ignite_mlp.handlers.builtin import HISTORY_KEYS
+from ignite_mlp.handlers.history import HISTORY_KEYS
 from ignite_mlp.handlers.ignite_compat import event_handlers
 from ignite_mlp.model import MLP
 from ignite_mlp.run.checkpoint_io import safe_load

@@ -38,8 +38,8 @@ from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from ignite_mlp import TrainConfig, train
 from ignite_mlp.data import normalization
 from ignite_mlp.errors import TrainingInterrupted
-from ignite_mlp.handlers.builtin import HISTORY_KEYS, History
-from ignite_mlp.handlers.tensorboard.logger import attach_tensorboard
+from ignite_mlp.handlers.history import HISTORY_KEYS, History
+from ignite_mlp.handlers.tensorboard.logger import TensorboardView, attach_tensorboard
 from ignite_mlp.model import MLP
 from ignite_mlp.plots import confusion_matrix_figure, image_grid
 from ignite_mlp.run.rundir import RunDir
@@ -186,7 +186,9 @@ def test_hparams_are_the_best_epoch_not_the_last(tmp_path: Path) -> None:
         history.record({"accuracy": 0.1, "loss": 2.0}, {"accuracy": acc, "loss": loss})
 
     optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
-    tb = attach_tensorboard(trainer, optimizer, history, tmp_path, hparams={"lr": 0.1, "sizes": [4, 2]})
+    tb = attach_tensorboard(
+        trainer, optimizer, history, TensorboardView(tmp_path, hparams={"lr": 0.1, "sizes": [4, 2]})
+    )
     trainer.run([0, 1], max_epochs=3)
     tb.close()
     acc = _read(tmp_path)
@@ -213,7 +215,8 @@ def _tiny_engines(tmp_path: Path, **options: Any) -> tuple[Engine, Engine]:
     history_metrics = {"accuracy": 0.5, "loss": 1.0}
     trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: history.record(history_metrics, history_metrics))
     optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
-    tb = attach_tensorboard(trainer, optimizer, history, tmp_path, evaluator=evaluator, classes=CLASSES, **options)
+    view = TensorboardView(tmp_path, classes=CLASSES, **options)
+    tb = attach_tensorboard(trainer, optimizer, history, view, evaluator=evaluator)
     trainer.run([0], max_epochs=2)
     tb.close()
     return evaluator, pixels
@@ -435,7 +438,8 @@ def test_events_are_in_the_file_as_soon_as_flush_returns(tmp_path: Path) -> None
 
     model = MLP(3 * SIDE * SIDE, 3, [4])
     before = set(threading.enumerate())
-    tb = attach_tensorboard(Engine(lambda e, b: None), torch.optim.SGD(model.parameters(), lr=0.1), History(), tmp_path)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    tb = attach_tensorboard(Engine(lambda e, b: None), optimizer, History(), TensorboardView(tmp_path))
     assert [t for t in threading.enumerate() if t not in before and t.is_alive()] == []
     for step in range(1, 301):
         tb.writer.add_scalar("burst", step / 7, step)

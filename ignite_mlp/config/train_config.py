@@ -364,12 +364,10 @@ def merge_sources(cli_values: dict[str, Any], toml_path: str | None = None) -> d
 def config_from_sources(cli_values: dict[str, Any], toml_path: str | None = None) -> TrainConfig:
     """Defaults (the recipe's), then the TOML file, then the command line: the later one wins.
     A resume starts from the run's saved config instead: see
-    :func:`ignite_mlp.run.configuration.config_for_command`, which reads it and calls this otherwise."""
+    :func:`ignite_mlp.run.plan.config_for_command`, which reads it and calls this otherwise."""
     values = merge_sources(cli_values, toml_path)
     if values.get("resume"):
-        raise ValueError(
-            "a resume starts from the run's saved config: use ignite_mlp.run.configuration.config_for_command"
-        )
+        raise ValueError("a resume starts from the run's saved config: use ignite_mlp.run.plan.config_for_command")
     return TrainConfig.from_recipe(values.pop("recipe", "tutorial"), **values)
 
 

@@ -32,8 +32,8 @@ class TrainEvents(EventEnum):
     ``NEW_BEST``: a validation score beat every earlier one; fired right after the best
     checkpoint was written, so ``context.run_dir / "checkpoints"`` already holds it. The
     superseded best file is still there until the epoch's last checkpoint is written (see
-    :func:`ignite_mlp.handlers.builtin.attach_checkpoints`): the new one is the highest score,
-    :func:`ignite_mlp.run.checkpoints.best_checkpoint`.
+    :func:`ignite_mlp.handlers.checkpoints.attach_checkpoints`): the new one is the highest score,
+    :func:`ignite_mlp.run.resume.best_checkpoint`.
     """
 
     NEW_BEST = "new_best"

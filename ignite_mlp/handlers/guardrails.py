@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import torch
 from ignite.engine import Engine, Events
 
-from ignite_mlp.handlers.builtin import History
+from ignite_mlp.handlers.history import History
 
 Write = Callable[[str], None]
 

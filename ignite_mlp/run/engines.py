@@ -18,8 +18,8 @@ from ignite_mlp.config.train_config import TrainConfig
 from ignite_mlp.distributed import ranks
 from ignite_mlp.engine.optimizers import make_optimizer
 from ignite_mlp.engine.trainer import attach_train_metrics, create_evaluator, create_trainer
+from ignite_mlp.handlers.controls import attach_ema
 from ignite_mlp.handlers.epochs import attach_epoch_shuffle
-from ignite_mlp.handlers.training import attach_ema
 from ignite_mlp.model import MLP
 from ignite_mlp.run.prepare import RunData
 from ignite_mlp.run.resume import Resume

@@ -39,7 +39,7 @@ from ignite_mlp.engine.precision import recorded_precision, resolve_precision
 from ignite_mlp.engine.trainer import create_trainer
 from ignite_mlp.errors import UserError
 from ignite_mlp.files import write_atomic
-from ignite_mlp.handlers.builtin import attach_progress_bar
+from ignite_mlp.handlers.console import attach_progress_bar
 from ignite_mlp.handlers.epochs import attach_epoch_shuffle
 from ignite_mlp.model import MLP
 from ignite_mlp.progress import progress_mode

@@ -4,13 +4,17 @@
 process count, picks the device, loads the user's handlers and, on ``--resume``, reads the
 checkpoint (into a :class:`~ignite_mlp.run.resume.Resume`). Everything that can fail on bad input
 without the data fails here, fast.
+
+The configuration a run trains with is made here too (:func:`config_for_command`,
+:func:`config_to_train`): the recipe, a TOML file and the flags, and on a resume the run's own
+saved configuration under them, by one path for the command line and for Python.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,14 +22,14 @@ from typing import Any
 import torch
 
 from ignite_mlp.config.constraints import per_process_batch
-from ignite_mlp.config.train_config import TrainConfig, resolve_device
+from ignite_mlp.config.train_config import TrainConfig, config_from_sources, given_fields, merge_sources, resolve_device
 from ignite_mlp.distributed import ranks
 from ignite_mlp.engine.precision import Precision, recorded_precision, resolve_precision
 from ignite_mlp.errors import UserError
 from ignite_mlp.handlers.extensions import load_handler
 from ignite_mlp.progress import progress_mode
 from ignite_mlp.run.resume import Resume
-from ignite_mlp.run.rundir import RunDir, RunLock
+from ignite_mlp.run.rundir import RunDir, RunLock, find_run
 from ignite_mlp.run.spec import run_epochs
 
 
@@ -153,3 +157,37 @@ def prepare_run_dir(path: Path, overwrite: bool, lock: RunLock | None = None) ->
     except OSError as e:
         raise UserError(f"--run-dir {path}: cannot write there ({e.strerror}); choose a writable folder") from None
     return path
+
+
+# Set by the resume itself: the run's own folder, never overwritten.
+_SET_BY_THE_RESUME = ("resume", "run_dir", "overwrite")
+
+
+def config_for_command(cli_values: dict[str, Any], toml_path: str | None = None) -> TrainConfig:
+    """:func:`~ignite_mlp.config.train_config.config_from_sources`, and with ``resume`` (from
+    the flag or the file) the saved config of that run under the TOML file and flags."""
+    values = merge_sources(cli_values, toml_path)
+    if not values.get("resume"):
+        return config_from_sources(values)
+    return resumed_config(str(values["resume"]), values)
+
+
+def resumed_config(resume: str, overrides: Mapping[str, Any]) -> TrainConfig:
+    """The configuration that continues the run ``resume`` (a run directory, or ``auto``: the
+    newest resumable run under ``runs/``): the one it saved, with ``overrides`` on top; its
+    handlers are attached again only when ``overrides`` names them (see
+    :meth:`~ignite_mlp.run.rundir.RunDir.resume_config`)."""
+    run = find_run(resume)
+    return run.resume_config(**{k: v for k, v in overrides.items() if k not in _SET_BY_THE_RESUME})
+
+
+def config_to_train(config: TrainConfig) -> TrainConfig:
+    """What :func:`~ignite_mlp.run.training.train` trains with. A new run's config, and one already
+    made from its run (by :meth:`~ignite_mlp.run.rundir.RunDir.resume_config` or the CLI: its
+    ``run_dir`` is the run it resumes), as they are; any other resume, such as
+    ``TrainConfig(resume="runs/a", epochs=20)``, is the run's saved configuration under the fields
+    the caller set (those that differ from the defaults: to set a field back to its default value,
+    use ``RunDir(path).resume_config(field=value)``)."""
+    if not config.resume or (config.run_dir == config.resume and config.resume != "auto"):
+        return config
+    return resumed_config(config.resume, given_fields(config))

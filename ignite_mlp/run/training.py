@@ -46,29 +46,26 @@ from ignite_mlp.config.train_config import TrainConfig
 from ignite_mlp.data import Dataset
 from ignite_mlp.data.identity import data_record
 from ignite_mlp.distributed import ranks
-from ignite_mlp.handlers.builtin import (
-    History,
-    attach_checkpoints,
-    attach_curves,
-    attach_epoch_summary,
-    attach_interrupt_checkpoint,
-    attach_progress_bar,
+from ignite_mlp.handlers.checkpoints import attach_checkpoints, attach_interrupt_checkpoint
+from ignite_mlp.handlers.console import attach_epoch_summary, attach_progress_bar
+from ignite_mlp.handlers.controls import (
+    attach_early_stopping,
+    attach_lr_schedule,
+    attach_new_best_event,
     attach_terminate_on_nan,
-    attach_validation,
 )
 from ignite_mlp.handlers.extensions import handler_table
 from ignite_mlp.handlers.guardrails import attach_initial_loss_check, attach_overfitting_watch
+from ignite_mlp.handlers.history import History, attach_curves, attach_validation
 from ignite_mlp.handlers.tensorboard.images import attach_confusion_matrix
-from ignite_mlp.handlers.tensorboard.logger import attach_tensorboard, environment, run_text
-from ignite_mlp.handlers.training import attach_early_stopping, attach_lr_schedule, attach_new_best_event
-from ignite_mlp.run.checkpoints import EpochMetricsState, RandomState
-from ignite_mlp.run.configuration import config_to_train
+from ignite_mlp.handlers.tensorboard.logger import TensorboardView, attach_tensorboard, environment, run_text
 from ignite_mlp.run.engines import Engines, build_engines, build_optimizer
 from ignite_mlp.run.fit import fit
 from ignite_mlp.run.lr_finder import record_lr_curve, resolve_auto_lr
-from ignite_mlp.run.plan import RunPlan, prepare_run_dir, resolve_plan
+from ignite_mlp.run.plan import RunPlan, config_to_train, prepare_run_dir, resolve_plan
 from ignite_mlp.run.prepare import RunData, build_loaders, prepare_data
 from ignite_mlp.run.result import RunResult, collect_result, evaluate_test_once, record_test_metrics
+from ignite_mlp.run.resume import EpochMetricsState, RandomState
 from ignite_mlp.run.rundir import RunDir, RunLock
 from ignite_mlp.run.spec import RunSpec, resolve_spec
 
@@ -115,7 +112,7 @@ def train(
     names more of them by spec. ``dataset`` skips loading (for tests and notebooks that hold
     one). With ``config.resume`` the run continues from its newest checkpoint, with its saved
     configuration under the fields the caller set (see
-    :func:`ignite_mlp.run.configuration.config_to_train`). ``list_handlers`` prints which handler
+    :func:`ignite_mlp.run.plan.config_to_train`). ``list_handlers`` prints which handler
     runs on which event and returns before training. With ``config.val_split`` the test split is
     evaluated once at the end, unless ``evaluate_test`` is False (a sweep evaluates its best trial only).
 
@@ -273,24 +270,20 @@ def _attach_tensorboard(
         attach_confusion_matrix(engines.evaluator, dataset.num_classes, spec.device)
     if not (config.tensorboard and spec.main):
         return None
-    return attach_tensorboard(
-        engines.trainer,
-        engines.optimizer,
-        history,
+    view = TensorboardView(
         plan.run_dir,
-        lr_per_iteration=lr_per_iteration,
-        # On resume, TensorBoard hides whatever the dead run logged after its checkpoint.
-        purge_step=plan.resume.purge_step if plan.resume else None,
-        evaluator=engines.evaluator,
         classes=dataset.classes,
         # Whitened images cannot be drawn back from the batch: then no misclassified grid.
         normalization=None if spec.whiten else (config.mean, config.std),
         device=spec.device,
         images_every=config.tb_images_every,
         train_samples=(dataset.train_images, dataset.train_labels),
-        model=engines.model,
         histograms=config.tb_histograms,
         hparams=run_info,
         text=run_text(run_info, environment(spec.device)),
         processes=spec.world_size,
+        lr_per_iteration=lr_per_iteration,
+        # On resume, TensorBoard hides whatever the dead run logged after its checkpoint.
+        purge_step=plan.resume.purge_step if plan.resume else None,
     )
+    return attach_tensorboard(engines.trainer, engines.optimizer, history, view, engines.evaluator, engines.model)

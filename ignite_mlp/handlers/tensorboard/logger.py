@@ -22,6 +22,7 @@ import json
 import platform
 import socket
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,79 +39,95 @@ from ignite.handlers.tensorboard_logger import (
 from torch import nn
 
 from ignite_mlp.config.constraints import loss_is_nan
-from ignite_mlp.handlers.builtin import History
+from ignite_mlp.handlers.history import History
 from ignite_mlp.handlers.tensorboard.events import add_image, add_scalar, write_hparams, write_synchronously
 from ignite_mlp.handlers.tensorboard.images import ValidationImages, sample_grid
+
+
+@dataclass(frozen=True)
+class TensorboardView:
+    """What one run shows in TensorBoard, beyond its engines: where the events go, the run's
+    resolved state that the tags need, and what to log. ``train()`` makes one from its spec.
+
+    * ``classes``: with an evaluator, the confusion matrix (Ignite's ``ConfusionMatrix`` on
+      ``device``) every ``images_every`` epochs and at the last (0: never); with
+      ``normalization`` (mean, std) also a grid of misclassified validation images.
+    * ``train_samples`` (uint8 images and labels) and ``classes``: a grid of training images at
+      step 0, when the run starts fresh.
+    * ``histograms``: weight and gradient histograms and norms per layer, at each epoch's last
+      iteration (with a model).
+    * ``hparams``: the HParams entry, written when training ends (see :func:`write_hparams`).
+    * ``text``: ``{tag: markdown}`` entries written when training starts.
+    * ``processes``: how many ranks train (on rank 0, the only one that logs); samples per
+      second count all of them, each rank's batches being equal in size.
+    * ``lr_per_iteration``: the learning rate every iteration (a schedule that moves within
+      epochs), else at each epoch's first.
+    * ``purge_step``: on resume, the checkpoint's iteration + 1 (see :func:`attach_tensorboard`).
+    """
+
+    log_dir: str | Path
+    classes: Sequence[str] | None = None
+    normalization: tuple[Sequence[float], Sequence[float]] | None = None
+    device: torch.device | str = "cpu"
+    images_every: int = 1
+    train_samples: tuple[torch.Tensor, torch.Tensor] | None = None
+    histograms: bool = False
+    hparams: Mapping[str, Any] | None = None
+    text: Mapping[str, str] | None = None
+    processes: int = 1
+    lr_per_iteration: bool = False
+    purge_step: int | None = None
 
 
 def attach_tensorboard(
     trainer: Engine,
     optimizer: torch.optim.Optimizer,
     history: History,
-    log_dir: str | Path,
-    lr_per_iteration: bool = False,
-    purge_step: int | None = None,
-    *,
+    view: TensorboardView,
     evaluator: Engine | None = None,
-    classes: Sequence[str] | None = None,
-    normalization: tuple[Sequence[float], Sequence[float]] | None = None,
-    device: torch.device | str = "cpu",
-    images_every: int = 1,
-    train_samples: tuple[torch.Tensor, torch.Tensor] | None = None,
     model: nn.Module | None = None,
-    histograms: bool = False,
-    hparams: Mapping[str, Any] | None = None,
-    text: Mapping[str, str] | None = None,
-    processes: int = 1,
 ) -> TensorboardLogger:
-    """Log a run to TensorBoard in ``log_dir`` (see the module docstring for the tags).
+    """Log a run to TensorBoard in ``view.log_dir`` (see the module docstring for the tags).
 
-    Always: ``train/loss``, ``train/lr/group_<i>`` at each epoch's first iteration (every
-    iteration with ``lr_per_iteration``, for schedules that move within epochs), the four
-    ``epoch/<key>`` values of ``history`` and the epoch timings. The keyword options add the rest:
-
-    * ``evaluator`` and ``classes``: the confusion matrix (Ignite's ``ConfusionMatrix`` attached
-      to the evaluator, on ``device``) every ``images_every`` epochs and at the last one (0:
-      never); with ``normalization`` (mean, std) also a grid of misclassified validation images.
-    * ``train_samples`` (uint8 images and labels) and ``classes``: a grid of training images at
-      step 0, when the run starts fresh.
-    * ``model`` with ``histograms``: weight and gradient histograms and norms per layer, at each
-      epoch's last iteration.
-    * ``hparams``: the HParams entry, written when training ends (see :func:`write_hparams`).
-    * ``text``: ``{tag: markdown}`` entries written when training starts.
-    * ``processes``: how many ranks train (on rank 0, the only one that logs); samples per
-      second count all of them, each rank's batches being equal in size.
+    Always: ``train/loss``, ``train/lr/group_<i>``, the four ``epoch/<key>`` values of ``history``
+    and the epoch timings; the rest as :class:`TensorboardView` says (images need the
+    ``evaluator``, histograms the ``model``).
 
     Attach after ``history`` and before the last checkpoint: the epoch's events are flushed to
-    disk before the checkpoint that covers them, and ``purge_step`` (the checkpoint's iteration
-    + 1, on resume) hides anything a killed run logged after its checkpoint, so no step is ever
-    duplicated. This session's start entries (text) go at ``purge_step`` for the same reason.
+    disk before the checkpoint that covers them, and ``view.purge_step`` hides anything a killed
+    run logged after its checkpoint, so no step is ever duplicated. This session's start entries
+    (text) go at ``purge_step`` for the same reason.
     """
     # Event files are named by the second they were opened; a resumed run's file gets a suffix
     # that sorts after the original's, so even a resume within the same second appends a new
     # file (tensorboardX opens with "wb") and TensorBoard reads the purge in the right order.
-    suffix = f".{purge_step or 0:012d}"
-    tb = TensorboardLogger(log_dir=str(log_dir), purge_step=purge_step, filename_suffix=suffix)
+    purge_step = view.purge_step
+    tb = TensorboardLogger(log_dir=str(view.log_dir), purge_step=purge_step, filename_suffix=f".{purge_step or 0:012d}")
     writer = tb.writer
     write_synchronously(writer)
-    _attach_lr(trainer, optimizer, writer, lr_per_iteration)
-    _attach_start_entries(trainer, writer, purge_step or 0, text, train_samples, classes)
+    _attach_lr(trainer, optimizer, writer, view.lr_per_iteration)
+    _attach_start_entries(trainer, writer, purge_step or 0, view.text, view.train_samples, view.classes)
     images = None
-    if evaluator is not None and classes and images_every > 0:
-        images = ValidationImages(trainer, evaluator, classes, images_every, normalization, device)
-    if model is not None and histograms:
+    if evaluator is not None and view.classes and view.images_every > 0:
+        images = ValidationImages(trainer, evaluator, view.classes, view.images_every, view.normalization, view.device)
+    if model is not None and view.histograms:
         attach_histograms(tb, trainer, model)
-    EpochScalars(writer, history, evaluator, images, processes).attach(trainer)
+    EpochScalars(writer, history, evaluator, images, view.processes).attach(trainer)
     trainer.add_event_handler(Events.COMPLETED, lambda _: writer.flush())
-    if hparams is not None:
-
-        def log_hparams(engine: Engine) -> None:
-            best = best_metrics(history)
-            if best:
-                write_hparams(log_dir, hparams, best, engine.state.iteration, session_status(engine))
-
-        trainer.add_event_handler(Events.COMPLETED, log_hparams)
+    if view.hparams is not None:
+        _attach_hparams(trainer, history, view.log_dir, view.hparams)
     return tb
+
+
+def _attach_hparams(trainer: Engine, history: History, log_dir: str | Path, hparams: Mapping[str, Any]) -> None:
+    """The HParams entry, with the best validation metrics, when training ends."""
+
+    def log_hparams(engine: Engine) -> None:
+        best = best_metrics(history)
+        if best:
+            write_hparams(log_dir, hparams, best, engine.state.iteration, session_status(engine))
+
+    trainer.add_event_handler(Events.COMPLETED, log_hparams)
 
 
 def _attach_lr(trainer: Engine, optimizer: torch.optim.Optimizer, writer: Any, per_iteration: bool) -> None:

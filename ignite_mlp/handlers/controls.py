@@ -1,5 +1,5 @@
-"""Training controls on Ignite's own pieces: learning-rate schedules, early
-stopping, the moving average of the weights, and the package's NEW_BEST event."""
+"""Training controls on Ignite's own pieces: learning-rate schedules, early stopping, the stop on a
+NaN loss, the moving average of the weights, and the package's NEW_BEST event."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from ignite.handlers import (
     LRScheduler,
     ParamScheduler,
     PiecewiseLinear,
+    TerminateOnNan,
 )
 from torch import nn
 from torch.optim import Optimizer
@@ -111,3 +112,8 @@ def restore_ema(ema: EMAHandler | None, saved: Mapping[str, Any]) -> None:
     if ema is None:
         return
     ema.ema_model.load_state_dict(saved["ema_model"] if "ema_model" in saved else ema.model.state_dict())
+
+
+def attach_terminate_on_nan(trainer: Engine) -> None:
+    """Stop at the first NaN or infinite training loss (Ignite's ``TerminateOnNan``)."""
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, TerminateOnNan(output_transform=lambda out: out["loss"]))
