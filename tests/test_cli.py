@@ -141,7 +141,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(bigger_tree: Path, tmp_p
 
     from conftest import busy_cpu
 
-    epochs = 12
+    epochs = 5
     reference = tmp_path / "reference"
     assert run_cli(_train_argv(bigger_tree, reference, epochs)) == 0
     killed = tmp_path / "killed"
