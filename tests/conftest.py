@@ -1,19 +1,25 @@
-"""Tiny generated data sets shared by the tests, and the real pack when CI provides it."""
+"""What several test modules share: tiny generated data sets, the real pack when CI provides it,
+and small helpers (the CLI's exit status, a pickle payload, a data set counting its test reads)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from ignite_mlp.data import Dataset
 
 CLASSES = ("ant", "bee", "cat")
 PACK_VARIABLE = "IGNITE_MLP_PACK"
@@ -31,6 +37,65 @@ def pytest_configure(config: pytest.Config) -> None:
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test gets its own decode cache, so no test sees another's cached tensors."""
     monkeypatch.setenv("IGNITE_MLP_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+def run_cli(argv: list[str]) -> int:
+    """The CLI's exit status for ``argv``, whether ``main()`` returns it or argparse exits with it."""
+    from ignite_mlp.cli import main
+
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return int(e.code)  # type: ignore[arg-type]
+
+
+def quiet(_: str) -> None:
+    """A ``write=`` for ``train()`` that prints nothing."""
+
+
+def read_history(run_dir: Path) -> dict[str, Any]:
+    """The run's ``history.json``, as on disk."""
+    return json.loads((run_dir / "history.json").read_text())
+
+
+class Payload:
+    """Unpickling this creates a file: what a malicious checkpoint or data batch could do.
+
+    Pickled as a call of ``open`` itself, so a loader that allowed any global would run it."""
+
+    def __init__(self, marker: Path | str) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (open, (str(self.marker), "w"))
+
+
+_DATASET_FIELDS = ("train_images", "train_labels", "test_images", "test_labels", "classes", "source")
+
+
+class CountingDataset(Dataset):
+    """A :class:`Dataset` that counts every read of its test split's images and labels."""
+
+    test_reads = 0
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in ("test_images", "test_labels"):
+            object.__setattr__(self, "test_reads", object.__getattribute__(self, "test_reads") + 1)
+        return object.__getattribute__(self, name)
+
+    @classmethod
+    def of(cls, dataset: Dataset) -> CountingDataset:
+        """A counting copy of ``dataset`` (the same tensors)."""
+        return cls(*(getattr(dataset, f) for f in _DATASET_FIELDS))
+
+    @property
+    def _uncounted(self) -> Dataset:
+        """The same tensors, uncounted: hashing the data and counting its images for the run's
+        record identify the data, they use none of it."""
+        return Dataset(*(object.__getattribute__(self, f) for f in _DATASET_FIELDS))
+
+    fingerprint = property(lambda self: self._uncounted.fingerprint)
+    counts = property(lambda self: self._uncounted.counts)
 
 
 def decode_array(data: bytes, name: str) -> np.ndarray:
@@ -94,6 +159,40 @@ def make_cifar_pickles(root: Path, per_batch: int = 6, seed: int = 0) -> Path:
     with open(folder / "batches.meta", "wb") as f:
         pickle.dump({b"label_names": labels}, f)
     return folder
+
+
+class TrainedRuns:
+    """Runs on a tiny tree (the ``tree`` fixture's images), each trained once when a test first
+    asks for it, for a module's tests to share through a ``scope="module"`` fixture. A run is
+    named by its settings: ``defaults`` and the overrides given to :meth:`run`. A test that
+    changes a run works on a :meth:`copy`."""
+
+    def __init__(self, root: Path, **defaults: Any) -> None:
+        self.root = root
+        self.tree = make_tree(root / "tree")
+        self.defaults = {"progress": False, **defaults}
+        self.results: dict[str, Any] = {}
+
+    def config(self, run_dir: Path, **overrides: Any) -> Any:
+        """The run's configuration, its data decoded into this object's own cache."""
+        from ignite_mlp import TrainConfig
+
+        settings = {"data": str(self.tree), "cache_dir": str(self.root / "cache"), **self.defaults, **overrides}
+        return TrainConfig(**settings, run_dir=str(run_dir))
+
+    def run(self, **overrides: Any) -> Any:
+        """The ``RunResult`` of the run with these overrides, trained on the first call."""
+        from ignite_mlp import train
+
+        key = repr(sorted(overrides.items()))
+        if key not in self.results:
+            self.results[key] = train(self.config(self.root / f"run{len(self.results)}", **overrides), write=quiet)
+        return self.results[key]
+
+    def copy(self, to: Path, **overrides: Any) -> Path:
+        """A copy of the run with these overrides, at ``to``, to change at will."""
+        shutil.copytree(self.run(**overrides).run_dir, to)
+        return to
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import read_history, run_cli
 
 from ignite_mlp.cli import main
 
@@ -42,18 +43,10 @@ def test_cli_trains_with_toml_and_flags(tarball: Path, tmp_path: Path, capsys: p
 def test_bad_input_is_one_line_exit_2(
     args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    status = _run(["train", "--run-dir", str(tmp_path / "r"), *args])
+    status = run_cli(["train", "--run-dir", str(tmp_path / "r"), *args])
     err = capsys.readouterr().err
     assert status == 2
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
-
-
-def _run(argv: list[str]) -> int:
-    """main()'s status, whether it returns it or argparse exits with it."""
-    try:
-        return main(argv)
-    except SystemExit as e:
-        return int(e.code)
 
 
 def test_python_dash_m_and_console_script_agree(tmp_path: Path) -> None:
@@ -114,10 +107,6 @@ def bigger_tree(tmp_path: Path) -> Path:
     return make_tree(tmp_path / "bigger", n_train=150, n_test=20, size=16)
 
 
-def _history(run_dir: Path) -> dict:
-    return json.loads((run_dir / "history.json").read_text())
-
-
 def _assert_same_history(a: dict, b: dict) -> None:
     assert list(a) == list(b)
     for key in a:
@@ -131,7 +120,7 @@ def _signal_mid_run(
     """Train ``epochs`` straight into ``reference``; start the same run in ``stopped`` and send
     it ``signum`` once ``after`` epochs are in its history. Returns both folders and the process."""
     reference = tmp_path / "reference"
-    assert _run(_train_argv(tree, reference, epochs)) == 0
+    assert run_cli(_train_argv(tree, reference, epochs)) == 0
     stopped = tmp_path / "stopped"
     proc = _start_training(tree, stopped, epochs)
     _wait_for_epochs(stopped, after, proc)
@@ -141,8 +130,8 @@ def _signal_mid_run(
 
 def _resume_matches(stopped: Path, reference: Path) -> None:
     """``--resume`` finishes the stopped run, and its history equals the straight run's."""
-    assert _run(["train", "--resume", str(stopped), "--no-progress"]) == 0
-    _assert_same_history(_history(stopped), _history(reference))
+    assert run_cli(["train", "--resume", str(stopped), "--no-progress"]) == 0
+    _assert_same_history(read_history(stopped), read_history(reference))
 
 
 def test_kill_9_then_resume_equals_an_uninterrupted_run(bigger_tree: Path, tmp_path: Path) -> None:
@@ -152,18 +141,18 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(bigger_tree: Path, tmp_p
 
     from conftest import busy_cpu
 
-    epochs = 12
+    epochs = 5
     reference = tmp_path / "reference"
-    assert _run(_train_argv(bigger_tree, reference, epochs)) == 0
+    assert run_cli(_train_argv(bigger_tree, reference, epochs)) == 0
     killed = tmp_path / "killed"
     with busy_cpu():
         proc = _start_training(bigger_tree, killed, epochs)
         _wait_for_epochs(killed, 2, proc)
         proc.send_signal(signal.SIGKILL)
         assert proc.wait() == -signal.SIGKILL
-        assert len(_history(killed)["val_loss"]) < epochs, "the run must really have been cut short"
-        assert _run(["train", "--resume", str(killed), "--no-progress"]) == 0
-    assert _history(killed) == _history(reference)
+        assert len(read_history(killed)["val_loss"]) < epochs, "the run must really have been cut short"
+        assert run_cli(["train", "--resume", str(killed), "--no-progress"]) == 0
+    assert read_history(killed) == read_history(reference)
     assert len(list((killed / "checkpoints").glob("best_*.pt"))) == 1
 
 
@@ -190,7 +179,7 @@ def test_bad_files_and_folders_are_one_line_exit_2(tree: Path, tmp_path: Path, c
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
     existing = tmp_path / "existing"
-    assert _run(["train", "--data", str(tree), "--run-dir", str(existing), "--epochs", "1", "--no-progress"]) == 0
+    assert run_cli(["train", "--data", str(tree), "--run-dir", str(existing), "--epochs", "1", "--no-progress"]) == 0
     capsys.readouterr()
     before = {p: p.read_bytes() for p in existing.rglob("*") if p.is_file()}
     cases = [
@@ -201,14 +190,14 @@ def test_bad_files_and_folders_are_one_line_exit_2(tree: Path, tmp_path: Path, c
         (["--resume", str(tmp_path / "no-run")], "no run there"),
     ]
     for args, message in cases:
-        status = _run(["train", "--run-dir", str(tmp_path / "fresh"), *args, "--no-progress"])
+        status = run_cli(["train", "--run-dir", str(tmp_path / "fresh"), *args, "--no-progress"])
         err = capsys.readouterr().err
         assert status == 2 and message in err and err.count("\n") == 1, (args, err)
     # A corrupt last checkpoint, then a crafted one: refused, and the run is left as it was.
     last = next((existing / "checkpoints").glob("last_checkpoint_*.pt"))
     good = last.read_bytes()
     last.write_bytes(good[:100])
-    assert _run(["train", "--resume", str(existing), "--epochs", "2", "--no-progress"]) == 2
+    assert run_cli(["train", "--resume", str(existing), "--epochs", "2", "--no-progress"]) == 2
     assert "corrupt or truncated checkpoint" in capsys.readouterr().err
     last.write_bytes(good)
     assert {p: p.read_bytes() for p in existing.rglob("*") if p.is_file()} == before
@@ -218,22 +207,22 @@ def test_evaluate_and_samples_commands(tree: Path, tmp_path: Path, capsys: pytes
     from PIL import Image
 
     run = tmp_path / "run"
-    assert _run(["train", "--data", str(tree), "--run-dir", str(run), "--epochs", "2", "--no-progress"]) == 0
+    assert run_cli(["train", "--data", str(tree), "--run-dir", str(run), "--epochs", "2", "--no-progress"]) == 0
     capsys.readouterr()
-    assert _run(["evaluate", str(run)]) == 0
+    assert run_cli(["evaluate", str(run)]) == 0
     out = capsys.readouterr().out
     assert "per-class accuracy" in out and "ant" in out
     with Image.open(run / "confusion_matrix.png") as img:
         assert img.format == "PNG"
     grid = tmp_path / "grid.png"
-    assert _run(["samples", "--data", str(tree), "--out", str(grid), "--count", "6"]) == 0
+    assert run_cli(["samples", "--data", str(tree), "--out", str(grid), "--count", "6"]) == 0
     with Image.open(grid) as img:
         assert img.format == "PNG" and img.width > 6 * 8
-    assert _run(["evaluate", str(tmp_path / "nothing")]) == 2
+    assert run_cli(["evaluate", str(tmp_path / "nothing")]) == 2
     assert "neither a run directory" in capsys.readouterr().err
-    assert _run(["evaluate", str(run), "--device", "tpu"]) == 2
+    assert run_cli(["evaluate", str(run), "--device", "tpu"]) == 2
     assert "--device must be auto, cpu, cuda or cuda:N" in capsys.readouterr().err
-    assert _run(["samples", "--data", str(tree), "--out", str(grid), "--seed", "-1"]) == 2
+    assert run_cli(["samples", "--data", str(tree), "--out", str(grid), "--seed", "-1"]) == 2
     assert "--seed must be in [0, 2**32 - 1]" in capsys.readouterr().err
 
 
@@ -281,7 +270,7 @@ def test_samples_prints_the_one_hot_line_of_the_first_image(
 def test_mistyped_option_is_refused_with_a_suggestion(
     argv: list[str], suggested: str, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    assert _run(argv) == 2
+    assert run_cli(argv) == 2
     err = capsys.readouterr().err
     typed = next(a for a in argv if a.startswith("--"))
     assert err.count("\n") == 1 and f"unrecognized arguments: {typed}" in err
@@ -290,7 +279,7 @@ def test_mistyped_option_is_refused_with_a_suggestion(
 
 
 def test_no_suggestion_for_an_option_unlike_any(capsys: pytest.CaptureFixture) -> None:
-    assert _run(["train", "--zzz"]) == 2
+    assert run_cli(["train", "--zzz"]) == 2
     err = capsys.readouterr().err
     assert "unrecognized arguments: --zzz" in err and "did you mean" not in err
 
@@ -308,7 +297,7 @@ def test_every_parser_refuses_abbreviations() -> None:
 
 def test_dry_run_reports_no_accuracy_as_a_result(tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     argv = ["train", "--data", str(tree), "--run-dir", str(tmp_path / "r"), "--dry-run", "--no-progress"]
-    assert _run(argv) == 0
+    assert run_cli(argv) == 0
     out = capsys.readouterr().out
     assert "dry run finished: 1 epoch of 2 training steps" in out and "drop --dry-run" in out
     assert "best validation accuracy" not in out
@@ -330,7 +319,7 @@ def test_missing_data_leaves_no_folder_behind(
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
-    assert _run(["train", "--no-progress", *args]) == 2
+    assert run_cli(["train", "--no-progress", *args]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and ("downloading is off" in err or "could not download" in err), err
     assert list(work.iterdir()) == []  # no data folder, no runs/
@@ -348,7 +337,7 @@ def test_list_handlers_needs_no_data_and_leaves_nothing(
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
-    assert _run(["train", "--list-handlers", "--no-progress", *args]) == 0
+    assert run_cli(["train", "--list-handlers", "--no-progress", *args]) == 0
     out = capsys.readouterr().out
     assert "trainer    EPOCH_COMPLETED" in out and "evaluator  COMPLETED" in out
     assert list(work.iterdir()) == []  # no data folder, no runs/
@@ -360,6 +349,6 @@ def test_list_handlers_writes_no_run_directory(
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
-    assert _run(["train", "--list-handlers", "--data", str(tree), "--no-progress"]) == 0
+    assert run_cli(["train", "--list-handlers", "--data", str(tree), "--no-progress"]) == 0
     assert "trainer" in capsys.readouterr().out
     assert list(work.iterdir()) == []

@@ -22,7 +22,8 @@ def test_defaults_are_the_tutorials_recipe() -> None:
     )
     assert (c.mean, c.std, c.data) == ([0.5], [0.5], "./data")
     assert (c.device, c.precision, c.progress) == ("auto", "auto", "auto")
-    assert TrainConfig().hidden_sizes is not c.hidden_sizes  # no shared mutable default
+    c.hidden_sizes.append(64)
+    assert TrainConfig().hidden_sizes == [128]  # no shared mutable default
 
 
 @pytest.mark.parametrize(

@@ -10,20 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_cifar_pickles
+from conftest import Payload, make_cifar_pickles
 
 from ignite_mlp.data import load_dataset, sources
 from ignite_mlp.errors import UserError
-
-
-class _Payload:
-    """Unpickling this creates a file: what a crafted CIFAR-10 batch could do."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple:
-        return (open, (str(self.marker), "w"))
 
 
 def _archive(folder: Path, out: Path) -> Path:
@@ -37,7 +27,7 @@ def test_a_crafted_batch_is_refused_and_its_payload_never_runs(tmp_path: Path, p
     folder = make_cifar_pickles(tmp_path / "data")
     marker = tmp_path / "PWNED"
     with open(folder / "data_batch_1", "wb") as f:
-        pickle.dump({b"data": _Payload(marker), b"labels": [0]}, f)
+        pickle.dump({b"data": Payload(marker), b"labels": [0]}, f)
     source = _archive(folder, tmp_path / "c.tar.gz") if packed else tmp_path / "data"
     with pytest.raises(UserError, match=r"data_batch_1: not a CIFAR-10 batch, refused \(it asks for io.open") as e:
         load_dataset(source)

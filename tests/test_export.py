@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_gray_tree, make_tree
+from conftest import make_gray_tree, make_tree, run_cli
 
 from ignite_mlp import TrainConfig, train
-from ignite_mlp.cli import main
 from ignite_mlp.data import load_dataset
 from ignite_mlp.inference import export as export_module
 from ignite_mlp.inference.classifier import load_classifier
@@ -47,13 +46,6 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return made
 
 
-def _run(argv: list[str]) -> int:
-    try:
-        return main(argv)
-    except SystemExit as e:
-        return int(e.code)
-
-
 def _images(run: Path, n: int) -> torch.Tensor:
     """``n`` uint8 images of the run's shape: its validation images, then random ones."""
     config = json.loads((run / "config.json").read_text())
@@ -70,7 +62,7 @@ def test_onnx_runs_on_onnxruntime_alone_and_agrees(
     onnxruntime = pytest.importorskip("onnxruntime")
     run = runs[name]
     out = tmp_path / "model.onnx"
-    assert _run(["export", str(run), "--format", "onnx", "--out", str(out)]) == 0
+    assert run_cli(["export", str(run), "--format", "onnx", "--out", str(out)]) == 0
     printed = capsys.readouterr().out.splitlines()
     count = 12 if name == "rgb" else 256
     assert printed[0].startswith(f"check: onnx (onnxruntime) agrees with PyTorch on {count} validation images: ")
@@ -98,7 +90,7 @@ def test_onnx_runs_on_onnxruntime_alone_and_agrees(
 
 def test_torchscript_loads_with_torch_alone_and_agrees(runs: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
     run = runs["gray"]
-    assert _run(["export", str(run), "--format", "torchscript"]) == 0
+    assert run_cli(["export", str(run), "--format", "torchscript"]) == 0
     assert "torchscript (torch.jit.load) agrees with PyTorch on 256 validation images" in capsys.readouterr().out
     path = run / "model.torchscript.pt"
     files = {"ignite_mlp.json": ""}
@@ -116,7 +108,7 @@ def test_without_the_export_extra_the_message_names_it(
 ) -> None:
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed: importing it fails
     out = tmp_path / "model.onnx"
-    assert _run(["export", str(runs["rgb"]), "--format", "onnx", "--out", str(out)]) == 2
+    assert run_cli(["export", str(runs["rgb"]), "--format", "onnx", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err == (
         "ignite-mlp: error: ONNX export needs onnxruntime, which is not installed: "
@@ -130,10 +122,10 @@ def test_a_failed_check_leaves_nothing_and_exits_1(
 ) -> None:
     monkeypatch.setattr(export_module, "TOLERANCE", 0.0)  # nothing can pass: even a difference of 0
     out = tmp_path / "model.pt"
-    assert _run(["export", str(runs["rgb"]), "--format", "torchscript", "--out", str(out)]) == 1
+    assert run_cli(["export", str(runs["rgb"]), "--format", "torchscript", "--out", str(out)]) == 1
     assert "export check failed" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
-    assert _run(["export", str(runs["rgb"]), "--format", "torchscript", "--out", str(tmp_path / "no" / "m.pt")]) == 2
+    assert run_cli(["export", str(runs["rgb"]), "--format", "torchscript", "--out", str(tmp_path / "no" / "m.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 
@@ -148,7 +140,7 @@ def test_a_whitened_run_exports_its_whitening_inside_the_graph(tmp_path: Path, c
     )
     train(config, write=lambda _: None)
     out = tmp_path / "white.onnx"
-    assert _run(["export", str(run), "--format", "onnx", "--out", str(out)]) == 0
+    assert run_cli(["export", str(run), "--format", "onnx", "--out", str(out)]) == 0
     assert "same top-1 for 12/12" in capsys.readouterr().out
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     images = _images(run, 12)

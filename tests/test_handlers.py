@@ -89,11 +89,10 @@ def test_terminate_on_nan_stops_at_first_bad_loss() -> None:
 
 
 def test_every_seconds_passes_an_event_once_per_interval() -> None:
-    # A clock that advances a quarter of the interval per step: the event passes at the first
-    # step and then at every 4th (1, 5, 9, ...), however many steps there are.
-    ticks = iter(0.25 * k for k in range(100))
+    # Each step takes a quarter of the interval, on a clock that reads the step's time however
+    # often it is read: the event passes at the first step and then at every 4th (1, 5, 9, ...).
     engine, passed = Engine(lambda e, b: None), []
-    throttle = EverySeconds(1.0, clock=lambda: next(ticks))
+    throttle = EverySeconds(1.0, clock=lambda: 0.25 * (engine.state.iteration - 1))
     engine.add_event_handler(
         Events.ITERATION_COMPLETED(event_filter=throttle), lambda e: passed.append(e.state.iteration)
     )

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CLASSES, make_tree
+from conftest import CLASSES, make_tree, quiet
 from PIL import Image
 
 from ignite_mlp import TrainConfig, train
@@ -29,10 +29,6 @@ from ignite_mlp.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 PEAK_LIMIT = 1536 * 2**20  # bytes: torch's import alone is about 0.7 GB
 HUGE_MEMBER = 1536 * 2**20  # what the tar header claims
-
-
-def _quiet(_: str) -> None:
-    pass
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +46,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
         whiten="zca",
         progress=False,
     )
-    train(config, write=_quiet)
+    train(config, write=quiet)
     return w
 
 

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_gray_tree
+from conftest import make_gray_tree, run_cli
 from ignite.engine import Engine, Events
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
-from ignite_mlp.cli import build_parser, config_from_namespace, main
+from ignite_mlp.cli import build_parser, config_from_namespace
 from ignite_mlp.config.train_config import TrainConfig
 from ignite_mlp.data import Dataset
 from ignite_mlp.run import lr_finder
@@ -28,13 +28,6 @@ from ignite_mlp.run.lr_finder import LRCurve, lr_find, plot_lr_curve
 from ignite_mlp.run.training import train
 
 BLUE, RED = (31, 119, 180), (214, 39, 40)  # matplotlib's tab:blue (the curve) and tab:red (the mark)
-
-
-def _run(argv: list[str]) -> int:
-    try:
-        return main(argv)
-    except SystemExit as e:
-        return int(e.code)
 
 
 def _noisy_classes(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,7 +102,7 @@ def test_train_lr_auto_trains_with_the_suggestion_and_records_it(
 ) -> None:
     run = tmp_path / "auto"
     common = ["--data", str(tree), "--epochs", "2", "--batch-size", "8", "--no-progress"]
-    assert _run(["train", *common, "--run-dir", str(run), "--lr", "auto"]) == 0
+    assert run_cli(["train", *common, "--run-dir", str(run), "--lr", "auto"]) == 0
     out = capsys.readouterr().out
     saved = json.loads((run / "config.json").read_text())
     # The finder run again on its own gives the rate config.json holds, and the printed one.
@@ -124,10 +117,10 @@ def test_train_lr_auto_trains_with_the_suggestion_and_records_it(
     # It trained with that rate, and the finder left the random state alone: a run given the
     # rate by hand has the same history.
     by_hand = tmp_path / "by-hand"
-    assert _run(["train", *common, "--run-dir", str(by_hand), "--lr", repr(saved["lr"])]) == 0
+    assert run_cli(["train", *common, "--run-dir", str(by_hand), "--lr", repr(saved["lr"])]) == 0
     assert json.loads((run / "history.json").read_text()) == json.loads((by_hand / "history.json").read_text())
     # A resumed run keeps its own rate.
-    assert _run(["train", "--resume", str(run), "--epochs", "3", "--lr", "auto"]) == 2
+    assert run_cli(["train", "--resume", str(run), "--epochs", "3", "--lr", "auto"]) == 2
     assert "a resumed run keeps its own" in capsys.readouterr().err
 
 
@@ -138,7 +131,7 @@ def test_lr_find_writes_only_its_plot_and_prints_a_train_command(
     work.mkdir()
     monkeypatch.chdir(work)
     args = ["--data", str(tree), "--batch-size", "8", "--hidden-sizes", "64", "--no-progress"]
-    assert _run(["lr-find", *args, "--num-iter", "40"]) == 0
+    assert run_cli(["lr-find", *args, "--num-iter", "40"]) == 0
     out = capsys.readouterr().out
     assert sorted(p.name for p in work.rglob("*")) == ["lr_finder.png"]  # no runs/, nothing else
     command = next(line.removeprefix("train with it: ") for line in out.splitlines() if "train with it" in line)
@@ -152,7 +145,7 @@ def test_lr_find_writes_only_its_plot_and_prints_a_train_command(
     # A 1-channel data set of another size, into a run directory: only the plot is written there.
     gray = make_gray_tree(tmp_path / "gray")
     run_dir = tmp_path / "later-run"
-    assert _run(["lr-find", "--data", str(gray), "--batch-size", "8", "--run-dir", str(run_dir)]) == 0
+    assert run_cli(["lr-find", "--data", str(gray), "--batch-size", "8", "--run-dir", str(run_dir)]) == 0
     assert sorted(p.name for p in run_dir.rglob("*")) == ["lr_finder.png"]
     assert f"--run-dir {run_dir}" in capsys.readouterr().out
 
@@ -168,7 +161,7 @@ def test_lr_find_writes_only_its_plot_and_prints_a_train_command(
 def test_bad_finder_input_is_one_line(
     argv: list[str], message: str, tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    assert _run([*argv, "--data", str(tree), "--run-dir", str(tmp_path / "r"), "--no-progress"]) == 2
+    assert run_cli([*argv, "--data", str(tree), "--run-dir", str(tmp_path / "r"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "r").exists()
@@ -235,12 +228,12 @@ def test_lr_find_draws_its_progress_bar_on_a_terminal(
     terminal = _Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     argv = ["lr-find", "--data", str(tree), "--batch-size", "8", "--num-iter", "10", "--out", str(tmp_path / "p.png")]
-    assert _run([*argv, *flags]) == 0
+    assert run_cli([*argv, *flags]) == 0
     assert ("loss=" in terminal.getvalue()) is drawn  # Ignite's bar shows the batch loss
 
 
 def test_lr_find_help_lists_only_the_options_it_uses(capsys: pytest.CaptureFixture) -> None:
-    assert _run(["lr-find", "--help"]) == 0
+    assert run_cli(["lr-find", "--help"]) == 0
     flags = {word.rstrip(",") for word in capsys.readouterr().out.split() if word.startswith("--")}
     for used in ("--data", "--recipe", "--whiten", "--mixup", "--hidden-sizes", "--optimizer", "--batch-size"):
         assert used in flags
@@ -264,6 +257,6 @@ def test_finder_options_are_checked_before_any_data_loads(
     flags: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     # The data path does not exist: an error about it would mean the data was looked at first.
-    assert _run(["lr-find", "--data", str(tmp_path / "missing"), "--no-download", *flags]) == 2
+    assert run_cli(["lr-find", "--data", str(tmp_path / "missing"), "--no-download", *flags]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1

@@ -86,14 +86,11 @@ def test_forced_precisions_are_taken_as_given(monkeypatch: pytest.MonkeyPatch) -
 def test_auto_decides_the_same_on_a_busy_machine() -> None:
     """Three processes spinning on the 2 cores while auto decides, 20 times over: one answer,
     the idle one (nothing is timed, so the load cannot enter)."""
+    from conftest import busy_cpu
+
     idle = choose_precision("auto", CPU)
-    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(3)]
-    try:
+    with busy_cpu():
         busy = {choose_precision("auto", CPU) for _ in range(20)}
-    finally:
-        for hog in hogs:
-            hog.kill()
-            hog.wait()
     assert busy == {idle}
 
 

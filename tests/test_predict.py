@@ -11,12 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CLASSES, decode_array, make_gray_tree, make_tarball, make_tree
+from conftest import CLASSES, decode_array, make_gray_tree, make_tarball, make_tree, quiet, run_cli
 from PIL import Image
 from test_data_images import MODES, decode_mode_case
 
 from ignite_mlp import TrainConfig, train
-from ignite_mlp.cli import main
 from ignite_mlp.data.images import to_8_bit
 from ignite_mlp.inference.classifier import load_classifier
 from ignite_mlp.inference.evaluate import evaluate
@@ -24,10 +23,6 @@ from ignite_mlp.inference.predict import fit_image, predict, read_image
 from ignite_mlp.model import MLP
 
 RED, BLUE = (220, 30, 30), (30, 30, 220)
-
-
-def _quiet(_: str) -> None:
-    pass
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +41,7 @@ def _train(data: Path, run_dir: Path, cache: Path, **kw) -> Path:
         progress=False,
         **kw,
     )
-    train(config, write=_quiet)
+    train(config, write=quiet)
     return run_dir
 
 
@@ -68,13 +63,6 @@ def white_run(root: Path) -> Path:
 def gray_run(root: Path) -> Path:
     """A run on 1-channel 12x16 images (its data in ``root / "gray"``)."""
     return _train(make_gray_tree(root / "gray"), root / "gray-run", root / "cache")
-
-
-def _run(argv: list[str]) -> int:
-    try:
-        return main(argv)
-    except SystemExit as e:
-        return int(e.code)
 
 
 def _by_hand(run_dir: Path, pixels: np.ndarray) -> torch.Tensor:
@@ -158,7 +146,7 @@ def test_cli_json_and_csv_carry_the_numbers_and_bad_files_get_a_line(
     (pictures / "f-corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     (pictures / "notes.txt").write_text("not an image, and not picked up from a folder")
 
-    assert _run(["predict", str(rgb_run), str(pictures), "--format", "json", "--top-k", "2"]) == 1
+    assert run_cli(["predict", str(rgb_run), str(pictures), "--format", "json", "--top-k", "2"]) == 1
     captured = capsys.readouterr()
     rows = [json.loads(line) for line in captured.out.splitlines()]
     names = ["a-rgb.png", "b-rgba.png", "c-grey.png", "d-palette.gif", "e-large.jpg"]
@@ -172,14 +160,14 @@ def test_cli_json_and_csv_carry_the_numbers_and_bad_files_get_a_line(
     assert errors[0].startswith(f"ignite-mlp: cannot read {pictures / 'f-corrupt.png'}: ")
     assert errors[1] == "ignite-mlp: 1 input(s) could not be read, 5 classified" and len(errors) == 2
 
-    assert _run(["predict", str(rgb_run), str(pictures / "a-rgb.png"), "--format", "csv"]) == 0
+    assert run_cli(["predict", str(rgb_run), str(pictures / "a-rgb.png"), "--format", "csv"]) == 0
     table = list(csv.reader(io.StringIO(capsys.readouterr().out)))
     assert table[0] == ["file", "class_1", "probability_1", "class_2", "probability_2", "class_3", "probability_3"]
     ranked = expected.argsort(descending=True).tolist()
     assert table[1][1::2] == [CLASSES[i] for i in ranked]
     assert [float(v) for v in table[1][2::2]] == pytest.approx(expected[ranked].tolist(), abs=1e-6)
 
-    assert _run(["predict", str(rgb_run), str(pictures / "a-rgb.png")]) == 0  # the table
+    assert run_cli(["predict", str(rgb_run), str(pictures / "a-rgb.png")]) == 0  # the table
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["file", "1st", "2nd", "3rd"] and lines[1].split()[1] == CLASSES[ranked[0]]
 
@@ -187,12 +175,12 @@ def test_cli_json_and_csv_carry_the_numbers_and_bad_files_get_a_line(
 def test_nothing_readable_is_exit_2(rgb_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff garbage")
     (tmp_path / "empty").mkdir()
-    assert _run(["predict", str(rgb_run), str(tmp_path / "bad.jpg"), str(tmp_path / "empty"), "missing.png"]) == 2
+    assert run_cli(["predict", str(rgb_run), str(tmp_path / "bad.jpg"), str(tmp_path / "empty"), "missing.png"]) == 2
     err = capsys.readouterr().err
     assert "no image files in this folder" in err and "missing.png: no such file or folder" in err
-    assert _run(["predict", str(tmp_path), str(tmp_path / "bad.jpg")]) == 2
+    assert run_cli(["predict", str(tmp_path), str(tmp_path / "bad.jpg")]) == 2
     assert "neither a run directory" in capsys.readouterr().err
-    assert _run(["predict", str(rgb_run), "x.png", "--top-k", "0"]) == 2
+    assert run_cli(["predict", str(rgb_run), "x.png", "--top-k", "0"]) == 2
 
 
 def test_a_gray_run_classifies_colour_pictures_of_any_size(gray_run: Path, tmp_path: Path) -> None:

@@ -32,3 +32,14 @@ def test_dataset_statistics_are_measured_and_the_config_left_as_asked(tree: Path
     (x, _y), *rest = list(data.train_loader)
     assert not rest and torch.allclose(x.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5)
     assert plan.config.mean == [0.5] and config.mean == [0.5]  # nothing written back into the config
+
+
+def test_overfit_batches_take_a_random_fixed_subset(tree: Path) -> None:
+    from ignite_mlp.run.prepare import build_loaders
+
+    ds = load_dataset(tree)  # stored sorted by class: the first 8 images are all "ant"
+    config = TrainConfig(batch_size=8, overfit_batches=1)
+    loader, _ = build_loaders(ds, config, torch.device("cpu"))
+    labels = [y.tolist() for _, y in loader]
+    assert len(labels) == 1 and len(set(labels[0])) > 1 and not loader.shuffle
+    assert labels == [y.tolist() for _, y in build_loaders(ds, config, torch.device("cpu"))[0]]

@@ -12,21 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import busy_cpu, make_tree
+from conftest import busy_cpu, make_tree, run_cli
 from PIL import Image
 
-from ignite_mlp.cli import main
 from ignite_mlp.data import load_dataset
 from ignite_mlp.inference.classifier import load_classifier
 from ignite_mlp.inference.evaluate import evaluate
 from ignite_mlp.inference.predict import predict
-
-
-def _run(argv: list[str]) -> int:
-    try:
-        return main(argv)
-    except SystemExit as e:
-        return int(e.code)
 
 
 def _train(data: Path, run_dir: Path, *extra: str) -> list[str]:
@@ -41,9 +33,9 @@ def _history(run_dir: Path) -> dict:
 
 
 def test_the_same_command_gives_the_same_history_idle_and_busy(tree: Path, tmp_path: Path) -> None:
-    assert _run(_train(tree, tmp_path / "idle", "--precision", "auto")) == 0
+    assert run_cli(_train(tree, tmp_path / "idle", "--precision", "auto")) == 0
     with busy_cpu():
-        assert _run(_train(tree, tmp_path / "busy", "--precision", "auto")) == 0
+        assert run_cli(_train(tree, tmp_path / "busy", "--precision", "auto")) == 0
     assert _history(tmp_path / "busy") == _history(tmp_path / "idle")
     configs = [json.loads((tmp_path / r / "config.json").read_text()) for r in ("idle", "busy")]
     assert configs[0]["precision"] == configs[1]["precision"] != "auto"
@@ -59,7 +51,7 @@ def test_a_resume_on_changed_data_is_refused_in_one_line_and_writes_nothing(
     tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     run = tmp_path / "r"
-    assert _run(_train(tree, run, "--val-split", "6")) == 0
+    assert run_cli(_train(tree, run, "--val-split", "6")) == 0
     config = json.loads((run / "config.json").read_text())
     assert config["data_counts"] == {"train": 36, "test": 12}
     assert config["data_fingerprint"] == load_dataset(tree).fingerprint  # the data as loaded, before the split
@@ -67,7 +59,7 @@ def test_a_resume_on_changed_data_is_refused_in_one_line_and_writes_nothing(
     for name in ("9000.png", "9001.png", "9002.png"):
         _add_image(tree, "train", name)
     capsys.readouterr()
-    assert _run(["train", "--resume", str(run), "--epochs", "4", "--no-progress"]) == 2
+    assert run_cli(["train", "--resume", str(run), "--epochs", "4", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert f"--resume {run}: the data changed since the run started (train images 36 -> 39)" in err
@@ -77,13 +69,13 @@ def test_a_resume_on_changed_data_is_refused_in_one_line_and_writes_nothing(
         (tree / "train" / "bee" / name).unlink()
     pixels = np.zeros((8, 8, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(tree / "train" / "ant" / "0000.png")
-    assert _run(["train", "--resume", str(run), "--epochs", "4", "--no-progress"]) == 2
+    assert run_cli(["train", "--resume", str(run), "--epochs", "4", "--no-progress"]) == 2
     assert "(the same classes and image counts, other pixels or labels)" in capsys.readouterr().err
 
 
 def test_evaluate_on_other_data_than_the_runs_says_so(tree: Path, tmp_path: Path) -> None:
     run = tmp_path / "r"
-    assert _run(_train(tree, run)) == 0
+    assert run_cli(_train(tree, run)) == 0
     assert evaluate(run).other_data is None
     other = shutil.copytree(tree, tmp_path / "other")
     _add_image(other, "test", "9000.png")
@@ -100,7 +92,7 @@ def tta_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     data = make_tree(root / "tree", n_test=30)
     run = root / "run"
     argv = _train(data, run, "--tta", "--precision", "bf16", "--ema-momentum", "0.5", "--lr", "0.05")
-    assert _run(argv) == 0
+    assert run_cli(argv) == 0
     return run, data
 
 
@@ -124,7 +116,7 @@ def test_exports_of_a_tta_bf16_run_agree_with_evaluate_image_for_image(
 ) -> None:
     run, data = tta_run
     out = tmp_path / f"model.{fmt}"
-    assert _run(["export", str(run), "--format", fmt, "--out", str(out)]) == 0
+    assert run_cli(["export", str(run), "--format", fmt, "--out", str(out)]) == 0
     images = load_dataset(data).test_images
     if fmt == "onnx":
         import onnxruntime
@@ -140,13 +132,13 @@ def test_a_resume_removes_what_was_made_from_an_older_checkpoint(
     tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     run = tmp_path / "r"
-    assert _run(_train(tree, run)) == 0
-    assert _run(["evaluate", str(run)]) == 0
-    assert _run(["export", str(run), "--format", "torchscript"]) == 0
+    assert run_cli(_train(tree, run)) == 0
+    assert run_cli(["evaluate", str(run)]) == 0
+    assert run_cli(["export", str(run), "--format", "torchscript"]) == 0
     made = {p.name for p in run.iterdir()}
     assert {"confusion_matrix.png", "model.torchscript.pt"} <= made
     capsys.readouterr()
-    assert _run(["train", "--resume", str(run), "--epochs", "4", "--no-progress"]) == 0
+    assert run_cli(["train", "--resume", str(run), "--epochs", "4", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "removed confusion_matrix.png, model.torchscript.pt: made from a checkpoint this resume trains past" in out
     assert not {"confusion_matrix.png", "model.torchscript.pt"} & {p.name for p in run.iterdir()}

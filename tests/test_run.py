@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TrainedRuns
 from ignite.engine import Events
 
 from ignite_mlp import TrainConfig, train
@@ -20,6 +21,12 @@ from ignite_mlp.run.rundir import RunDir
 def _config(data: Path, run_dir: Path, **kw) -> TrainConfig:
     base = dict(data=str(data), run_dir=str(run_dir), epochs=3, batch_size=8, lr=0.05, progress=False)
     return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def baselines(tmp_path_factory: pytest.TempPathFactory) -> TrainedRuns:
+    """Uninterrupted runs with :func:`_config`'s settings, each trained once for the module."""
+    return TrainedRuns(tmp_path_factory.mktemp("baselines"), epochs=3, batch_size=8, lr=0.05)
 
 
 def test_run_writes_config_history_checkpoints_tensorboard_curves(tarball: Path, tmp_path: Path) -> None:
@@ -46,8 +53,8 @@ def test_run_writes_config_history_checkpoints_tensorboard_curves(tarball: Path,
     assert "best validation accuracy" in result.report()
 
 
-def test_same_seed_same_history_different_seed_differs(tree: Path, tmp_path: Path) -> None:
-    a = train(_config(tree, tmp_path / "a", epochs=2), write=lambda s: None).history
+def test_same_seed_same_history_different_seed_differs(tree: Path, tmp_path: Path, baselines: TrainedRuns) -> None:
+    a = baselines.run(epochs=2).history  # trained earlier, in another folder, from another copy of the images
     b = train(_config(tree, tmp_path / "b", epochs=2), write=lambda s: None).history
     c = train(_config(tree, tmp_path / "c", epochs=2, seed=1), write=lambda s: None).history
     assert a == b and a != c
@@ -70,14 +77,14 @@ def test_extra_handlers_receive_engines_and_context(tree: Path, tmp_path: Path) 
     assert calls == [1, 2]
 
 
-def test_existing_run_is_refused_then_overwritten(tree: Path, tmp_path: Path) -> None:
-    train(_config(tree, tmp_path / "r", epochs=1), write=lambda s: None)
+def test_existing_run_is_refused_then_overwritten(tree: Path, tmp_path: Path, baselines: TrainedRuns) -> None:
+    baselines.copy(tmp_path / "r", epochs=2)
     before = (tmp_path / "r" / "history.json").read_bytes()
     with pytest.raises(UserError, match="already holds a run"):
         train(_config(tree, tmp_path / "r", epochs=1), write=lambda s: None)
     assert (tmp_path / "r" / "history.json").read_bytes() == before
-    train(_config(tree, tmp_path / "r", epochs=2, overwrite=True), write=lambda s: None)
-    assert len(json.loads((tmp_path / "r" / "history.json").read_text())["val_loss"]) == 2
+    train(_config(tree, tmp_path / "r", epochs=1, overwrite=True), write=lambda s: None)
+    assert len(json.loads((tmp_path / "r" / "history.json").read_text())["val_loss"]) == 1
     assert len(list((tmp_path / "r" / "checkpoints").glob("best_*.pt"))) == 1
 
 
@@ -86,9 +93,9 @@ def test_bf16_run_trains(tree: Path, tmp_path: Path) -> None:
     assert result.best_val_acc > 50
 
 
-def test_resume_with_more_epochs_equals_one_long_run(tree: Path, tmp_path: Path) -> None:
-    straight = train(_config(tree, tmp_path / "straight", epochs=4), write=lambda s: None)
-    train(_config(tree, tmp_path / "split", epochs=2), write=lambda s: None)
+def test_resume_with_more_epochs_equals_one_long_run(tmp_path: Path, baselines: TrainedRuns) -> None:
+    straight = baselines.run(epochs=4)
+    baselines.copy(tmp_path / "split", epochs=2)
     resumed = train(RunDir(tmp_path / "split").resume_config(epochs=4), write=lambda s: None)
     for key, values in straight.history.items():
         assert resumed.history[key] == pytest.approx(values, abs=1e-6), key
@@ -97,8 +104,8 @@ def test_resume_with_more_epochs_equals_one_long_run(tree: Path, tmp_path: Path)
     # What TensorBoard shows across a resume is checked in test_tensorboard.py.
 
 
-def test_resume_refuses_a_finished_run_and_a_changed_architecture(tree: Path, tmp_path: Path) -> None:
-    train(_config(tree, tmp_path / "r", epochs=2), write=lambda s: None)
+def test_resume_refuses_a_finished_run_and_a_changed_architecture(tmp_path: Path, baselines: TrainedRuns) -> None:
+    baselines.copy(tmp_path / "r", epochs=2)
     with pytest.raises(UserError, match="already finished 2 epochs"):
         train(RunDir(tmp_path / "r").resume_config(), write=lambda s: None)
     before = (tmp_path / "r" / "history.json").read_bytes()
@@ -211,29 +218,18 @@ def _ctrl_c_at(iteration: int):
 
 @pytest.mark.parametrize(("epoch_length", "stop_at"), [(None, 7), (None, 10), (3, 4), (3, 6)])
 def test_ctrl_c_anywhere_then_resume_equals_an_uninterrupted_run(
-    tree: Path, tmp_path: Path, epoch_length: int | None, stop_at: int
+    tree: Path, tmp_path: Path, baselines: TrainedRuns, epoch_length: int | None, stop_at: int
 ) -> None:
     from ignite_mlp.errors import TrainingInterrupted
 
     # 5 batches per pass; stops mid-epoch, and on an epoch's last step (10, 6: it stops one later).
     kw = dict(epochs=4, epoch_length=epoch_length)
-    straight = train(_config(tree, tmp_path / "straight", **kw), write=lambda s: None).history
+    straight = baselines.run(**kw).history
     with pytest.raises(TrainingInterrupted):
         train(_config(tree, tmp_path / "cut", **kw), extra_handlers=[_ctrl_c_at(stop_at)], write=lambda s: None)
     resumed = train(RunDir(tmp_path / "cut").resume_config(), write=lambda s: None).history
     for key in straight:
         assert resumed[key] == pytest.approx(straight[key], abs=1e-6), key
-
-
-def test_overfit_batches_take_a_random_fixed_subset(tree: Path) -> None:
-    from ignite_mlp.run.training import build_loaders
-
-    ds = load_dataset(tree)  # stored sorted by class: the first 8 images are all "ant"
-    config = TrainConfig(batch_size=8, overfit_batches=1)
-    loader, _ = build_loaders(ds, config, torch.device("cpu"))
-    labels = [y.tolist() for _, y in loader]
-    assert len(labels) == 1 and len(set(labels[0])) > 1 and not loader.shuffle
-    assert labels == [y.tolist() for _, y in build_loaders(ds, config, torch.device("cpu"))[0]]
 
 
 def test_relative_run_dir_paths_are_reported_as_they_are_on_disk(
@@ -246,61 +242,37 @@ def test_relative_run_dir_paths_are_reported_as_they_are_on_disk(
     assert f"best checkpoint: {result.best_checkpoint}\n" in result.report() + "\n"
 
 
-def test_sigint_is_routed_inside_the_block_and_restored_after() -> None:
-    import signal
-
-    from ignite_mlp.run.fit import StopRequest, sigint_routed_to
-
-    before = signal.getsignal(signal.SIGINT)
-    stop = StopRequest()
-    with sigint_routed_to(stop):
-        assert signal.getsignal(signal.SIGINT) is stop
-        signal.raise_signal(signal.SIGINT)  # the first Ctrl-C only asks to stop
-        assert stop.requested
-        with pytest.raises(KeyboardInterrupt):
-            signal.raise_signal(signal.SIGINT)  # the second stops at once
-    assert signal.getsignal(signal.SIGINT) is before
-
-
-def test_cuda_errors_get_advice_and_others_pass_unchanged() -> None:
-    from ignite_mlp.errors import CudaError
-    from ignite_mlp.run.fit import cuda_errors_explained
-
-    with pytest.raises(CudaError, match="rerun with --device cpu"), cuda_errors_explained():
-        raise RuntimeError("CUDA error: device-side assert triggered")
-    with pytest.raises(RuntimeError, match="^plain$"), cuda_errors_explained():
-        raise RuntimeError("plain")
+# Every ingredient of --recipe best, on tiny data.
+BEST = dict(
+    whiten="zca",
+    hidden_sizes=[32],
+    norm="layer",
+    activation="gelu",
+    blocks=1,
+    mixup=0.2,
+    cutmix=1.0,
+    augment="flip+crop",
+    crop_padding=1,
+    ema_momentum=0.2,
+    tta=True,
+    optimizer="adamw",
+    lr=3e-3,
+    weight_decay=0.05,
+    lr_schedule="onecycle",
+    label_smoothing=0.1,
+)
 
 
 def _best_config(data: Path, run_dir: Path, **kw) -> TrainConfig:
-    """Every ingredient of --recipe best, on tiny data."""
-    best = dict(
-        whiten="zca",
-        hidden_sizes=[32],
-        norm="layer",
-        activation="gelu",
-        blocks=1,
-        mixup=0.2,
-        cutmix=1.0,
-        augment="flip+crop",
-        crop_padding=1,
-        ema_momentum=0.2,
-        tta=True,
-        optimizer="adamw",
-        lr=3e-3,
-        weight_decay=0.05,
-        lr_schedule="onecycle",
-        label_smoothing=0.1,
-    )
-    return _config(data, run_dir, **{**best, **kw})
+    return _config(data, run_dir, **{**BEST, **kw})
 
 
-def test_best_ingredients_evaluate_reproduces_the_recorded_best(tree: Path, tmp_path: Path) -> None:
+def test_best_ingredients_evaluate_reproduces_the_recorded_best(tree: Path, baselines: TrainedRuns) -> None:
     from ignite_mlp.data.whitening import zca
     from ignite_mlp.inference.evaluate import evaluate
 
-    run = tmp_path / "r"
-    result = train(_best_config(tree, run, epochs=4), write=lambda s: None)
+    result = baselines.run(**BEST, epochs=3)  # evaluate only reads the run
+    run = result.run_dir
     # The whitening saved is the one of the training split, and evaluate whitens with it.
     saved = RunDir(run).read_whitening()
     assert torch.equal(saved.matrix, zca(load_dataset(tree).train_images, 0.1).matrix)
@@ -316,10 +288,12 @@ def test_best_ingredients_evaluate_reproduces_the_recorded_best(tree: Path, tmp_
     assert evaluate(result.last_checkpoint).accuracy == pytest.approx(history["val_acc_epoch"][-1], abs=1e-9)
 
 
-def test_best_ingredients_ctrl_c_then_resume_equals_an_uninterrupted_run(tree: Path, tmp_path: Path) -> None:
+def test_best_ingredients_ctrl_c_then_resume_equals_an_uninterrupted_run(
+    tree: Path, tmp_path: Path, baselines: TrainedRuns
+) -> None:
     from ignite_mlp.errors import TrainingInterrupted
 
-    straight = train(_best_config(tree, tmp_path / "straight", epochs=3), write=lambda s: None).history
+    straight = baselines.run(**BEST, epochs=3).history
     with pytest.raises(TrainingInterrupted):  # mid-epoch 2: the average, mixing and whitening must carry over
         train(_best_config(tree, tmp_path / "cut", epochs=3), extra_handlers=[_ctrl_c_at(7)], write=lambda s: None)
     resumed = train(RunDir(tmp_path / "cut").resume_config(), write=lambda s: None).history
@@ -367,11 +341,11 @@ def test_ablation_probe_script_runs_as_a_handler_in_the_resolved_precision(tree:
 
 
 def test_resume_auto_from_python_continues_the_newest_run(
-    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, baselines: TrainedRuns, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)  # --resume auto looks under ./runs
-    train(_config(tree, Path("runs/first"), epochs=1), write=lambda s: None)
-    result = train(_config(tree, Path("runs/ignored"), epochs=2, resume="auto"), write=lambda s: None)
+    baselines.copy(tmp_path / "runs" / "first", epochs=2)
+    result = train(baselines.config(Path("runs/ignored"), epochs=3, resume="auto"), write=lambda s: None)
     assert result.run_dir.resolve() == (tmp_path / "runs" / "first").resolve()
-    assert len(json.loads((tmp_path / "runs" / "first" / "history.json").read_text())["val_loss"]) == 2
+    assert len(json.loads((tmp_path / "runs" / "first" / "history.json").read_text())["val_loss"]) == 3
     assert not (tmp_path / "runs" / "ignored").exists()

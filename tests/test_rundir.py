@@ -17,23 +17,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tree
+from conftest import make_tree, run_cli
 
-from ignite_mlp.cli import main
 from ignite_mlp.data.whitening import Whitening
 from ignite_mlp.errors import UserError
 from ignite_mlp.inference.outputs import refuse_run_file
 from ignite_mlp.run.rundir import CONFIG, RunDir, RunLock
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ignite_mlp"
-
-
-def _run(argv: list[str]) -> int:
-    """main()'s status, whether it returns it or argparse exits with it."""
-    try:
-        return main(argv)
-    except SystemExit as e:
-        return int(e.code)
 
 
 def _one_line_error(capsys: pytest.CaptureFixture, *expected: str) -> str:
@@ -51,7 +42,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tree = make_tree(root / "tree")
     run = root / "run"
     argv = ["train", "--data", str(tree), "--run-dir", str(run), "--epochs", "1", "--batch-size", "8"]
-    assert _run([*argv, "--no-progress", "--hidden-sizes", "16"]) == 0
+    assert run_cli([*argv, "--no-progress", "--hidden-sizes", "16"]) == 0
     return run
 
 
@@ -134,7 +125,7 @@ def test_a_second_writer_is_refused_naming_the_holder_and_a_killed_holder_blocks
     holder = _hold_lock(run)
     try:
         before = _files(run)
-        assert _run(_resume(run)) == 2
+        assert run_cli(_resume(run)) == 2
         _one_line_error(capsys, "in use by another ignite-mlp process", f"pid {holder.pid}")
         assert _files(run) == before  # the refused resume wrote nothing
         data = json.loads((run / "config.json").read_text())["data"]
@@ -144,14 +135,14 @@ def test_a_second_writer_is_refused_naming_the_holder_and_a_killed_holder_blocks
             ["evaluate", str(run)],
             ["lr-find", "--data", data, "--run-dir", str(run)],
         ):
-            assert _run(argv) == 2, argv
+            assert run_cli(argv) == 2, argv
             _one_line_error(capsys, f"pid {holder.pid}")
         assert _files(run) == before
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     assert (run / ".lock").read_text().strip() == str(holder.pid)  # left behind by the killed holder ...
-    assert _run(_resume(run)) == 0  # ... and blocking nothing
+    assert run_cli(_resume(run)) == 0  # ... and blocking nothing
     assert len(json.loads((run / "history.json").read_text())["val_loss"]) == 2
     assert not (run / ".lock").exists()  # a writer that finishes removes its lock file
 
@@ -193,7 +184,7 @@ def test_overwrite_removes_every_file_of_the_old_run_and_only_those(run: Path, c
     (run / "checkpoints" / "last_checkpoint_999.pt").write_bytes(b"old run")
     argv = ["train", "--data", config["data"], "--run-dir", str(run), "--epochs", "1", "--batch-size", "8"]
     argv += ["--no-progress", "--hidden-sizes", "8", "--overwrite"]
-    assert _run(argv) == 0
+    assert run_cli(argv) == 0
     left = {p.name for p in run.iterdir()}
     assert not left & set(stale), left
     assert not (run / "checkpoints" / "last_checkpoint_999.pt").exists()
@@ -202,7 +193,7 @@ def test_overwrite_removes_every_file_of_the_old_run_and_only_those(run: Path, c
     (run / "notes.txt").write_text("the user's")
     before = _files(run)
     capsys.readouterr()
-    assert _run(argv) == 2
+    assert run_cli(argv) == 2
     _one_line_error(capsys, "notes.txt", "move those away")
     assert _files(run) == before
 
@@ -221,7 +212,7 @@ def test_a_new_run_refuses_root_home_and_folders_holding_other_files(
     folder = {"root": Path("/"), "home": home, "not a run": project}[where]
     for extra in ([], ["--overwrite"]):
         argv = ["train", "--data", str(tmp_path / "no-data"), "--run-dir", str(folder), "--no-progress", *extra]
-        assert _run(argv) == 2
+        assert run_cli(argv) == 2
         _one_line_error(capsys, f"--run-dir {folder}")
     assert [p.name for p in home.iterdir()] == ["thesis.tex"]
     assert [p.name for p in project.iterdir()] == ["notes.txt"]
@@ -241,7 +232,7 @@ def test_an_out_onto_a_run_file_is_refused_and_the_file_unchanged(run: Path, cap
         ["lr-find", "--data", data, "--out", str(run / "checkpoints" / "new.pt")],
     ]
     for argv in cases:
-        assert _run(argv) == 2, argv
+        assert run_cli(argv) == 2, argv
         _one_line_error(capsys, "a file of the run", "choose another --out")
     assert _files(run) == before
     with pytest.raises(UserError, match="config.json, a file of the run"):
@@ -256,7 +247,7 @@ def test_a_planted_symlink_is_never_written_through(run: Path, tmp_path: Path, c
     # At the output's name and at the names earlier versions wrote their temporary file under.
     for name in ("model.torchscript.pt", ".model.torchscript.pt.pending", ".model.torchscript.pt.tmp"):
         (run / name).symlink_to(target)
-    assert _run(["export", str(run), "--format", "torchscript"]) == 0
+    assert run_cli(["export", str(run), "--format", "torchscript"]) == 0
     assert target.read_text() == "precious"
     assert not (run / "model.torchscript.pt").is_symlink()
     assert zipfile.is_zipfile(run / "model.torchscript.pt")  # the export itself, where the link was
@@ -264,7 +255,7 @@ def test_a_planted_symlink_is_never_written_through(run: Path, tmp_path: Path, c
     (run / ".lock").unlink(missing_ok=True)
     (run / ".lock").symlink_to(target)
     capsys.readouterr()
-    assert _run(["export", str(run), "--format", "torchscript"]) == 2
+    assert run_cli(["export", str(run), "--format", "torchscript"]) == 2
     _one_line_error(capsys, "is a symlink")
     assert target.read_text() == "precious"
 
@@ -284,12 +275,12 @@ def test_resume_imports_a_handler_of_the_run_only_when_named_again(
     spec = f"{planted}:attach"
     config = json.loads((run / "config.json").read_text())
     (run / "config.json").write_text(json.dumps({**config, "handlers": [spec]}))
-    assert _run(_resume(run)) == 0
+    assert run_cli(_resume(run)) == 0
     out = capsys.readouterr().out
     assert not marker.exists()
     assert f"the run had handlers {spec}" in out and f"--handler {spec}" in out
     # Named again on the command line: loaded like any --handler.
-    assert _run(_resume(run, "--epochs", "3", "--handler", spec)) == 0
+    assert run_cli(_resume(run, "--epochs", "3", "--handler", spec)) == 0
     assert marker.read_text() == "imported"
 
 
@@ -312,7 +303,7 @@ def test_a_tampered_configuration_is_one_line_exit_2(
     path = run / "config.json"
     path.write_text(json.dumps(tamper(json.loads(path.read_text()))))
     for argv in (["evaluate", str(run)], ["export", str(run), "--format", "torchscript"], _resume(run)):
-        assert _run(argv) == 2, argv
+        assert run_cli(argv) == 2, argv
         _one_line_error(capsys, str(path), message)
 
 
@@ -334,7 +325,7 @@ def test_a_tampered_checkpoint_is_one_line_exit_2(
     torch.save(state, last)
     message = message or f"{key}: checkpoint (5, 5) vs model"
     for argv in (["evaluate", str(run)], ["predict", str(run), str(run)], _resume(run)):
-        assert _run(argv) == 2, argv
+        assert run_cli(argv) == 2, argv
         _one_line_error(capsys, message)
 
 
@@ -345,7 +336,7 @@ def test_a_tampered_training_state_is_one_line_exit_2(part: str, run: Path, caps
     state[part] = {"state": "not a state", "param_groups": None, "iteration": "x", "epoch_length": [1]}
     torch.save(state, last)
     before = _files(run)
-    assert _run(_resume(run)) == 2
+    assert run_cli(_resume(run)) == 2
     _one_line_error(capsys, str(last))
     assert {p: data for p, data in _files(run).items() if p in before} == before  # (an empty event file aside)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import CountingDataset, TrainedRuns
 from ignite.engine import Events
 
 from ignite_mlp import TrainConfig, train
@@ -52,31 +53,18 @@ def test_counts_and_fractions_and_impossible_sizes() -> None:
         TrainConfig(val_split=-1)
 
 
-class CountingDataset(Dataset):
-    """A Dataset that counts every read of its test split's images and labels."""
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> TrainedRuns:
+    """One-epoch runs, with and without a split, each trained once for the module."""
+    return TrainedRuns(tmp_path_factory.mktemp("split-runs"), epochs=1)
 
-    test_reads = 0
 
-    def __getattribute__(self, name: str):
-        if name in ("test_images", "test_labels"):
-            object.__setattr__(self, "test_reads", object.__getattribute__(self, "test_reads") + 1)
-        return object.__getattribute__(self, name)
-
-    @property
-    def _uncounted(self) -> Dataset:
-        """The same tensors, uncounted: hashing the data and counting its images for the run's
-        record identify the data, they use none of it."""
-        fields = ("train_images", "train_labels", "test_images", "test_labels", "classes", "source")
-        return Dataset(*(object.__getattribute__(self, f) for f in fields))
-
-    fingerprint = property(lambda self: self._uncounted.fingerprint)
-    counts = property(lambda self: self._uncounted.counts)
+SPLIT = dict(batch_size=8, val_split=9)  # 9 of the 36 training images held out
 
 
 def test_test_split_is_read_only_after_training_and_matches_plain_pytorch(tree: Path, tmp_path: Path) -> None:
     loaded = load_dataset(tree)
-    fields = (loaded.train_images, loaded.train_labels, loaded.test_images, loaded.test_labels)
-    ds = CountingDataset(*fields, loaded.classes, loaded.source)
+    ds = CountingDataset.of(loaded)
     reads_while_training, validated = [], []
 
     def watch(trainer, evaluator, context) -> None:
@@ -107,23 +95,18 @@ def test_test_split_is_read_only_after_training_and_matches_plain_pytorch(tree: 
     assert "test accuracy" in result.report()
 
 
-def test_hparams_entry_holds_the_test_metrics(tree: Path, tmp_path: Path) -> None:
+def test_hparams_entry_holds_the_test_metrics(runs: TrainedRuns) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run_dir = tmp_path / "run"
-    result = train(
-        TrainConfig(data=str(tree), run_dir=str(run_dir), epochs=1, batch_size=8, progress=False, val_split=0.25),
-        write=lambda s: None,
-    )
-    acc = EventAccumulator(str(run_dir)).Reload()
+    result = runs.run(**SPLIT)
+    acc = EventAccumulator(str(result.run_dir)).Reload()
     assert acc.Scalars("hparams/test_acc")[-1].value == pytest.approx(result.test_acc)
     assert acc.Scalars("hparams/test_loss")[-1].value == pytest.approx(result.test_loss)
 
 
-def test_without_the_option_nothing_changes(tree: Path, tmp_path: Path) -> None:
-    config = TrainConfig(data=str(tree), run_dir=str(tmp_path / "r"), epochs=1, progress=False)
-    result = train(config, write=lambda s: None)
-    assert result.test_acc is None and "test_acc" not in json.loads((tmp_path / "r" / "history.json").read_text())
+def test_without_the_option_nothing_changes(runs: TrainedRuns) -> None:
+    result = runs.run()
+    assert result.test_acc is None and "test_acc" not in json.loads((result.run_dir / "history.json").read_text())
 
 
 def test_cli_too_large_split_is_one_line_exit_2(tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -133,10 +116,10 @@ def test_cli_too_large_split_is_one_line_exit_2(tree: Path, tmp_path: Path, caps
     assert not (tmp_path / "r").exists()
 
 
-def test_a_resume_keeps_the_seed_that_drew_the_split(tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    run = tmp_path / "r"
-    args = ["train", "--data", str(tree), "--run-dir", str(run), "--val-split", "9", "--epochs", "1", "--no-progress"]
-    assert main(args) == 0
+def test_a_resume_keeps_the_seed_that_drew_the_split(
+    runs: TrainedRuns, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    run = runs.copy(tmp_path / "r", **SPLIT)  # a run of seed 0
     before = (run / "history.json").read_bytes()
     capsys.readouterr()
     # Another seed would draw other held-out images, some of which the run has trained on.
@@ -147,23 +130,16 @@ def test_a_resume_keeps_the_seed_that_drew_the_split(tree: Path, tmp_path: Path,
     assert main(["train", "--resume", str(run), "--epochs", "2", "--no-progress"]) == 0  # the same seed goes on
 
 
-def test_without_a_split_a_resume_may_still_change_the_seed(tree: Path, tmp_path: Path) -> None:
-    run = tmp_path / "r"
-    assert main(["train", "--data", str(tree), "--run-dir", str(run), "--epochs", "1", "--no-progress"]) == 0
+def test_without_a_split_a_resume_may_still_change_the_seed(runs: TrainedRuns, tmp_path: Path) -> None:
+    run = runs.copy(tmp_path / "r")
     assert main(["train", "--resume", str(run), "--epochs", "2", "--seed", "5", "--no-progress"]) == 0
 
 
-def test_evaluate_names_a_split_runs_test_images_as_such(tree: Path, tmp_path: Path) -> None:
+def test_evaluate_names_a_split_runs_test_images_as_such(runs: TrainedRuns) -> None:
     from ignite_mlp.inference.evaluate import evaluate
 
-    run = tmp_path / "r"
-    result = train(
-        TrainConfig(data=str(tree), run_dir=str(run), epochs=1, batch_size=8, progress=False, val_split=9),
-        write=lambda s: None,
-    )
-    evaluation = evaluate(run)
+    result = runs.run(**SPLIT)
+    evaluation = evaluate(result.run_dir)
     assert evaluation.accuracy == pytest.approx(result.test_acc)  # the test split, as recorded once
     assert f"test split loss {evaluation.loss:.4f}" in evaluation.report()
-    plain = tmp_path / "plain"
-    train(TrainConfig(data=str(tree), run_dir=str(plain), epochs=1, progress=False), write=lambda s: None)
-    assert "validation loss" in evaluate(plain).report()
+    assert "validation loss" in evaluate(runs.run().run_dir).report()
