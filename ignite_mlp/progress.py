@@ -16,9 +16,14 @@ from typing import IO, Any
 from ignite_mlp.config.choices import PROGRESS_MODES
 from ignite_mlp.notebook import bar_fits
 
-__all__ = ["PROGRESS_MODES", "Progress", "progress_mode"]
+__all__ = ["PROGRESS_MODES", "Progress", "progress_mode", "silent"]
 
 LINE_SECONDS = 10.0
+
+
+def silent(line: str) -> None:
+    """A ``write`` that prints nothing: for ranks other than 0 (rank 0 speaks for the run) and for a
+    sweep's trials (the sweep prints one line per finished trial)."""
 
 
 def progress_mode(setting: str | bool, stream: IO[str] | None = None) -> str:

@@ -27,7 +27,7 @@ from ignite_mlp.distributed import ranks
 from ignite_mlp.engine.precision import Precision, recorded_precision, resolve_precision
 from ignite_mlp.errors import UserError
 from ignite_mlp.handlers.extensions import load_handler
-from ignite_mlp.progress import progress_mode
+from ignite_mlp.progress import progress_mode, silent
 from ignite_mlp.run.resume import Resume
 from ignite_mlp.run.rundir import RunDir, RunLock, find_run
 from ignite_mlp.run.spec import run_epochs
@@ -113,7 +113,7 @@ def resolve_plan(
         run_dir=run_dir,
         handlers=handlers,
         resume=resume,
-        write=write if main else _silent,
+        write=write if main else silent,
         distributed=distributed,
         main=main,
         list_handlers=list_handlers,
@@ -133,10 +133,6 @@ def run_precision(config: TrainConfig, device: torch.device, recorded: Mapping[s
             return saved
         return recorded_precision(recorded, config.precision)
     return resolve_precision(config.precision, device)
-
-
-def _silent(line: str) -> None:
-    """What ranks other than 0 print: nothing (rank 0 speaks for the run)."""
 
 
 def default_run_dir() -> Path:

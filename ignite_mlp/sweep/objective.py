@@ -25,6 +25,7 @@ from optuna_integration import PyTorchIgnitePruningHandler
 from ignite_mlp.config.train_config import TrainConfig
 from ignite_mlp.data import Dataset
 from ignite_mlp.errors import UserError
+from ignite_mlp.progress import silent
 from ignite_mlp.run.training import RunContext, train
 from ignite_mlp.sweep.locks import TrialLock, lock_path
 from ignite_mlp.sweep.settings import Plan
@@ -191,7 +192,7 @@ class Objective:
             self.plan.precision,
         )
         handlers = [pruning(trial), relay_ctrl_c(self.stop)]
-        result = train(config, handlers, dataset=self.dataset, write=_quiet, evaluate_test=False)
+        result = train(config, handlers, dataset=self.dataset, write=silent, evaluate_test=False)
         if result.stopped:  # a NaN loss: a bad point of the space, not a bug
             trial.set_user_attr("stopped", result.stopped.split(";")[0])
         if result.best_val_acc is None:
@@ -218,7 +219,3 @@ def refuse_surplus(trial: optuna.Trial, total: int) -> None:
     if len(earlier) >= total:
         trial.set_user_attr("note", f"not run: the study already had its {total} trials")
         raise SurplusTrial(f"trial {trial.number}: the study already has its {total} trials")
-
-
-def _quiet(line: str) -> None:
-    """A trial's own lines: not printed (the sweep prints one line per finished trial)."""

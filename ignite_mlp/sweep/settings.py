@@ -144,7 +144,7 @@ def add_sweep_arguments(sweep: argparse.ArgumentParser) -> None:
     sweep.add_argument(
         "--space",
         metavar="SPACE.TOML",
-        help="search space: [fixed] options, [search.OPTION] ranges; or a shipped one by name (tutorial, strong)",
+        help="search space: [fixed] options, [search.OPTION] ranges; or a shipped one by name (best, strong, tutorial)",
     )
     sweep.add_argument("--trials", type=int, help="finished trials the study should hold, over all workers")
     sweep.add_argument(
