@@ -15,11 +15,11 @@ import pytest
 
 optuna = pytest.importorskip("optuna", reason="the sweep extra: pip install 'ignite_mlp[sweep]'")
 
+from conftest import CountingDataset  # noqa: E402  (counts the reads of the test split)
 from optuna.storages.journal import JournalFileBackend, JournalStorage  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 from sweep_helpers import journal_study, sweep_args, write_space  # noqa: E402
 from sweep_helpers import postgres_url as _postgres_url  # noqa: E402
-from test_split import CountingDataset  # noqa: E402  (counts the reads of the test split)
 
 import ignite_mlp.data  # noqa: E402
 from ignite_mlp import TrainConfig, train  # noqa: E402
