@@ -41,6 +41,11 @@ from sweep_helpers import (  # noqa: E402
 
 from ignite_mlp.cli import main  # noqa: E402
 
+# The spaces the package ships, as the folder on disk holds them (sorted, as the message lists them).
+SHIPPED = ", ".join(
+    sorted(p.stem for p in (Path(__file__).parents[1] / "ignite_mlp" / "sweep" / "spaces").glob("*.toml"))
+)
+
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -243,8 +248,8 @@ REFUSED = [
     Refused("joining-a-study-that-minimises", _foreign_study("minimize", False), "not made by ignite-mlp sweep"),
     Refused("joining-a-study-with-others-trials", _foreign_study("maximize", True), "not made by ignite-mlp sweep"),
     # the space
-    Refused("space-missing-names-the-shipped-ones", _replace("--space", "nope.toml"), "one the project ships: strong"),
-    Refused("space-misspelt-shipped-name", _replace("--space", "tutorail"), "one the project ships: strong, tutorial"),
+    Refused("space-missing-names-the-shipped", _replace("--space", "nope.toml"), f"one the project ships: {SHIPPED}"),
+    Refused("space-misspelt-shipped-name", _replace("--space", "tutorail"), f"one the project ships: {SHIPPED}"),
     Refused("space-not-toml", _space("[search.lr\n"), "not valid TOML"),
     Refused("int-step-not-whole", _space("[search.epochs]\nlow = 1\nhigh = 3\nstep = 0.5\n"), "give a whole step"),
     Refused("searched-under-two-spellings", _space(GOOD + "[search.batch-size]\nchoices = [8]\n[search.batch_size]\nchoices = [4]\n"), "batch-size is searched twice"),  # noqa: E501
