@@ -25,7 +25,9 @@ class Dataset:
     test_labels: torch.Tensor
     classes: list[str]
     source: str
-    _fingerprint: str | None = field(default=None, repr=False, compare=False)
+    # The fingerprint, once computed. Not an __init__ field, so dataclasses.replace (whitened copies,
+    # for one) never hands a copy with other tensors the original's fingerprint.
+    _fingerprint: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def fingerprint(self) -> str:
@@ -39,6 +41,9 @@ class Dataset:
         >>> b = Dataset(a.train_images, torch.tensor([1, 0]), a.test_images, a.test_labels, ["a", "b"], "x")
         >>> len(a.fingerprint), a.fingerprint == b.fingerprint
         (64, False)
+        >>> import dataclasses
+        >>> dataclasses.replace(a, train_images=a.train_images + 1).fingerprint == a.fingerprint
+        False
         """
         if self._fingerprint is None:
             h = hashlib.sha256(json.dumps(list(self.classes)).encode())
