@@ -105,13 +105,14 @@ def best_options(trial: FrozenTrial, space: SearchSpace, saved: dict[str, Any]) 
     the device), the data's absolute path and the sweep's validation split; from the study's
     record when its run is not on this machine."""
     from ignite_mlp.config.train_config import TrainConfig
+    from ignite_mlp.engine.precision import recorded_precision
 
     run = RunDir(str(trial.user_attrs.get("run_dir", "")))
     fields = [f.name for f in dataclasses.fields(TrainConfig)]
     if trial.user_attrs.get("host") == socket.gethostname() and run.is_run():
         values = run.read_config().values
         options = {k: values[k] for k in fields if k in values and k not in NOT_COPIED and values[k] is not None}
-        options["precision"] = values.get("resolved_precision", options.get("precision"))
+        options["precision"] = recorded_precision(values, "auto").name  # (reads older runs' spelling too)
         options["device"] = values.get("resolved_device", options.get("device"))
     else:
         options = {**space.fixed, **decode_params(trial.params, space)}
