@@ -38,6 +38,9 @@ def _states(study: optuna.Study) -> list[TrialState]:
     return [t.state for t in study.get_trials(deepcopy=False)]
 
 
+_LR = "[search.lr]\nlow = 0.1\nhigh = 1.0\n"
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -49,6 +52,10 @@ def _states(study: optuna.Study) -> list[TrialState]:
         ("[search.seed]\nchoices = [0, 1]\n", "[search.seed] cannot be searched"),
         ("[search.lr]\nchoices = []\n", "[search.lr] choices must be a non-empty list"),
         ("[fixed]\nepochs = 2\n", "nothing to search"),
+        (f"{_LR}[[enqueue]]\nlr = 2.0\n", "[[enqueue]] 1: lr = 2.0 is not a value [search.lr] can give"),
+        (f"{_LR}[[enqueue]]\nlr = 0.5\n[[enqueue]]\nepochs = 3\n", "[[enqueue]] 2: 'epochs' is not searched"),
+        (f"enqueue = 3\n{_LR}", "enqueue must be an array of tables, each written [[enqueue]]"),
+        (f"{_LR}[[enqueue]]\nlr = true\n", "lr = True is not a value [search.lr] can give"),
     ],
 )
 def test_space_file_errors_are_one_line_exit_2(
@@ -323,6 +330,25 @@ def test_continuing_with_the_same_seed_proposes_new_parameters(tree: Path, tmp_p
     assert main(sweep_args(tree, space, sweep_dir, 4, "--pruner", "none")) == 0
     lrs = [t.params["lr"] for t in _journal(sweep_dir).trials]
     assert len(lrs) == 4 and len(set(lrs)) == 4, lrs
+
+
+def test_enqueued_trials_run_first_as_written_and_once_in_the_studys_life(tree: Path, tmp_path: Path) -> None:
+    text = write_space(tmp_path, epochs=1).read_text()
+    text += "\n[search.label-smoothing]\nchoices = [0.0, 0.2]\n"
+    text += "\n[[enqueue]]\nlr = 0.05\nlabel-smoothing = 0\n\n[[enqueue]]\nlr = 0.15\n"
+    space = write_space(tmp_path, text=text)
+    sweep_dir = tmp_path / "sweep"
+    assert main(sweep_args(tree, space, sweep_dir, 3, "--pruner", "none")) == 0
+    trials = _journal(sweep_dir).trials
+    assert trials[0].params == {"lr": 0.05, "label_smoothing": 0.0}  # the choice 0.0 that 0 names
+    assert trials[1].params["lr"] == 0.15 and trials[1].params["label_smoothing"] in (0.0, 0.2)  # sampled
+    assert trials[2].params["lr"] not in (0.05, 0.15)
+    config = json.loads((Path(trials[0].user_attrs["run_dir"]) / "config.json").read_text())
+    assert (config["lr"], config["label_smoothing"]) == (0.05, 0.0)  # what the run trained with
+    # Continued, the study holds the points already: it samples the new trial, queuing none again.
+    assert main(sweep_args(tree, space, sweep_dir, 4, "--pruner", "none")) == 0
+    lrs = [t.params["lr"] for t in _journal(sweep_dir).trials]
+    assert len(lrs) == 4 and lrs.count(0.05) == 1 and lrs.count(0.15) == 1, lrs
 
 
 def test_report_keeps_the_settings_the_sweep_ran_with(tree: Path, tmp_path: Path) -> None:

@@ -17,6 +17,10 @@
     [search.hidden-sizes]        # one of these values (lists allowed)
     choices = [[128], [512, 256]]
 
+    [[enqueue]]                  # a trial to run before the sampler proposes any (repeatable):
+    lr = 0.01                    # searched options only; the ones left out are sampled
+    hidden-sizes = [512, 256]
+
 Every value a trial can get is checked with :class:`TrainConfig` before anything runs, so a
 wrong type or an impossible value is one line at the start, not a failed trial an hour in.
 Importable without Ignite or Optuna (Optuna only types :func:`suggest`'s trial).
@@ -78,6 +82,8 @@ class SearchSpace:
 
     fixed: dict[str, Any] = field(default_factory=dict)
     params: list[Param] = field(default_factory=list)
+    # [[enqueue]] points (field names -> values), run first, in file order, once in a study's life.
+    enqueued: list[dict[str, Any]] = field(default_factory=list)
 
 
 def shipped_spaces() -> list[Path]:
@@ -119,9 +125,11 @@ def parse_space(raw: dict[str, Any], source: str = "space") -> SearchSpace:
     ...
     ignite_mlp.errors.UserError: --space space: [search.epochs] is an empty range (low 5 >= high 2); make low < high
     """
-    unknown = set(raw) - {"fixed", "search"}
+    unknown = set(raw) - {"fixed", "search", "enqueue"}
     if unknown:
-        raise UserError(f"--space {source}: unknown section {sorted(unknown)[0]!r}; use [fixed] and [search.OPTION]")
+        raise UserError(
+            f"--space {source}: unknown section {sorted(unknown)[0]!r}; use [fixed], [search.OPTION] and [[enqueue]]"
+        )
     fixed: dict[str, Any] = {}
     for key, value in _table(raw, "fixed", source).items():
         name = _field_name(key, source, "[fixed]")
@@ -135,9 +143,18 @@ def parse_space(raw: dict[str, Any], source: str = "space") -> SearchSpace:
     for param in params:
         if param.name in fixed:
             raise UserError(f"--space {source}: {_key(param.name)} is both fixed and searched; keep one")
-    space = SearchSpace(fixed, params)
+    enqueued = [_point(i + 1, point, params, source) for i, point in enumerate(_points(raw, source))]
+    space = SearchSpace(fixed, params, enqueued)
     _check_values(space, source)
     return space
+
+
+def enqueue(study: optuna.Study, space: SearchSpace) -> None:
+    """Queue the space's ``[[enqueue]]`` points in ``study``, each once in the study's life: a
+    continued sweep finds them there, queued or run, and queues none again."""
+    for point in space.enqueued:
+        labels = {k: json.dumps(v) if isinstance(v, list) else v for k, v in point.items()}
+        study.enqueue_trial(labels, skip_if_exists=True)
 
 
 def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
@@ -234,6 +251,51 @@ def _param(key: str, spec: Any, source: str) -> Param:
     return Param(name, low, high, log, step)
 
 
+def _points(raw: dict[str, Any], source: str) -> list[Any]:
+    points = raw.get("enqueue", [])
+    if not isinstance(points, list):
+        raise UserError(f"--space {source}: enqueue must be an array of tables, each written [[enqueue]]")
+    return points
+
+
+def _point(number: int, point: Any, params: list[Param], source: str) -> dict[str, Any]:
+    """One ``[[enqueue]]`` table as field names -> values, each a value its searched option can take."""
+    where = f"--space {source}: [[enqueue]] {number}"
+    if not isinstance(point, dict) or not point:
+        raise UserError(f"{where} must be a table of searched options, e.g. lr = 0.01")
+    searched = {p.name: p for p in params}
+    values: dict[str, Any] = {}
+    for key, value in point.items():
+        name = _field_name(key, source, f"[[enqueue]] {number}")
+        if name not in searched:
+            raise UserError(f"{where}: {key!r} is not searched; an enqueued trial sets searched options only")
+        if name in values:
+            raise UserError(f"{where} sets {_key(name)} twice (two spellings); keep one")
+        taken = _taken(searched[name], value)
+        if taken is None:
+            raise UserError(f"{where}: {key} = {value!r} is not a value [search.{_key(name)}] can give")
+        values[name] = taken
+    return values
+
+
+def _taken(p: Param, value: Any) -> Any:
+    """``value`` as a trial of ``p`` gets it (the choice itself: 0 for 0.0), or None where none
+    can: neither one of its choices nor a number in its range (on its grid, whole for ints)."""
+    if p.choices:
+        same = [c for c in p.choices if c == value and isinstance(c, bool) == isinstance(value, bool)]
+        return same[0] if same else None
+    return value if _in_range(p, value) else None
+
+
+def _in_range(p: Param, value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not p.low <= value <= p.high:  # type: ignore[operator]
+        return False
+    if p.kind == "int" and not isinstance(value, int):
+        return False
+    steps = (value - p.low) / p.step if p.step is not None else 0.0  # type: ignore[operator]
+    return math.isclose(steps, round(steps), rel_tol=0, abs_tol=1e-9)
+
+
 def _check_step(low: float, high: float, step: float, ints: bool, where: str) -> None:
     """A grid Optuna takes as written: a whole step for an int range, no longer than the range,
     and ``high`` on the grid (Optuna would move it with a warning)."""
@@ -304,6 +366,11 @@ def _check_values(space: SearchSpace, source: str) -> None:
             trial_options(space, values)
         except UserError as e:
             raise UserError(f"--space {source}: the trial with {_where(space, values)}: {e}") from None
+    for number, point in enumerate(space.enqueued, 1):
+        try:
+            trial_options(space, point)
+        except UserError as e:
+            raise UserError(f"--space {source}: [[enqueue]] {number}: {e}") from None
 
 
 def check_against_data(space: SearchSpace, image_shape: tuple[int, int, int], classes: int, source: str) -> None:

@@ -27,7 +27,14 @@ from ignite_mlp.errors import UserError
 from ignite_mlp.files import write_json_atomic
 from ignite_mlp.sweep.locks import LOCKS, own_folder
 from ignite_mlp.sweep.settings import JOURNAL, VAL_CAP, VAL_FRACTION, Plan, SweepSettings, absolute
-from ignite_mlp.sweep.space import SearchSpace, check_against_data, load_space, parse_space, read_space
+from ignite_mlp.sweep.space import (
+    SearchSpace,
+    check_against_data,
+    enqueue,
+    load_space,
+    parse_space,
+    read_space,
+)
 from ignite_mlp.sweep.storage import mend_line, open_study, public_url
 
 RECORD = "sweep.json"
@@ -265,6 +272,7 @@ def prepare(settings: SweepSettings, write: Callable[[str], None]) -> tuple[Plan
     refuse_foreign_study(study, saved)
     decided = decide(settings, space, dataset, saved)
     record_study(study, settings, raw_space, decided)
+    enqueue(study, space)  # here, before any worker starts, so each point is queued once
     own_folder(Path(settings.sweep_dir) / LOCKS)
     return Plan(settings, decided.val_count, decided.precision), study
 
