@@ -351,6 +351,37 @@ def test_enqueued_trials_run_first_as_written_and_once_in_the_studys_life(tree: 
     assert len(lrs) == 4 and lrs.count(0.05) == 1 and lrs.count(0.15) == 1, lrs
 
 
+def _full_length_script():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "full_length_space.py"
+    spec = importlib.util.spec_from_file_location("full_length_space", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_full_length_space_reruns_the_best_trials_and_a_preset_longer(
+    tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    short = tmp_path / "short"
+    space = write_space(tmp_path, epochs=1, low=0.001)
+    assert main(sweep_args(tree, space, short, 3, "--pruner", "none")) == 0
+    ranked = sorted(_journal(short).get_trials(states=(TrialState.COMPLETE,)), key=lambda t: -t.value)
+    script = _full_length_script()
+    out = tmp_path / "full.toml"
+    assert script.main([str(short), "--top", "2", "--epochs", "2", "--recipe", "tutorial", "--out", str(out)]) == 0
+    full = tmp_path / "full"
+    assert main(sweep_args(tree, out, full, 3, "--pruner", "none")) == 0
+    trials = _journal(full).trials
+    assert [t.params for t in trials] == [ranked[0].params, ranked[1].params, {"lr": TrainConfig().lr}]
+    assert all(len(t.intermediate_values) == 2 for t in trials)  # at the new length
+    assert script.main([str(short), "--epochs", "2", "--out", str(out)]) == 2  # never overwrites
+    assert script.main([str(tmp_path / "none"), "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "already there" in err and "no such folder" in err and "Traceback" not in err
+
+
 def test_report_keeps_the_settings_the_sweep_ran_with(tree: Path, tmp_path: Path) -> None:
     sweep_dir, space = tmp_path / "sweep", write_space(tmp_path, epochs=1)
     assert main(sweep_args(tree, space, sweep_dir, 2, "--pruner", "none", "--jobs", "2")) == 0
