@@ -84,6 +84,42 @@ def test_two_workers_finish_exactly_n_trials_and_the_test_split_is_seen_once(tre
     assert (sweep_dir / "optimization_history.png").stat().st_size > 0
 
 
+def test_two_reports_finishing_at_once_evaluate_the_test_split_once(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    import ignite_mlp.inference.evaluate as evaluate_module
+    import ignite_mlp.sweep.report as report_module
+
+    sweep_dir = tmp_path / "sweep"
+    monkeypatch.setattr(report_module, "write_report", lambda *args, **kwargs: None)  # the sweep ends unreported
+    assert main(_sweep_args(tree, _space(tmp_path, epochs=1), sweep_dir, 1, "--pruner", "none")) == 0
+    monkeypatch.undo()
+    calls = []
+    real_evaluate = evaluate_module.evaluate
+
+    def slow_evaluate(*args, **kwargs):
+        calls.append(args)
+        time.sleep(0.5)  # the other report arrives while this one evaluates
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "evaluate", slow_evaluate)
+    studies = [_journal(sweep_dir) for _ in range(2)]  # as two sweep commands each open it
+    results = []
+
+    def report(study: optuna.Study) -> None:
+        results.append(report_module.evaluate_best_once(study, study.best_trial, sweep_dir, print))
+
+    threads = [threading.Thread(target=report, args=(s,)) for s in studies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and results[0] == results[1] and results[0]["test_acc"] is not None
+    assert len(report_module.test_evaluations(_journal(sweep_dir))) == 1
+
+
 def test_ctrl_c_then_the_same_command_continues_and_best_toml_reproduces(
     tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:

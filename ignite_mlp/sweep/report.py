@@ -23,12 +23,14 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ignite_mlp.files import write_atomic, write_json_atomic
 from ignite_mlp.run.rundir import RunDir
+from ignite_mlp.sweep.locks import LOCKS, TrialLock
 from ignite_mlp.sweep.objective import FINISHED
 from ignite_mlp.sweep.space import SearchSpace, decode_params
 
 # Where each evaluation of the test split is kept: in the study, so every machine's report sees
 # it, each under a key of its own ("test_evaluation:<id>"), so none is ever overwritten.
 TEST_ATTR = "test_evaluation"
+TEST_LOCK = "test-evaluation.lock"
 
 
 def table(study: optuna.Study, rows: int = 10) -> str:
@@ -127,19 +129,34 @@ def test_evaluations(study: optuna.Study) -> list[dict[str, Any]]:
     return sorted(records, key=lambda r: str(r.get("at", "")))
 
 
-def evaluate_best_once(study: optuna.Study, trial: FrozenTrial, write: Callable[[str], None]) -> dict[str, Any] | None:
+def evaluate_best_once(
+    study: optuna.Study, trial: FrozenTrial, sweep_dir: Path, write: Callable[[str], None]
+) -> dict[str, Any] | None:
     """The best trial's test accuracy and loss: evaluated once (then recorded in the study, under a
     key of its own that nothing overwrites), on the machine that holds its run; None, with a line
     saying where to evaluate it, elsewhere. When another trial was evaluated before, it says
-    plainly that the test split is now seen a second time."""
-    earlier = test_evaluations(study)
-    mine = [r for r in earlier if r.get("trial") == trial.number]
+    plainly that the test split is now seen a second time. Reports finishing at once (two sweep
+    commands on one study) take turns, and the second finds the first's record."""
+    mine = [r for r in test_evaluations(study) if r.get("trial") == trial.number]
     if mine:
         return mine[0]
     run_dir, host = Path(str(trial.user_attrs.get("run_dir", ""))), trial.user_attrs.get("host")
     if host != socket.gethostname() or not RunDir(run_dir).is_run():
         write(f"test split: trial {trial.number}'s run is on {host}; run this report there to evaluate it once")
         return None
+    # Only the machine holding the run evaluates it, so a lock on this machine is enough.
+    with TrialLock() as lock:
+        lock.acquire(sweep_dir / LOCKS / TEST_LOCK)
+        return _evaluate_once(study, trial, run_dir, host, write)
+
+
+def _evaluate_once(
+    study: optuna.Study, trial: FrozenTrial, run_dir: Path, host: str, write: Callable[[str], None]
+) -> dict[str, Any]:
+    earlier = test_evaluations(study)  # read again under the lock: another report may have just written it
+    mine = [r for r in earlier if r.get("trial") == trial.number]
+    if mine:
+        return mine[0]
     from ignite_mlp.inference.evaluate import evaluate
 
     start = time.monotonic()
@@ -177,7 +194,7 @@ def write_report(
     if best is None:
         write("no trial completed yet: nothing to report as best")
         return None
-    test = evaluate_best_once(study, best, write)
+    test = evaluate_best_once(study, best, sweep_dir, write)
     options = best_options(best, space, saved)
     record = {
         "trial": best.number,
