@@ -177,15 +177,22 @@ def test_toml_resume_auto_is_resolved_like_the_flag(tmp_path: Path, monkeypatch:
     assert (Path(c.resume), Path(c.run_dir), c.epochs, c.lr) == (found, found, 6, 0.02)
 
 
-def test_best_recipe_is_strong_without_dropout_plus_whitening_and_tta() -> None:
+def test_best_recipe_is_the_studys_chosen_trial_over_strong_without_dropout() -> None:
+    import json
+
     from ignite_mlp.config.train_config import RECIPES
 
+    # The study's own record of its chosen trial (docs/study/full/best.json, written by sweep --report).
+    record = json.loads((Path(__file__).resolve().parents[1] / "docs/study/full/best.json").read_text())
     best = config_from_sources({"recipe": "best"})
     for key, value in RECIPES["best"].items():
         assert getattr(best, key) == value, key
+    for name, value in record["params"].items():  # every searched value, as the trial ran it
+        assert getattr(best, name) == value, name
+    assert best.epochs == record["epochs"] == record["options"]["epochs"]
+    # Beyond the searched values and the length: strong without dropout, plus whitening and TTA.
     strong = TrainConfig.from_recipe("strong")
-    # What the ablation table of docs/recipes.md adds to "strong", one row at a time, and nothing else.
-    differ = {k for k in RECIPES["best"] if getattr(best, k) != getattr(strong, k)}
+    differ = {k for k in RECIPES["best"] if getattr(best, k) != getattr(strong, k)} - set(record["params"])
     assert differ == {"dropout", "whiten", "tta", "epochs"}
     assert best.normalize == "fixed"  # the whitening replaces --mean/--std
     assert config_from_sources({"recipe": "best", "ema_momentum": 0.001}).ema_momentum == 0.001
