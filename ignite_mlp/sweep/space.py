@@ -153,8 +153,7 @@ def enqueue(study: optuna.Study, space: SearchSpace) -> None:
     """Queue the space's ``[[enqueue]]`` points in ``study``, each once in the study's life: a
     continued sweep finds them there, queued or run, and queues none again."""
     for point in space.enqueued:
-        labels = {k: json.dumps(v) if isinstance(v, list) else v for k, v in point.items()}
-        study.enqueue_trial(labels, skip_if_exists=True)
+        study.enqueue_trial({k: _label(v) for k, v in point.items()}, skip_if_exists=True)
 
 
 def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
@@ -163,7 +162,7 @@ def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
     for p in space.params:
         if p.kind == "choices":
             # Optuna's choices are plain values: lists (hidden sizes) travel as their JSON text.
-            labels = [json.dumps(c) if isinstance(c, list) else c for c in p.choices]
+            labels = [_label(c) for c in p.choices]
             picked = trial.suggest_categorical(p.name, labels)
             values[p.name] = json.loads(picked) if isinstance(picked, str) and picked in _list_labels(p) else picked
         elif p.kind == "int":
@@ -180,8 +179,13 @@ def decode_params(params: dict[str, Any], space: SearchSpace) -> dict[str, Any]:
     return {k: json.loads(v) if isinstance(v, str) and v in lists.get(k, ()) else v for k, v in params.items()}
 
 
+def _label(value: Any) -> Any:
+    """A choice as Optuna holds it: a plain value, a list as its JSON text."""
+    return json.dumps(value) if isinstance(value, list) else value
+
+
 def _list_labels(p: Param) -> set[str]:
-    return {json.dumps(c) for c in p.choices if isinstance(c, list)}
+    return {_label(c) for c in p.choices if isinstance(c, list)}
 
 
 def _table(raw: dict[str, Any], name: str, source: str) -> dict[str, Any]:
