@@ -1,6 +1,8 @@
 """ignite_mlp.handlers (history, checkpoints, console): each handler on its own, on a tiny Ignite run."""
 
 import json
+import re
+import time
 from pathlib import Path
 
 import pytest
@@ -77,6 +79,21 @@ def test_epoch_summary_line(tmp_path: Path) -> None:
     trainer.run(train, max_epochs=2)
     assert len(lines) == 2 and lines[1].startswith("Epoch   2/2: train loss")
     assert f"acc {history.values['val_acc_epoch'][1]:.2f}%" in lines[1]
+
+
+def test_epoch_summary_line_shows_validation_time() -> None:
+    # Validation made slow (0.2 s a batch, 2 batches): the line's validation seconds show it, and
+    # the training pass's seconds do not include it.
+    model, opt, trainer, evaluator, train, val = _setup()
+    evaluator.add_event_handler(Events.ITERATION_COMPLETED, lambda _: time.sleep(0.2))
+    attach_validation(trainer, evaluator, val * 2)
+    history = History()
+    history.attach(trainer, evaluator)
+    lines: list[str] = []
+    attach_epoch_summary(trainer, history, lines.append, evaluator)
+    trainer.run(train, max_epochs=1)
+    train_s, val_s = (float(x) for x in re.fullmatch(r".*\| ([\d.]+)s \+ val ([\d.]+)s", lines[0]).groups())
+    assert val_s >= 0.4 and train_s < 0.4
 
 
 def test_terminate_on_nan_stops_at_first_bad_loss() -> None:

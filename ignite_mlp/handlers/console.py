@@ -65,16 +65,22 @@ def attach_epoch_summary(
     trainer: Engine,
     history: History,
     write: Callable[[str], None] = print,
+    evaluator: Engine | None = None,
 ) -> None:
-    """One line per epoch, like the tutorial's printout; attach after ``history``."""
+    """One line per epoch, like the tutorial's printout; attach after ``history``. The seconds are
+    the training pass's and, given the ``evaluator``, its last run's (this epoch's validation):
+    together they are most of an epoch's wall time, which the training pass alone understates."""
 
     def summary(engine: Engine) -> None:
         last = history.latest()
         seconds = engine.state.times.get(Events.EPOCH_COMPLETED.name) or 0.0
+        timing = f"{seconds:.1f}s"
+        if evaluator is not None:
+            timing += f" + val {evaluator.state.times.get(Events.COMPLETED.name) or 0.0:.1f}s"
         write(
             f"Epoch {engine.state.epoch:>3}/{engine.state.max_epochs}: "
             f"train loss {last['loss_epoch']:.4f} acc {last['train_acc_epoch']:.2f}% | "
-            f"val loss {last['val_loss']:.4f} acc {last['val_acc_epoch']:.2f}% | {seconds:.1f}s"
+            f"val loss {last['val_loss']:.4f} acc {last['val_acc_epoch']:.2f}% | {timing}"
         )
 
     trainer.add_event_handler(Events.EPOCH_COMPLETED, summary)

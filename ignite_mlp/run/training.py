@@ -160,7 +160,7 @@ def train(
         attach_new_best_event(trainer, evaluator, best)
         bar = attach_progress_bar(trainer) if spec.progress == "bar" else None
         log = bar.log_message if bar else plan.write  # (lines printed under a bar keep it intact)
-        attach_epoch_summary(trainer, history, log)
+        attach_epoch_summary(trainer, history, log, evaluator)
         attach_overfitting_watch(trainer, history, log)
         if spec.main:
             attach_curves(trainer, history, files["curves"])
