@@ -1199,15 +1199,18 @@ class Forker:
     """A process that imported torch once and forks one child per case (see tests/cli_forker.py):
     the same command, run from its own folder, at a fraction of the cost."""
 
-    def __init__(self) -> None:
+    def __init__(self, log: Path) -> None:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-        self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "tests" / "cli_forker.py")],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-            text=True,
-        )
+        self.log = log  # the forker's own stderr (each case's goes to the case's folder)
+        with log.open("w") as stderr:
+            self.process = subprocess.Popen(
+                [sys.executable, str(ROOT / "tests" / "cli_forker.py")],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                env=env,
+                text=True,
+            )
 
     def run(self, case: Case, world: Path, here: Path) -> Answer:
         here.mkdir(parents=True)
@@ -1221,54 +1224,62 @@ class Forker:
         }
         self.process.stdin.write(json.dumps(request) + "\n")  # type: ignore[union-attr]
         self.process.stdin.flush()  # type: ignore[union-attr]
-        status = json.loads(self.process.stdout.readline())["status"]  # type: ignore[union-attr]
-        return Answer(status, (here / "stderr").read_text(), here, (here / "stdout").read_text())
+        line = self.process.stdout.readline()  # type: ignore[union-attr]
+        if not line:  # the forker itself ended: say how, and which case it was given
+            status = self.process.wait(timeout=60)
+            raise RuntimeError(f"the forker ended (exit {status}) on {case.name!r}: {self.log.read_text()[-3000:]}")
+        return Answer(json.loads(line)["status"], (here / "stderr").read_text(), here, (here / "stdout").read_text())
 
     def close(self) -> None:
-        self.process.stdin.close()  # type: ignore[union-attr]
+        try:
+            self.process.stdin.close()  # type: ignore[union-attr]
+        except BrokenPipeError:  # it ended already (run() said how)
+            pass
         self.process.wait(timeout=120)
 
 
-def tour_of(root: Path, cases: list[Case]) -> dict[str, Answer]:
-    """Build a world in ``root`` and run the cases in it one at a time, each in a folder of its
-    own, so that a change outside that folder is the doing of the case that ran: each answer says
-    what its case changed there. The world has its own forker (started first: it imports torch
-    while the world is built)."""
-    forker = Forker()
-    try:
-        world = root / "world"
-        world.mkdir()
-        build_world(world)
-        surroundings = Surroundings(world, root / "cases")
-        assert [m for m in surroundings.markers() if m.exists()] == [], "the world was built with a marker in it"
-        answers = {}
-        for i, case in enumerate(cases):
-            here = surroundings.cases / f"{i:03d}"
-            run = run_fresh if case.fresh else forker.run
-            answers[case.name] = surroundings.changed_by(here, functools.partial(run, case, world, here))
-        return answers
-    finally:
-        forker.close()
+def tour_of(world: Path, forker: Forker, cases: list[Case]) -> dict[str, Answer]:
+    """Run the cases in the built ``world`` one at a time, each in a folder of its own, so that a
+    change outside that folder is the doing of the case that ran: each answer says what its case
+    changed there."""
+    surroundings = Surroundings(world, world.parent / "cases")
+    assert [m for m in surroundings.markers() if m.exists()] == [], "the world was built with a marker in it"
+    answers = {}
+    for i, case in enumerate(cases):
+        here = surroundings.cases / f"{i:03d}"
+        run = run_fresh if case.fresh else forker.run
+        answers[case.name] = surroundings.changed_by(here, functools.partial(run, case, world, here))
+    return answers
 
 
 @pytest.fixture(scope="module")
 def tour(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Answer]:
     """Every case's answer. The cases are dealt to two worlds, each toured in a thread of its own,
     so that two cores work; the second takes the few cases run in a new interpreter (the slow
-    ones) and every third forked case, which about evens the two."""
+    ones) and every third forked case, which about evens the two. Each world has its own forker
+    (started first: it imports torch while the worlds are built). The worlds are built one after
+    the other, here: building trains runs in this process, and two trainings in two threads of
+    one process share torch's global state, which no user's run does."""
     forked = [c for c in ALL_CASES if not c.fresh]
     shares = [
         [c for i, c in enumerate(forked) if i % 3],
         [c for c in ALL_CASES if c.fresh] + forked[::3],
     ]
-    roots = [tmp_path_factory.mktemp(f"tour{i}") for i in range(len(shares))]
-    for root in roots:
-        (root / "cases").mkdir()
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("IGNITE_MLP_CACHE", str(tmp_path_factory.mktemp("world-cache")))  # the worlds' own runs
+    worlds = [tmp_path_factory.mktemp(f"tour{i}") / "world" for i in range(len(shares))]
+    forkers = [Forker(world.parent / "forker.log") for world in worlds]
+    try:
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("IGNITE_MLP_CACHE", str(tmp_path_factory.mktemp("world-cache")))  # the worlds' own runs
+            for world in worlds:
+                world.mkdir()
+                (world.parent / "cases").mkdir()
+                build_world(world)
         with ThreadPoolExecutor(max_workers=len(shares)) as pool:
-            tours = [pool.submit(tour_of, root, share) for root, share in zip(roots, shares, strict=True)]
+            tours = [pool.submit(tour_of, *job) for job in zip(worlds, forkers, shares, strict=True)]
             answers = {name: answer for done in tours for name, answer in done.result().items()}
+    finally:
+        for forker in forkers:
+            forker.close()
     assert len(answers) == len(ALL_CASES)
     return answers
 

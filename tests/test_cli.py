@@ -135,23 +135,20 @@ def _resume_matches(stopped: Path, reference: Path) -> None:
 
 
 def test_kill_9_then_resume_equals_an_uninterrupted_run(bigger_tree: Path, tmp_path: Path) -> None:
-    """The reference trains on an idle machine; the killed run and its resume with three processes
-    spinning beside them (--precision auto decides the same either way): the same history, exactly."""
+    """A run killed outright after two epochs, then resumed: the same history as a straight run,
+    exactly. (The same command on a busy machine computes the same numbers: test_reproducibility.)"""
     import signal
-
-    from conftest import busy_cpu
 
     epochs = 5
     reference = tmp_path / "reference"
     assert run_cli(_train_argv(bigger_tree, reference, epochs)) == 0
     killed = tmp_path / "killed"
-    with busy_cpu():
-        proc = _start_training(bigger_tree, killed, epochs)
-        _wait_for_epochs(killed, 2, proc)
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait() == -signal.SIGKILL
-        assert len(read_history(killed)["val_loss"]) < epochs, "the run must really have been cut short"
-        assert run_cli(["train", "--resume", str(killed), "--no-progress"]) == 0
+    proc = _start_training(bigger_tree, killed, epochs)
+    _wait_for_epochs(killed, 2, proc)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert len(read_history(killed)["val_loss"]) < epochs, "the run must really have been cut short"
+    assert run_cli(["train", "--resume", str(killed), "--no-progress"]) == 0
     assert read_history(killed) == read_history(reference)
     assert len(list((killed / "checkpoints").glob("best_*.pt"))) == 1
 

@@ -421,9 +421,11 @@ def test_full_length_space_reruns_the_best_trials_and_a_preset_longer(
 
 def test_report_keeps_the_settings_the_sweep_ran_with(tree: Path, tmp_path: Path) -> None:
     sweep_dir, space = tmp_path / "sweep", write_space(tmp_path, epochs=1)
-    assert main(sweep_args(tree, space, sweep_dir, 2, "--pruner", "none", "--jobs", "2")) == 0
+    # Settings other than the report's own defaults (pruner median, no seed), so a report that
+    # wrote its own over them would show.
+    assert main(sweep_args(tree, space, sweep_dir, 2, "--pruner", "none", "--seed", "7")) == 0
     ran = json.loads((sweep_dir / "best.json").read_text())["settings"]
-    assert ran["jobs"] == 2
+    assert (ran["pruner"], ran["seed"]) == ("none", 7)
     assert main(["sweep", "--report", "--sweep-dir", str(sweep_dir)]) == 0
     assert json.loads((sweep_dir / "best.json").read_text())["settings"] == ran
 
