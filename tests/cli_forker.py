@@ -51,8 +51,18 @@ def run_child(request: dict[str, Any]) -> None:
 
 
 def serve() -> None:
-    import ignite_mlp.cli  # noqa: F401  (what every command imports)
-    import ignite_mlp.run.training  # noqa: F401  (torch, Ignite: the slow part)
+    # What every command imports (torch and Ignite: the slow part), and what some import later,
+    # each a second or less, paid once here instead of in every case: the JPEG decoder, Optuna
+    # (sweep), matplotlib (plots), the ONNX exporter. Not onnxruntime: a case hides it to play a
+    # machine without the export extra.
+    import matplotlib  # noqa: F401
+    import onnx  # noqa: F401
+    import onnxscript  # noqa: F401
+    import optuna  # noqa: F401
+    import torchvision.io  # noqa: F401
+
+    import ignite_mlp.cli  # noqa: F401
+    import ignite_mlp.run.training  # noqa: F401
 
     for line in sys.stdin:
         request = json.loads(line)
