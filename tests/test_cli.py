@@ -99,12 +99,19 @@ def _wait_for_epochs(run_dir: Path, n: int, proc: subprocess.Popen, timeout: flo
     raise AssertionError(f"training did not reach {n} epochs (exit {proc.poll()}): {proc.stderr.read()}")
 
 
-@pytest.fixture
-def bigger_tree(tmp_path: Path) -> Path:
+STRAIGHT_EPOCHS = 5
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tree with about 57 iterations an epoch (long enough for a signal to land mid-epoch), and
+    a run of it trained straight through: what a run cut short and resumed must equal."""
     from conftest import make_tree
 
-    # ~57 iterations per epoch: long enough for a signal to land mid-epoch.
-    return make_tree(tmp_path / "bigger", n_train=150, n_test=20, size=16)
+    root = tmp_path_factory.mktemp("straight")
+    tree = make_tree(root / "bigger", n_train=150, n_test=20, size=16)
+    assert run_cli(_train_argv(tree, root / "reference", STRAIGHT_EPOCHS)) == 0
+    return tree, root / "reference"
 
 
 def _assert_same_history(a: dict, b: dict) -> None:
@@ -114,54 +121,40 @@ def _assert_same_history(a: dict, b: dict) -> None:
         assert a[key] == pytest.approx(b[key], abs=1e-6), key
 
 
-def _signal_mid_run(
-    tree: Path, tmp_path: Path, epochs: int, after: int, signum: int
-) -> tuple[Path, Path, subprocess.Popen]:
-    """Train ``epochs`` straight into ``reference``; start the same run in ``stopped`` and send
-    it ``signum`` once ``after`` epochs are in its history. Returns both folders and the process."""
-    reference = tmp_path / "reference"
-    assert run_cli(_train_argv(tree, reference, epochs)) == 0
-    stopped = tmp_path / "stopped"
-    proc = _start_training(tree, stopped, epochs)
-    _wait_for_epochs(stopped, after, proc)
-    proc.send_signal(signum)
-    return reference, stopped, proc
-
-
-def _resume_matches(stopped: Path, reference: Path) -> None:
-    """``--resume`` finishes the stopped run, and its history equals the straight run's."""
-    assert run_cli(["train", "--resume", str(stopped), "--no-progress"]) == 0
-    _assert_same_history(read_history(stopped), read_history(reference))
-
-
-def test_kill_9_then_resume_equals_an_uninterrupted_run(bigger_tree: Path, tmp_path: Path) -> None:
+def test_kill_9_then_resume_equals_an_uninterrupted_run(straight: tuple[Path, Path], tmp_path: Path) -> None:
     """A run killed outright after two epochs, then resumed: the same history as a straight run,
     exactly. (The same command on a busy machine computes the same numbers: test_reproducibility.)"""
     import signal
 
-    epochs = 5
-    reference = tmp_path / "reference"
-    assert run_cli(_train_argv(bigger_tree, reference, epochs)) == 0
+    tree, reference = straight
     killed = tmp_path / "killed"
-    proc = _start_training(bigger_tree, killed, epochs)
+    proc = _start_training(tree, killed, STRAIGHT_EPOCHS)
     _wait_for_epochs(killed, 2, proc)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
-    assert len(read_history(killed)["val_loss"]) < epochs, "the run must really have been cut short"
+    assert len(read_history(killed)["val_loss"]) < STRAIGHT_EPOCHS, "the run must really have been cut short"
     assert run_cli(["train", "--resume", str(killed), "--no-progress"]) == 0
     assert read_history(killed) == read_history(reference)
     assert len(list((killed / "checkpoints").glob("best_*.pt"))) == 1
 
 
-def test_ctrl_c_saves_where_it_stopped_and_resume_completes_the_run(bigger_tree: Path, tmp_path: Path) -> None:
+def test_ctrl_c_saves_where_it_stopped_and_resume_completes_the_run(
+    straight: tuple[Path, Path], tmp_path: Path
+) -> None:
     import signal
 
-    reference, stopped, proc = _signal_mid_run(bigger_tree, tmp_path, 8, 2, signal.SIGINT)
+    tree, reference = straight
+    stopped = tmp_path / "stopped"
+    proc = _start_training(tree, stopped, STRAIGHT_EPOCHS)
+    _wait_for_epochs(stopped, 2, proc)
+    proc.send_signal(signal.SIGINT)
     stderr = proc.communicate(timeout=60)[1]
     assert proc.returncode == 130, stderr
     assert f"resume with: ignite-mlp train --resume {stopped}" in stderr and "Traceback" not in stderr
     assert list((stopped / "checkpoints").glob("interrupted_checkpoint_*.pt"))
-    _resume_matches(stopped, reference)
+    assert len(read_history(stopped)["val_loss"]) < STRAIGHT_EPOCHS, "the run must really have been cut short"
+    assert run_cli(["train", "--resume", str(stopped), "--no-progress"]) == 0
+    _assert_same_history(read_history(stopped), read_history(reference))
     assert not list((stopped / "checkpoints").glob("interrupted_checkpoint_*.pt"))
 
 
