@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
 
 from ignite_mlp.engine.precision import Precision, choose_precision, native_bf16, recorded_precision
 
@@ -177,27 +178,27 @@ def test_lr_find_on_a_run_computes_in_its_recorded_precision(
     assert any(line.startswith("precision: bf16 (as the run recorded") for line in lines)
 
 
-def test_a_bf16_run_resumed_in_a_fresh_process_on_a_machine_without_native_bf16(tree: Path, tmp_path: Path) -> None:
-    """The CLI's resume path (it reads the saved configuration back) in a child process whose CPU
-    query says "no native bf16": the recorded bf16 is kept."""
+def test_a_bf16_run_resumed_in_a_fresh_process_on_a_machine_without_native_bf16(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A run trained here on a CPU that looks native-bf16, resumed through the CLI (which reads the
+    saved configuration back) in a child process whose CPU query says "no native bf16": the
+    recorded bf16 is kept."""
     run = tmp_path / "r"
+    _cpu(monkeypatch, AVX512_BF16)
     common = ["--data", str(tree), "--batch-size", "8", "--progress", "off", "--no-tensorboard"]
+    assert run_cli(["train", "--epochs", "1", "--run-dir", str(run), *common]) == 0
+    assert "precision: bf16 (auto: AVX512-BF16 present" in capsys.readouterr().out
     script = textwrap.dedent(
         """
         import sys, torch
-        caps = {"architecture": "x86_64", "avx512_bf16": sys.argv[1] == "native"}
-        torch.cpu.get_capabilities = lambda: caps
+        torch.cpu.get_capabilities = lambda: {"architecture": "x86_64", "avx512_bf16": False}
         from ignite_mlp.cli import main
-        sys.exit(main(sys.argv[2:]))
+        sys.exit(main(sys.argv[1:]))
         """
     )
-
-    def cli(cpu: str, *argv: str) -> str:
-        done = subprocess.run([sys.executable, "-c", script, cpu, *argv], capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr
-        return done.stdout
-
-    cli("native", "train", "--epochs", "1", "--run-dir", str(run), *common)
-    out = cli("none", "train", "--resume", str(run), "--epochs", "2", "--progress", "off")
-    assert "precision: bf16 (as the run recorded" in out
-    assert "changed on resume: --epochs 1 -> 2" in out
+    argv = ["train", "--resume", str(run), "--epochs", "2", "--progress", "off"]
+    done = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "precision: bf16 (as the run recorded" in done.stdout
+    assert "changed on resume: --epochs 1 -> 2" in done.stdout
