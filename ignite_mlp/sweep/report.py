@@ -129,6 +129,11 @@ def test_evaluations(study: optuna.Study) -> list[dict[str, Any]]:
     return sorted(records, key=lambda r: str(r.get("at", "")))
 
 
+def _evaluation_of(trial: FrozenTrial, records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """``trial``'s record among the test split's ``records``, or None."""
+    return next((r for r in records if r.get("trial") == trial.number), None)
+
+
 def evaluate_best_once(
     study: optuna.Study, trial: FrozenTrial, sweep_dir: Path, write: Callable[[str], None]
 ) -> dict[str, Any] | None:
@@ -137,9 +142,9 @@ def evaluate_best_once(
     saying where to evaluate it, elsewhere. When another trial was evaluated before, it says
     plainly that the test split is now seen a second time. Reports finishing at once (two sweep
     commands on one study) take turns, and the second finds the first's record."""
-    mine = [r for r in test_evaluations(study) if r.get("trial") == trial.number]
-    if mine:
-        return mine[0]
+    recorded = _evaluation_of(trial, test_evaluations(study))
+    if recorded is not None:
+        return recorded
     run_dir, host = Path(str(trial.user_attrs.get("run_dir", ""))), trial.user_attrs.get("host")
     if host != socket.gethostname() or not RunDir(run_dir).is_run():
         write(f"test split: trial {trial.number}'s run is on {host}; run this report there to evaluate it once")
@@ -154,9 +159,9 @@ def _evaluate_once(
     study: optuna.Study, trial: FrozenTrial, run_dir: Path, host: str, write: Callable[[str], None]
 ) -> dict[str, Any]:
     earlier = test_evaluations(study)  # read again under the lock: another report may have just written it
-    mine = [r for r in earlier if r.get("trial") == trial.number]
-    if mine:
-        return mine[0]
+    recorded = _evaluation_of(trial, earlier)
+    if recorded is not None:
+        return recorded
     from ignite_mlp.inference.evaluate import evaluate
 
     start = time.monotonic()
